@@ -1,0 +1,5 @@
+import sys
+
+from bidder.cli import main
+
+sys.exit(main())

@@ -1,0 +1,109 @@
+"""Who wins a server, and what it takes to win it: one formula for the sim, the bot and backtests.
+
+GigaSPOT's documented rule is "the bid most profitable for the host", with the bid's power limit
+taken as its power draw; the exact formula is unknown, so the rule is pluggable:
+
+- ``highest_price``: the highest price at or above the floor wins;
+- ``host_profit``: the highest ``price x clore_usd - pl x gpus x 24 / 1000 x energy_price`` (USD/day)
+  wins among bids at or above the floor.
+
+Ties go to the earlier bid (the lower id), so a newcomer must bid strictly more to take a server.
+The spot market always uses ``highest_price``. All functions are vectorised over numpy arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+Rule = Literal["highest_price", "host_profit"]
+RULES: tuple[str, ...] = ("highest_price", "host_profit")
+
+
+def power_cost_usd_per_day(pl_watts: np.ndarray | float, gpus: np.ndarray | float,
+                           energy_price: np.ndarray | float) -> np.ndarray | float:
+    """What the host pays per day to power ``gpus`` GPUs at ``pl_watts`` each."""
+    return np.asarray(pl_watts) * gpus * 24.0 / 1000.0 * energy_price
+
+
+def bid_scores(rule: str, price: np.ndarray, pl: np.ndarray, gpus: np.ndarray,
+               energy_price: np.ndarray, clore_usd: float) -> np.ndarray:
+    """The allocation score of each bid (higher wins). ``gpus``/``energy_price`` are per bid."""
+    if rule == "highest_price":
+        return np.asarray(price, dtype=np.float64)
+    if rule == "host_profit":
+        return price * clore_usd - power_cost_usd_per_day(pl, gpus, energy_price)
+    raise ValueError(f"unknown allocation rule {rule!r}; expected one of {RULES}")
+
+
+def segment_max(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Max of each CSR segment ``values[starts[i]:starts[i+1]]``; ``-inf`` for empty segments."""
+    n = len(starts) - 1
+    out = np.full(n, -np.inf)
+    if n == 0 or len(values) == 0:
+        return out
+    lengths = np.diff(starts)
+    nonempty = lengths > 0
+    out[nonempty] = np.maximum.reduceat(values, starts[:-1][nonempty])
+    return out
+
+
+def rival_threshold(rule: str, *, bid_start: np.ndarray, bid_price: np.ndarray,
+                    bid_pl: np.ndarray, bid_mine: np.ndarray, gpus: np.ndarray,
+                    energy_price: np.ndarray, clore_usd: float,
+                    our_pl: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Per server: the price our bid must exceed to win, and the best rival's own price.
+
+    Returns ``(threshold, rival_price)``. ``threshold`` is 0 where no rival bids (the floor then
+    governs) and NaN where it cannot be computed (``host_profit`` without a CLORE rate).
+    ``rival_price`` is NaN where no rival bids.
+    """
+    n = len(bid_start) - 1
+    if len(bid_price) == 0:
+        return np.zeros(n), np.full(n, np.nan)
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(bid_start))
+    scores = bid_scores(rule, bid_price, bid_pl, gpus[rows], energy_price[rows], clore_usd)
+    scores = np.where(bid_mine, -np.inf, scores)
+    best = segment_max(scores, bid_start)
+    has_rival = np.isfinite(best)
+
+    # the rival's own price: the price of the best-scoring rival bid in each segment
+    is_best = scores == best[rows]
+    rival_price = np.full(n, np.nan)
+    rival_price[rows[is_best & has_rival[rows]]] = bid_price[is_best & has_rival[rows]]
+
+    if rule == "highest_price":
+        threshold = np.where(has_rival, best, 0.0)
+    else:
+        pl = np.nan if our_pl is None else float(our_pl)
+        ours = power_cost_usd_per_day(pl, gpus, energy_price)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            threshold = np.where(has_rival, (best + ours) / clore_usd, 0.0)
+    return threshold, rival_price
+
+
+def winning_bids(rule: str, *, bid_start: np.ndarray, bid_id: np.ndarray, bid_price: np.ndarray,
+                 bid_pl: np.ndarray, gpus: np.ndarray, energy_price: np.ndarray,
+                 floor: np.ndarray, clore_usd: float, eligible: np.ndarray) -> np.ndarray:
+    """Per server, the index (into the bid arrays) of the winning bid, or -1 when none wins.
+
+    A bid competes when its price is at or above the server's floor and the server is
+    ``eligible`` (online and rentable). Highest score wins; ties go to the lowest bid id.
+    """
+    n = len(bid_start) - 1
+    out = np.full(n, -1, dtype=np.int64)
+    if len(bid_price) == 0:
+        return out
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(bid_start))
+    scores = bid_scores(rule, bid_price, bid_pl, gpus[rows], energy_price[rows], clore_usd)
+    ok = (bid_price >= np.nan_to_num(floor[rows], nan=np.inf)) & eligible[rows] & np.isfinite(scores)
+    scores = np.where(ok, scores, -np.inf)
+    # sort by (row, -score, id): the first bid of each row is the winner
+    order = np.lexsort((bid_id, -scores, rows))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = rows[order][1:] != rows[order][:-1]
+    winners = order[first]
+    good = np.isfinite(scores[winners])
+    out[rows[winners[good]]] = winners[good]
+    return out

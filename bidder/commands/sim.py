@@ -1,0 +1,12 @@
+"""`bidder sim` (placeholder until its issue lands; replaced by the module's owner)."""
+
+HELP = "(not built yet)"
+
+
+def add_arguments(parser):
+    pass
+
+
+def run(args):
+    print("bidder sim: not built yet")
+    return 2

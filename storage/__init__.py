@@ -1,0 +1,1 @@
+"""Storage: the bot's memory (SQLAlchemy models, schema versions, ingest and queries)."""

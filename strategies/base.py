@@ -1,0 +1,167 @@
+"""The strategy interface: market view + our orders + time in, desired bids out. No I/O.
+
+A strategy is a small pure object. The live bot, the dry run and the backtester all build the same
+``TargetView`` and pass it to ``decide``; what comes back is a *wish* ("hold these servers at these
+prices"), which the rules engine clamps to what the exchange allows and the executor carries out.
+So a strategy can never break an exchange rule, and a backtest cannot cheat.
+
+Prices in a view are **per server per day in the target's order currency** (GigaSPOT: CLORE).
+``gpus`` converts to per-GPU-day. ``cap`` is already per server-day in the order currency.
+
+Interface version 1. Optional hooks do nothing by default and take ``**kwargs`` so new arguments
+can be added without breaking user strategies.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+STRATEGY_API_VERSION = 1
+
+OrderState = Literal["winning", "outbid", "pending", "unknown"]
+"""``winning``: our bid holds the server. ``outbid``: a rival holds it. ``pending``: sent, not yet
+seen on the market (or its id is not known yet). ``unknown``: the last call's outcome is unknown and
+the order awaits reconciliation; the rules engine will not touch it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """What the user asked to hold, as the strategy needs it."""
+
+    name: str
+    market: str
+    """``"spot"`` or ``"gigaspot"``."""
+    unit: Literal["gpus", "servers"]
+    count: int
+    """How many GPUs (or servers) to hold."""
+    currency: str
+    cap_per_gpu_day: float
+    """In the order currency (a USD cap is converted with the API's current rate)."""
+    pl: float | None = None
+    """Our GigaSPOT power limit per GPU (watts); ``None`` on spot."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """The servers this target may hold, in aligned columns (numpy arrays of length n).
+
+    Servers we hold are always included, even when they no longer match the target; ``eligible``
+    is False for those, so the strategy knows to move away.
+    """
+
+    server_id: np.ndarray
+    """int64"""
+    gpus: np.ndarray
+    """int32: GPUs in the server"""
+    floor: np.ndarray
+    """float64: the lowest price the exchange accepts (spot floor / GigaSPOT ``min_bid``)"""
+    threshold: np.ndarray
+    """float64: the price our bid must *exceed* to win now against the best rival, under the
+    market's allocation rule and our power limit; 0 when no rival bids. NaN when unknown."""
+    rival_price: np.ndarray
+    """float64: the best rival's own price; NaN when no rival bids"""
+    cap: np.ndarray
+    """float64: the target's cap for this server (``cap_per_gpu_day x gpus``)"""
+    reliability: np.ndarray
+    """float64 in 0..1; NaN when unknown"""
+    eligible: np.ndarray
+    """bool: matches the target and can be rented now"""
+    observed_at: np.ndarray
+    """float64: when this server's data was observed"""
+
+    def __len__(self) -> int:
+        return len(self.server_id)
+
+    def row(self, server_id: int) -> int | None:
+        """Row of ``server_id``, or None. O(n); strategies call it for their few own orders."""
+        hits = np.flatnonzero(self.server_id == server_id)
+        return int(hits[0]) if len(hits) else None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnOrder:
+    """One of our live orders, as the bot's database knows it."""
+
+    server_id: int
+    price: float
+    """Per server-day, order currency."""
+    gpus: int
+    state: OrderState
+    created_at: float
+    order_id: int | None = None
+    """None until the exchange's order id is known (a create answers no id)."""
+    last_lowered_at: float | None = None
+    next_lower_at: float = 0.0
+    """Earliest time the rules engine will allow a lowering."""
+    lowest_allowed: float | None = None
+    """The lowest price a lowering may reach now, when learned (``max_step``); None when unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetView:
+    """Everything a strategy may look at for one target at one moment."""
+
+    now: float
+    target: TargetSpec
+    candidates: Candidates
+    orders: tuple[OwnOrder, ...]
+    """Our live orders for this target."""
+    usd_per_unit: float
+    """USD per unit of the order currency (NaN when unknown)."""
+    recent_wins: np.ndarray = field(default_factory=lambda: np.empty(0))
+    """Winning prices per GPU-day (order currency) seen on matching servers during the strategy's
+    ``history_window`` (only filled when the strategy asks for history)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredBid:
+    """Hold ``server_id`` at ``price`` (per server-day, order currency)."""
+
+    server_id: int
+    price: float
+
+
+class Params(BaseModel):
+    """Base of a strategy's parameters: wrong names or types are refused with a clear message."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Strategy(ABC):
+    """Base class of every strategy.
+
+    ``decide`` returns the complete set of holdings wanted for the target: listed servers are held
+    at the given prices (same price = keep, new price = raise or lower), our orders on servers not
+    listed are cancelled. Returning ``None`` means "no change this tick".
+    """
+
+    api_version: ClassVar[int] = STRATEGY_API_VERSION
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = Params
+    history_window: ClassVar[float] = 0.0
+    """Seconds of recent winning prices the strategy wants in ``TargetView.recent_wins``."""
+
+    def __init__(self, **params: Any) -> None:
+        self.params = type(self).Params(**params)
+
+    @abstractmethod
+    def decide(self, view: TargetView, **kwargs: Any) -> list[DesiredBid] | None:
+        """Desired holdings for ``view.target``, or None for no change."""
+
+    # --- optional hooks: do nothing by default -------------------------------------------------
+
+    def on_start(self, target: TargetSpec, **kwargs: Any) -> None:
+        """Called once before the first ``decide`` of a run (live or backtest)."""
+
+    def on_order_event(self, order: OwnOrder, event: str, **kwargs: Any) -> None:
+        """Called when one of our orders is created, wins, is outbid, lowered or cancelled."""
+
+
+def gpus_needed(spec: TargetSpec, gpus: np.ndarray) -> np.ndarray:
+    """How much each server counts towards ``spec.count``: its GPUs, or 1 per server."""
+    return gpus.astype(np.int64) if spec.unit == "gpus" else np.ones(len(gpus), dtype=np.int64)

@@ -1,0 +1,1 @@
+"""Shared test configuration. Component tests keep their own fixtures in their folders."""
