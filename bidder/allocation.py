@@ -63,15 +63,18 @@ def rival_threshold(rule: str, *, bid_start: np.ndarray, bid_price: np.ndarray,
     if len(bid_price) == 0:
         return np.zeros(n), np.full(n, np.nan)
     rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(bid_start))
+    rival = ~np.asarray(bid_mine, dtype=bool)
+    has_rival = np.bincount(rows[rival], minlength=n) > 0
     scores = bid_scores(rule, bid_price, bid_pl, gpus[rows], energy_price[rows], clore_usd)
-    scores = np.where(bid_mine, -np.inf, scores)
-    best = segment_max(scores, bid_start)
-    has_rival = np.isfinite(best)
+    best = segment_max(np.where(rival, scores, -np.inf), bid_start)
 
-    # the rival's own price: the price of the best-scoring rival bid in each segment
-    is_best = scores == best[rows]
+    # the rival's own price: that of the best-scoring rival bid (the highest one when scores are NaN)
+    rank = np.where(np.isnan(best[rows]), bid_price, scores)
+    rank = np.where(rival, rank, -np.inf)
+    top = segment_max(rank, bid_start)
+    is_top = rival & (rank == top[rows])
     rival_price = np.full(n, np.nan)
-    rival_price[rows[is_best & has_rival[rows]]] = bid_price[is_best & has_rival[rows]]
+    rival_price[rows[is_top]] = bid_price[is_top]
 
     if rule == "highest_price":
         threshold = np.where(has_rival, best, 0.0)
