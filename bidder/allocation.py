@@ -52,8 +52,12 @@ def segment_max(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 def rival_threshold(rule: str, *, bid_start: np.ndarray, bid_price: np.ndarray,
                     bid_pl: np.ndarray, bid_mine: np.ndarray, gpus: np.ndarray,
                     energy_price: np.ndarray, clore_usd: float,
-                    our_pl: float | None) -> tuple[np.ndarray, np.ndarray]:
+                    our_pl: float | None,
+                    floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per server: the price our bid must exceed to win, and the best rival's own price.
+
+    Rival bids under the server's ``floor`` (when given) cannot win and are ignored: under
+    ``host_profit`` such a bid may score well and would otherwise make us overpay.
 
     Returns ``(threshold, rival_price)``. ``threshold`` is 0 where no rival bids (the floor then
     governs) and NaN where it cannot be computed (``host_profit`` without a CLORE rate).
@@ -64,6 +68,8 @@ def rival_threshold(rule: str, *, bid_start: np.ndarray, bid_price: np.ndarray,
         return np.zeros(n), np.full(n, np.nan)
     rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(bid_start))
     rival = ~np.asarray(bid_mine, dtype=bool)
+    if floor is not None:
+        rival &= bid_price >= np.nan_to_num(floor[rows], nan=-np.inf)
     has_rival = np.bincount(rows[rival], minlength=n) > 0
     scores = bid_scores(rule, bid_price, bid_pl, gpus[rows], energy_price[rows], clore_usd)
     best = segment_max(np.where(rival, scores, -np.inf), bid_start)

@@ -44,6 +44,9 @@ class TargetSpec:
     """In the order currency (a USD cap is converted with the API's current rate)."""
     pl: float | None = None
     """Our GigaSPOT power limit per GPU (watts); ``None`` on spot."""
+    fee_fraction: float = 0.0
+    """The market's fees on top of the price (``MarketRules.fee_fraction``), for strategies that
+    weigh a bid against revenue."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,3 +168,59 @@ class Strategy(ABC):
 def gpus_needed(spec: TargetSpec, gpus: np.ndarray) -> np.ndarray:
     """How much each server counts towards ``spec.count``: its GPUs, or 1 per server."""
     return gpus.astype(np.int64) if spec.unit == "gpus" else np.ones(len(gpus), dtype=np.int64)
+
+
+def cheapest_cover(need: int, size: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """Rows whose ``size`` adds up to at least ``need`` at (nearly) the lowest total ``cost``.
+
+    Rows with a non-finite cost are never chosen. Greedy by cost per unit (bigger rows first on
+    ties, so fewer servers), never overshooting the need with a row while smaller rows can fill
+    it; at every step it also weighs finishing with the single cheapest row that covers what is
+    left, so one big cheap server beats several small dear ones, and the count is exceeded only
+    when that is cheaper. When the rows cannot reach ``need`` it returns what they can give.
+    """
+    usable = np.flatnonzero(np.isfinite(cost))
+    sizes = size[usable].astype(np.int64)
+    costs = cost[usable]
+    order = np.lexsort((-sizes, costs / np.maximum(sizes, 1)))
+    rows, s, c = usable[order], sizes[order], costs[order]
+    free = np.ones(len(rows), dtype=bool)
+    chosen: list[int] = []
+    spent, left = 0.0, int(need)
+    best_cost, best = np.inf, None
+    while left > 0:
+        covers = np.flatnonzero(free & (s >= left))
+        if len(covers):
+            i = int(covers[np.argmin(c[covers])])
+            if spent + c[i] < best_cost:
+                best_cost, best = spent + c[i], [*chosen, i]
+        fits = np.flatnonzero(free & (s <= left))
+        if not len(fits):
+            break
+        run = fits[np.cumsum(s[fits]) <= left]  # the greedy run that does not overshoot
+        free[run] = False
+        chosen.extend(run.tolist())
+        spent += float(c[run].sum())
+        left -= int(s[run].sum())
+    if left <= 0 and spent < best_cost:
+        best = chosen
+    return rows[best if best is not None else chosen]
+
+
+def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
+                  held_discount: float = 0.0) -> list[DesiredBid]:
+    """Desired bids at ``bid`` on the rows that fill the target's count at the lowest ``cost``.
+
+    The common last step of the built-in strategies. ``cost`` ranks the rows (per server-day;
+    NaN or inf: do not hold). Rows we already hold count ``held_discount`` cheaper (0..1): the
+    hysteresis that keeps a strategy from churning between servers of nearly the same price, since
+    moving restarts an order's cooldown and step knowledge. 1.0 keeps every usable holding.
+    """
+    c = view.candidates
+    if view.orders and held_discount:
+        ours = np.array([o.server_id for o in view.orders], dtype=np.int64)
+        held = (c.server_id[:, None] == ours).any(axis=1) & np.isfinite(cost)
+        cost = cost.copy()
+        cost[held] *= 1.0 - held_discount
+    rows = cheapest_cover(view.target.count, gpus_needed(view.target, c.gpus), cost)
+    return [DesiredBid(int(c.server_id[r]), float(bid[r])) for r in rows]

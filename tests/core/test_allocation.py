@@ -92,3 +92,13 @@ def test_ineligible_server_has_no_winner():
         clore_usd=0.02, eligible=np.array([False]),
     )
     assert won.tolist() == [-1]
+
+
+def test_rival_under_the_floor_cannot_win_and_is_ignored():
+    # the rival bids 10 with a tiny power limit: a great host-profit score, but under the floor of 11
+    args = dict(BIDS, bid_pl=np.array([10.0, 300.0]))
+    thr_all, _ = rival_threshold("host_profit", clore_usd=0.02, our_pl=300, **args)
+    thr, rival = rival_threshold("host_profit", clore_usd=0.02, our_pl=300,
+                                 floor=np.array([11.0, 1.0]), **args)
+    assert thr_all[0] > 0
+    assert thr.tolist() == [0.0, 0.0] and np.isnan(rival).all()
