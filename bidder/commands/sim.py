@@ -1,12 +1,101 @@
-"""`bidder sim` (placeholder until its issue lands; replaced by the module's owner)."""
+"""`bidder sim`: serve the simulated Clore market on loopback until SIGINT or SIGTERM."""
 
-HELP = "(not built yet)"
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from bidder.allocation import RULES
+from bidder.clock import ScaledClock
+from bidder.sim.market import SimMarket
+from bidder.sim.options import PAYMENTS, SimOptions, StepRule
+from bidder.sim.server import serve
+
+HELP = ("Serve a simulated Clore market (spot and GigaSPOT, with competitors) on loopback; "
+        "prints its base URL and runs until Ctrl-C or SIGTERM.")
 
 
-def add_arguments(parser):
-    pass
+def _step_rule(text: str) -> str:
+    try:
+        StepRule.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
-def run(args):
-    print("bidder sim: not built yet")
-    return 2
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a count >= 0, got {text}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = SimOptions()
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8765,
+                        help="port to listen on (0: any free port)")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="random seed: the same seed and requests give the same market")
+    parser.add_argument("--api-key", default=None,
+                        help="accept only this API key; without it every non-empty key is "
+                             "accepted, each its own user")
+    parser.add_argument("--speed", type=_positive, default=1.0,
+                        help="simulated seconds per real second (the market's clock runs this "
+                             "much faster)")
+    parser.add_argument("--spot-servers", type=_count, default=defaults.spot_servers,
+                        help="number of spot-market servers")
+    parser.add_argument("--gigaspot-machines", type=_count, default=defaults.gigaspot_machines,
+                        help="number of GigaSPOT machines")
+    parser.add_argument("--step-rule", type=_step_rule, default=defaults.step_rule,
+                        help="how far one price lowering may go: 'fraction:F' (to price x (1-F)) "
+                             "or 'absolute:X' (to price - X)")
+    parser.add_argument("--allocation", choices=RULES, default=defaults.allocation,
+                        help="who wins a GigaSPOT machine: the highest price, or the bid most "
+                             "profitable for the host (price x CLORE price - power cost)")
+    parser.add_argument("--payment", choices=PAYMENTS, default=defaults.payment,
+                        help="what a winning order pays: its own price, or the lowest price that "
+                             "would still have won (at least the floor)")
+    parser.add_argument("--quiet-market", action="store_true",
+                        help="no competitors and no outages, rentals or CLORE price drift: nothing "
+                             "moves unless you move it")
+
+
+def run(args: argparse.Namespace) -> int:
+    options = SimOptions(
+        seed=args.seed, api_key=args.api_key, spot_servers=args.spot_servers,
+        gigaspot_machines=args.gigaspot_machines, step_rule=args.step_rule,
+        allocation=args.allocation, payment=args.payment,
+        agents=not args.quiet_market, world_events=not args.quiet_market,
+    )
+    market = SimMarket(options, ScaledClock(args.speed))
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            server = serve(market, args.host, args.port)
+        except OSError as err:
+            print(f"bidder sim: cannot listen on {args.host}:{args.port}: {err.strerror}",
+                  file=sys.stderr)
+            return 1
+        print(server.url, flush=True)
+        print(f"bidder sim: seed {args.seed}, speed {args.speed:g}x, {args.spot_servers} spot "
+              f"servers, {args.gigaspot_machines} GigaSPOT machines; Ctrl-C stops",
+              file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            pass
+        server.shutdown()
+        return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
