@@ -1,0 +1,1 @@
+"""Benchmarks: run them as scripts (``python benchmarks/bench_ingest.py``)."""

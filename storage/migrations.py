@@ -1,0 +1,132 @@
+"""The schema's history: an ordered list of migrations, each bringing version N-1 to N.
+
+Each migration is frozen: it spells out the DDL of its own version in SQLAlchemy Core instead of
+reading today's models, because the models change and an old migration must still build the old
+schema exactly (so that the next migrations apply to it). ``storage.schema`` runs them, each in its
+own transaction, and records them in ``schema_version``.
+
+To change the schema: edit ``storage.models``, append a migration here that turns the previous
+version into the new one without losing data (``op``-style DDL plus any data copy), and add a seed
+for the old version to the upgrade test. The test suite checks that the migrations build exactly
+the schema the models describe. Later tables (orders, the API-call journal, heartbeats) arrive as
+such a new migration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    text,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    apply: Callable[[Connection], None]
+
+
+def _interval_columns(table: str, key: str, first: str = "first_snapshot",
+                      end: str = "end_snapshot") -> list[Column | Index]:
+    """The ``first``/``end`` columns of a v1 interval table and its index of open rows."""
+    where = text(f"{end} IS NULL")
+    return [Column(first, Integer, primary_key=True, autoincrement=False), Column(end, Integer),
+            Index(f"ix_{table}_open", key, sqlite_where=where, postgresql_where=where)]
+
+
+def _v1_market_recorder(connection: Connection) -> None:
+    """GigaSPOT snapshots as intervals, spot polls, marketplace listings."""
+    md = MetaData()
+    Table("gigaspot_snapshot", md,
+          Column("id", Integer, primary_key=True),
+          Column("time", BigInteger, nullable=False, unique=True),
+          Column("fetched_at", Double, nullable=False),
+          Column("recorded_at", Double, nullable=False),
+          Column("source", String, nullable=False),
+          Column("url", String),
+          Column("sha256", String(64), nullable=False),
+          Column("clore_price", Double),
+          Column("creation_fees", JSON),
+          Column("my_user_id", BigInteger),
+          Column("machines", Integer, nullable=False))
+    Table("currency", md,
+          Column("id", Integer, primary_key=True),
+          Column("name", String, nullable=False, unique=True))
+    Table("gigaspot_machine_facts", md,
+          Column("machine_id", BigInteger, primary_key=True, autoincrement=False),
+          *_interval_columns("gigaspot_machine_facts", "machine_id"),
+          Column("cpu", String), Column("cores", Integer), Column("threads", Integer),
+          Column("ram", Double), Column("cuda", String), Column("cc", String),
+          Column("host", BigInteger), Column("gpus", JSON, nullable=False),
+          Column("gpu_count", Integer, nullable=False), Column("gpu_model", String, nullable=False),
+          Column("pl_min", Double), Column("pl_max", Double))
+    Table("gigaspot_machine_state", md,
+          Column("machine_id", BigInteger, primary_key=True, autoincrement=False),
+          *_interval_columns("gigaspot_machine_state", "machine_id"),
+          *(Column(name, Boolean, nullable=False)
+            for name in ("online", "on_demand_rented", "working_properly")),
+          Column("reliability", Double, nullable=False), Column("min_bid", Double, nullable=False),
+          Column("max_rental_length", BigInteger, nullable=False),
+          Column("energy_price", Double, nullable=False))
+    Table("gigaspot_bid", md,
+          Column("machine_id", BigInteger, primary_key=True, autoincrement=False),
+          Column("bid_id", BigInteger, primary_key=True, autoincrement=False),
+          *_interval_columns("gigaspot_bid", "machine_id"),
+          Column("owner", BigInteger, nullable=False), Column("active", Boolean, nullable=False),
+          Column("price", Double, nullable=False),
+          Column("currency_id", Integer, ForeignKey("currency.id"), nullable=False),
+          Column("pl", Double, nullable=False), Column("to_cache", Boolean), Column("cached", Boolean))
+    Table("currency_rates", md,
+          Column("id", Integer, primary_key=True),
+          Column("first_seen", Double, nullable=False),
+          Column("rates", JSON, nullable=False))
+    Table("spot_poll", md,
+          Column("id", Integer, primary_key=True),
+          Column("server_id", BigInteger, nullable=False),
+          Column("polled_at", Double, nullable=False, index=True),
+          Column("market_exists", Boolean), Column("online", Boolean),
+          Column("visibility", String), Column("mrl", BigInteger),
+          Column("min_pricing", JSON, nullable=False),
+          Column("rates_id", Integer, ForeignKey("currency_rates.id")),
+          Index("ix_spot_poll_server_time", "server_id", "polled_at"))
+    Table("spot_offer", md,
+          Column("poll_id", Integer, ForeignKey("spot_poll.id"), primary_key=True),
+          Column("offer_id", BigInteger, primary_key=True, autoincrement=False),
+          Column("bid", Double, nullable=False),
+          Column("active", Boolean, nullable=False),
+          Column("my", Boolean, nullable=False))
+    Table("marketplace_listing", md,
+          Column("id", Integer, primary_key=True),
+          Column("taken_at", Double, nullable=False, index=True),
+          Column("servers", Integer, nullable=False),
+          Column("my_servers", JSON, nullable=False))
+    Table("marketplace_server", md,
+          Column("server_id", BigInteger, primary_key=True, autoincrement=False),
+          *_interval_columns("marketplace_server", "server_id", "first_listing", "end_listing"),
+          Column("owner", BigInteger), Column("mrl", BigInteger), Column("rented", Boolean),
+          Column("gpu_model", String, nullable=False), Column("gpu_count", Integer),
+          Column("country", String), Column("reliability", Double),
+          Column("spot_floors", JSON, nullable=False), Column("on_demand", JSON, nullable=False),
+          Column("specs", JSON))
+    md.create_all(connection)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "market recorder: GigaSPOT snapshots, spot polls, marketplace listings",
+              _v1_market_recorder),
+)

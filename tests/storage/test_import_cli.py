@@ -1,0 +1,142 @@
+"""``bidder import``: files and folders, time order, re-import, bad files, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from sqlalchemy import func, select
+
+from bidder.cli import main
+from storage.db import open_database
+from storage.market_views import gigaspot_frame
+from storage.models import GigaspotSnapshot
+
+T0 = 1735176176
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """``bidder import`` sets up the root logger for the process; undo it after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def logged_errors(err: str) -> list[str]:
+    """The messages of the ERROR lines a command wrote to stderr."""
+    return [line.split(": ", 1)[1] for line in err.splitlines() if " ERROR " in line]
+
+
+@pytest.fixture
+def config_file(tmp_path, db_url):
+    path = tmp_path / "bidder.toml"
+    path.write_text(f'[storage]\nurl = "{db_url}"\n')
+    return path
+
+
+@pytest.fixture
+def snapshots_dir(tmp_path, doc_snapshot, changed):
+    """Two good snapshots, written newest first, and a file that is not a snapshot."""
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    later = changed(doc_snapshot, ("40329", "bids", 0, "price"), 0.3)
+    (folder / f"prod_a_{T0 + 60}.json").write_text(json.dumps(later))
+    (folder / f"prod_a_{T0}.json").write_text(json.dumps(doc_snapshot))
+    (folder / "notes.txt").write_text("not a snapshot")
+    return folder
+
+
+def recorded_times(db_url):
+    with open_database(db_url, writer=False) as db, db.sessions() as session:
+        return session.scalars(select(GigaspotSnapshot.time).order_by(GigaspotSnapshot.id)).all()
+
+
+def test_imports_a_folder_in_time_order_and_skips_it_the_second_time(config_file, snapshots_dir,
+                                                                     db_url, capsys):
+    assert main(["import", "--config", str(config_file), str(snapshots_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        f"imported {snapshots_dir}/prod_a_{T0}.json: 2 machines (new versions: 2 facts, "
+        "2 states, 1 bids)",
+        f"imported {snapshots_dir}/prod_a_{T0 + 60}.json: 2 machines (new versions: 0 facts, "
+        "0 states, 1 bids)",
+        "2 imported, 0 skipped (already recorded), 0 failed"]
+    assert recorded_times(db_url) == [T0, T0 + 60]
+
+    assert main(["import", "--config", str(config_file), str(snapshots_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "0 imported, 2 skipped (already recorded), 0 failed"
+    assert out[0] == f"skipped  {snapshots_dir}/prod_a_{T0}.json: already recorded"
+    assert recorded_times(db_url) == [T0, T0 + 60]
+
+
+def test_bad_files_are_named_and_the_good_ones_imported(config_file, snapshots_dir, tmp_path,
+                                                        db_url, doc_snapshot, changed, capsys):
+    truncated = snapshots_dir / f"prod_a_{T0 + 120}.json"
+    truncated.write_text(json.dumps(doc_snapshot)[:100])
+    mistyped = snapshots_dir / f"prod_a_{T0 + 180}.json"
+    mistyped.write_text(json.dumps(changed(doc_snapshot, ("40329", "bids", 0, "price"), "x")))
+    undated = snapshots_dir / "snapshot.json"
+    undated.write_text(json.dumps(doc_snapshot))
+    good = snapshots_dir / f"prod_a_{T0 + 240}.json"
+    good.write_text(json.dumps(changed(doc_snapshot, ("40329", "bids", 0, "price"), 0.4)))
+    missing = tmp_path / f"prod_a_{T0 + 300}.json"
+
+    code = main(["import", "--config", str(config_file), str(snapshots_dir), str(missing)])
+    assert code == 1
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert out[-2] == "3 imported, 0 skipped (already recorded), 4 failed"
+    assert out[-1] == f"failed: {undated}, {truncated}, {mistyped}, {missing}"
+    errors = logged_errors(captured.err)
+    assert len(errors) == 4
+    assert errors[0] == f"snapshot {undated}: the name does not end in _<unix time>.json"
+    assert errors[1].startswith(f"snapshot {truncated}: not valid JSON (truncated?)")
+    assert errors[2] == (f"snapshot {mistyped}: machine 40329: bids[0].price: Input should be a "
+                         "valid number, unable to parse string as a number")
+    assert errors[3] == f"snapshot {missing}: cannot read it: No such file or directory"
+    assert recorded_times(db_url) == [T0, T0 + 60, T0 + 240]
+    with open_database(db_url, writer=False) as db, db.sessions() as session:
+        assert gigaspot_frame(session).bid_price.tolist() == [0.4]
+
+
+def test_an_older_snapshot_is_refused(config_file, snapshots_dir, tmp_path, doc_snapshot, capsys):
+    assert main(["import", "--config", str(config_file), str(snapshots_dir)]) == 0
+    older = tmp_path / f"prod_b_{T0 + 30}.json"
+    older.write_text(json.dumps(doc_snapshot))
+    assert main(["import", "--config", str(config_file), str(older)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1] == f"failed: {older}"
+    assert logged_errors(captured.err) == [(
+        f"snapshot {older}: taken at 2024-12-26 01:23:26 UTC, before the newest recorded snapshot "
+        "(2024-12-26 01:23:56 UTC); snapshots are recorded in time order only")]
+
+
+def test_without_config_the_default_database_is_used(snapshots_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("CLORE_API_KEY", raising=False)
+    assert main(["import", str(snapshots_dir / f"prod_a_{T0}.json")]) == 0
+    database = tmp_path / "xdg" / "clore-bidder" / "bidder.db"
+    assert database.exists()
+    with open_database(f"sqlite:///{database}", writer=False) as db, db.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(GigaspotSnapshot)) == 1
+
+
+def test_a_bad_config_exits_2(tmp_path, snapshots_dir, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("[storage]\nurll = 'x'\n")
+    assert main(["import", "--config", str(config), str(snapshots_dir)]) == 2
+    assert "storage.urll: Extra inputs are not permitted" in capsys.readouterr().err
+
+
+def test_a_database_from_a_newer_program_exits_2(config_file, snapshots_dir, db_url, capsys):
+    from storage.models import SchemaVersion
+    from storage.schema import SCHEMA_VERSION
+    with open_database(db_url, writer=True) as db, db.sessions.begin() as session:
+        session.add(SchemaVersion(version=SCHEMA_VERSION + 1, description="future"))
+    assert main(["import", "--config", str(config_file), str(snapshots_dir)]) == 2
+    assert "written by a newer clore-bidder" in capsys.readouterr().err
