@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.errors import StorageError
@@ -110,14 +111,31 @@ def open_database(url: str, *, writer: bool,
                   busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Database:
     """Open the database for a command. A writer (``bidder record``/``run``/``import``) brings the
     schema up to date; a reader (``bidder status``, a backtest) never migrates and refuses a
-    database whose schema version is not this program's (``SchemaVersionError``)."""
-    engine = make_engine(url, writer=writer, busy_timeout=busy_timeout)
+    database whose schema version is not this program's (``SchemaVersionError``).
+
+    Every failure is a ``StorageError`` naming the database (its password hidden): a bad URL, a
+    missing driver, a folder that cannot be made, a server that does not answer."""
+    try:
+        engine = make_engine(url, writer=writer, busy_timeout=busy_timeout)
+    except (OSError, SQLAlchemyError, ImportError) as err:
+        raise StorageError(f"cannot open the database {shown_url(url)}: {err}") from None
     try:
         if writer:
             upgrade(engine)
         else:
             require_current(engine)
-    except Exception:
+    except (OSError, SQLAlchemyError) as err:
+        engine.dispose()
+        raise StorageError(f"cannot open the database {shown_url(url)}: {err}") from None
+    except BaseException:
         engine.dispose()
         raise
     return Database(engine, session_factory(engine))
+
+
+def shown_url(url: str) -> str:
+    """``url`` fit for messages and logs: any password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except SQLAlchemyError:
+        return "<unparseable database URL>"

@@ -9,8 +9,6 @@ from pathlib import Path
 
 from pydantic import SecretStr
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bidder.api import CloreClient
@@ -20,7 +18,7 @@ from bidder.logs import setup_logging
 from bidder.poller import MarketPoller
 from bidder.scheduler import JobSpec, run_jobs
 from bidder.sim import SimMarket, SimOptions
-from storage.db import open_database
+from storage.db import open_database, shown_url
 from storage.errors import StorageError
 from storage.models import GigaspotSnapshot, MarketplaceListing, SpotPoll
 
@@ -111,16 +109,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
         url = config.storage_url()
         speed, source = 1.0, config.api.base_url
-    shown_url = make_url(url).render_as_string(hide_password=True)
     try:
         database = open_database(url, writer=True)
     except StorageError as err:
         client.close()
         print(f"bidder record: {err}", file=sys.stderr)
-        return 2
-    except (OSError, SQLAlchemyError, ImportError) as err:  # no folder, no server, no driver
-        client.close()
-        print(f"bidder record: cannot open the database {shown_url}: {err}", file=sys.stderr)
         return 2
     stop = threading.Event()
     with client, database:
@@ -130,12 +123,12 @@ def run(args: argparse.Namespace) -> int:
         jobs = [JobSpec("gigaspot", poller.poll_gigaspot, poll.gigaspot_interval),
                 JobSpec("spot", poller.poll_spot_round, poll.spot_interval),
                 JobSpec("marketplace", poller.poll_marketplace, poll.marketplace_interval)]
-        print(f"bidder record: recording {source} into {shown_url}; Ctrl-C stops",
+        print(f"bidder record: recording {source} into {shown_url(url)}; Ctrl-C stops",
               file=sys.stderr, flush=True)
         started = clock.now()
         status = run_jobs(jobs, speed=speed, duration=args.duration,
                           misfire_grace_time=config.bot.misfire_grace_time, stop=stop)
         snapshots, polls, listings = _counts_since(database.sessions, started)
-    print(f"bidder record: recorded into {shown_url}: GigaSPOT snapshots {snapshots}, "
+    print(f"bidder record: recorded into {shown_url(url)}: GigaSPOT snapshots {snapshots}, "
           f"spot polls {polls}, marketplace listings {listings}")
     return status

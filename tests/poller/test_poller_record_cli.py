@@ -3,7 +3,6 @@ record`` process against a loopback simulated market, stopped with SIGTERM."""
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import signal
@@ -23,16 +22,6 @@ from storage.models import GigaspotSnapshot, MarketplaceListing, SpotPoll
 
 KEY = "RecordKey-Ab12Cd34Ef56Gh78Ij90"
 SMALL_SIM = "[sim]\nspot_servers = 12\ngigaspot_machines = 15\nspeed = 120\n"
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """``bidder record`` sets up the root logger for the process; undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)

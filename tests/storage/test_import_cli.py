@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 from sqlalchemy import func, select
@@ -14,16 +13,6 @@ from storage.market_views import gigaspot_frame
 from storage.models import GigaspotSnapshot
 
 T0 = 1735176176
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    """``bidder import`` sets up the root logger for the process; undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def logged_errors(err: str) -> list[str]:
@@ -140,3 +129,27 @@ def test_a_database_from_a_newer_program_exits_2(config_file, snapshots_dir, db_
         session.add(SchemaVersion(version=SCHEMA_VERSION + 1, description="future"))
     assert main(["import", "--config", str(config_file), str(snapshots_dir)]) == 2
     assert "written by a newer clore-bidder" in capsys.readouterr().err
+
+
+def test_a_database_that_cannot_be_opened_is_one_clear_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[storage]\nurl = "sqlite:///{blocker}/sub/bidder.db"\n')
+    snap = tmp_path / f"snap_{T0}.json"
+    snap.write_text("{}")
+    assert main(["import", "--config", str(config), str(snap)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bidder import: cannot open the database sqlite:///")
+    assert "Traceback" not in err
+
+
+def test_a_database_password_is_never_shown(tmp_path, capsys):
+    config = tmp_path / "c.toml"
+    config.write_text('[storage]\nurl = "nosuchdriver://user:hunter2@localhost/db"\n')
+    snap = tmp_path / f"snap_{T0}.json"
+    snap.write_text("{}")
+    assert main(["import", "--config", str(config), str(snap)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot open the database nosuchdriver://user:***@localhost/db" in err
+    assert "hunter2" not in err
