@@ -1,12 +1,173 @@
-"""`bidder backtest` (placeholder until its issue lands; replaced by the module's owner)."""
+"""``bidder backtest``: replay the recorded market through strategies and the live rules engine."""
 
-HELP = "(not built yet)"
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bidder.backtest.data import HistoryError, count_recorded, load_history
+from bidder.backtest.exchange import ExchangeRules
+from bidder.backtest.grid import ProgressBar, default_workers, expand_grid, run_backtest
+from bidder.backtest.plot import PlotUnavailable, plot, require_matplotlib
+from bidder.backtest.reactive import ReactiveSettings
+from bidder.backtest.report import as_json, table, write_json
+from bidder.backtest.runner import MODES, RunSettings
+from bidder.config import Config, load_config
+from bidder.logs import setup_logging
+from bidder.sim.options import PAYMENTS, StepRule
+from storage.db import open_database
+from storage.errors import StorageError
+from strategies.registry import StrategyError
+
+HELP = ("Replay the recorded market (GigaSPOT snapshots, spot polls) through strategies and the "
+        "bot's own rules engine; compare them against an oracle that knows the future.")
 
 
-def add_arguments(parser):
-    pass
+class UsageError(ValueError):
+    """Bad input: shown as it is, exit code 2, nothing written."""
 
 
-def run(args):
-    print("bidder backtest: not built yet")
-    return 2
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML config file: targets, market rules, fees, budget (default: "
+                             "built-in defaults, which have no targets)")
+    parser.add_argument("--db", default=None,
+                        help="database URL (default: the config's [storage] url or bidder.db)")
+    parser.add_argument("--strategy", action="append", required=True, metavar="NAME[:k=v,...]",
+                        help="a strategy and its parameters, e.g. outbid:tick=0.05; repeat it to "
+                             "compare strategies; 'a|b' in a value makes a grid "
+                             "(outbid:tick=0.01|0.05)")
+    parser.add_argument("--target", action="append", default=None, metavar="NAME",
+                        help="backtest only this configured target (repeatable; default: all)")
+    parser.add_argument("--from", dest="start", default=None, metavar="T",
+                        help="start: ISO 8601 (UTC unless it says otherwise) or UNIX seconds")
+    parser.add_argument("--to", dest="end", default=None, metavar="T", help="end, inclusive")
+    parser.add_argument("--mode", choices=(*MODES, "both"), default="both",
+                        help="replay: rivals as recorded; reactive: the best rival answers our "
+                             "bids like the simulated market's outbidders")
+    parser.add_argument("--workers", type=int, default=default_workers(),
+                        help="processes to spread the runs over")
+    parser.add_argument("--step-rule", default=None,
+                        help="the exchange's real lowering step, unknown for real history: "
+                             "'fraction:F' or 'absolute:X' (default: [sim] step_rule)")
+    parser.add_argument("--payment", choices=PAYMENTS, default=None,
+                        help="what a winner pays (default: [sim] payment)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the reactive rivals (default: [sim] seed)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT",
+                        help="write the results as JSON")
+    parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
+                        help="write a PNG of prices and holdings (needs matplotlib)")
+    parser.add_argument("--progress", action="store_true",
+                        help="show a progress bar even when stderr is not a terminal")
+
+
+def parse_time(text: str | None, name: str) -> float | None:
+    """ISO 8601 (naive = UTC) or UNIX seconds."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{name} {text!r}: expected ISO 8601 (2025-01-31T12:00) or UNIX "
+                         "seconds") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
+def _check_output(path: Path | None, option: str) -> None:
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"{option} {path}: folder {path.parent} does not exist")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except (UsageError, StrategyError, HistoryError, StorageError, PlotUnavailable) as err:
+        print(f"bidder backtest: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = load_config(args.config) if args.config is not None else Config()
+    setup_logging(args.log_level)
+    if args.plot is not None:
+        require_matplotlib()
+    _check_output(args.json, "--json")
+    _check_output(args.plot, "--plot")
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: expected at least 1")
+    variants = [v for spec in args.strategy for v in expand_grid(spec)]
+    labels = [v.label for v in variants]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"a strategy is given twice: {sorted({x for x in labels if labels.count(x) > 1})}")
+    targets = _targets(config, args.target)
+    start, end = parse_time(args.start, "--from"), parse_time(args.end, "--to")
+    if start is not None and end is not None and start > end:
+        raise UsageError(f"--from is after --to ({args.start} > {args.end}): the range is empty")
+    step_rule = args.step_rule or config.sim.step_rule
+    try:
+        StepRule.parse(step_rule)
+    except ValueError as err:
+        raise UsageError(f"--step-rule: {err}") from None
+    exchange = ExchangeRules(step_rule=step_rule, payment=args.payment or config.sim.payment)
+    settings = RunSettings(exchange, ReactiveSettings(seed=config.sim.seed if args.seed is None
+                                                      else args.seed))
+    modes = MODES if args.mode == "both" else (args.mode,)
+
+    url = args.db or config.storage_url()
+    with open_database(url, writer=False) as db, db.sessions() as session:
+        snapshots, polls = count_recorded(session)
+        if snapshots == 0 and polls == 0:
+            raise HistoryError(f"the database at {url} has no GigaSPOT snapshots and no spot polls: "
+                               "record some first (bidder record, bidder import)")
+        history = load_history(session, targets, allocation=config.markets.gigaspot.allocation,
+                               start=start, end=end, grid_interval=config.bot.decide_interval)
+    progress = ProgressBar(force=args.progress)
+    result = run_backtest(history, config, variants, settings, modes=modes, targets=targets,
+                          workers=args.workers, progress=progress)
+    info = _settings(history, exchange, settings, targets, modes)
+    print(f"{len(targets)} target(s), {history.n_ticks:,} ticks from "
+          f"{_iso(history.time[0])} to {_iso(history.time[-1])}; exchange step rule "
+          f"{exchange.step_rule}, payment {exchange.payment}; costs in each target's currency")
+    print(table(result.metrics))
+    if args.json is not None:
+        write_json(args.json, as_json(result.metrics, info))
+    if args.plot is not None:
+        plot(args.plot, result.runs, targets, result.oracles)
+    return 0
+
+
+def _targets(config: Config, names: list[str] | None) -> list[Any]:
+    if not config.targets:
+        raise UsageError("the config has no [[targets]]: nothing to backtest (give --config)")
+    if names is None:
+        return list(config.targets)
+    known = {t.name: t for t in config.targets}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"unknown target(s) {unknown}; configured: {sorted(known)}")
+    return [known[n] for n in dict.fromkeys(names)]
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(float(t), tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _settings(history: Any, exchange: ExchangeRules, settings: RunSettings, targets: list[Any],
+              modes: tuple[str, ...]) -> dict[str, Any]:
+    return {"from": float(history.time[0]), "to": float(history.time[-1]),
+            "ticks": history.n_ticks, "modes": list(modes),
+            "targets": [t.name for t in targets],
+            "exchange": {"step_rule": exchange.step_rule, "payment": exchange.payment,
+                         "cooldown": exchange.cooldown,
+                         "cooldown_from_creation": exchange.cooldown_from_creation},
+            "reactive_seed": settings.reactive.seed}

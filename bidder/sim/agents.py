@@ -37,6 +37,13 @@ def clore_up(price: float) -> float:
     return math.ceil(price * 10_000 - 1e-6) / 10_000
 
 
+def outbid_price(current: float, to_win: float, cap: float) -> float | None:
+    """An outbidder's answer to a holder it would tie at ``to_win``: just above it, if that is a
+    raise within ``cap``; ``None``: no change. (Pure, so backtests can replay the same answer.)"""
+    target = clore_up(to_win * (1 + TICK))
+    return target if current < target <= cap else None
+
+
 @dataclass
 class Agent:
     """A static bidder (and the base of the others)."""
@@ -100,8 +107,8 @@ class Outbidder(Agent):
         to_win = exchange.price_to_win(order)
         if to_win is None:
             return
-        target = clore_up(to_win * (1 + TICK))
-        if order.price < target <= self.limit(exchange):
+        target = outbid_price(order.price, to_win, self.limit(exchange))
+        if target is not None:
             exchange.reprice(order, target, now)
 
 

@@ -1,0 +1,171 @@
+"""Backtest benchmark: 30 days of 1-minute GigaSPOT snapshots over 500 candidate servers.
+
+    python benchmarks/bench_backtest.py [--days 30] [--servers 500]
+
+Writes the history straight into the recorder's tables (as ``bench_ingest`` does), then prints the
+load time, the time of one variant (``outbid``, replay mode, one process), the wall time of a grid of
+8 variants over every core, and the grid's ratio to 0.6 x 8 x the one-variant time, with target /
+actual / pass; exits 1 on a miss.
+
+The market: every machine an RTX 4090 box (1-8 GPUs) so all 500 are candidates; each state changes
+in about 1 % of the snapshots, each of three bid slots in about 2 % (a new price, now and then a
+new bid id), with a few machines busier; 2 % of the bids are ours (excluded from the book).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import insert
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bidder.backtest.data import load_history
+from bidder.backtest.grid import expand_grid, run_backtest
+from bidder.backtest.runner import RunSettings
+from bidder.config import parse_config
+from storage.bulk import executemany
+from storage.db import open_database
+from storage.models import BIDS, FACTS, STATES, Currency, GigaspotSnapshot
+
+T0 = 1_735_000_000
+ME = 77
+TARGET_ONE_S = 20.0
+TARGET_GRID_FACTOR = 0.6
+GRID = "outbid:tick=0.01|0.02|0.03|0.04|0.05|0.06|0.07|0.08"
+
+
+def _spans(rng: np.random.Generator, n: int, p: float) -> list[tuple[int, int | None]]:
+    """(first, end) snapshot ids of one key's versions when it changes with probability ``p``."""
+    k = rng.binomial(n - 1, p)
+    points = np.sort(rng.choice(np.arange(2, n + 1), size=k, replace=False)).tolist()
+    return list(zip([1, *points], [*points, None]))
+
+
+def build(path: Path, snapshots: int, machines: int, seed: int = 5) -> None:
+    rng = np.random.default_rng(seed)
+    with open_database(f"sqlite:///{path}", writer=True) as db, db.sessions.begin() as session:
+        connection = session.connection()
+        session.execute(insert(Currency).values(id=1, name="CLORE-Blockchain"))
+        executemany(connection, insert(GigaspotSnapshot.__table__),
+                    ("id", "time", "fetched_at", "recorded_at", "source", "sha256", "clore_price",
+                     "my_user_id", "machines"),
+                    [(i, T0 + 60 * i, T0 + 60 * i, T0 + 60 * i, "bench", f"{i:064x}",
+                      0.03 * (1 + 0.1 * np.sin(i / 1440)), ME, machines)
+                     for i in range(1, snapshots + 1)])
+        facts, states, bids = [], [], []
+        next_bid = 1_000_000
+        for machine in range(10_000, 10_000 + machines):
+            gpus = int(rng.choice([1, 2, 4, 8]))
+            facts.append((machine, 1, "[]", gpus, "RTX 4090", "DE", 150.0, 450.0))
+            energy = float(rng.choice([0.05, 0.08, 0.12]))
+            floor = float(rng.uniform(2, 6)) * gpus
+            busy = 5.0 if rng.random() < 0.05 else 1.0
+            for first, end in _spans(rng, snapshots, 0.01):
+                states.append((machine, first, end, bool(rng.random() < 0.95), False, True,
+                               float(rng.uniform(0.9, 1.0)), floor, 864_000, energy))
+            for _slot in range(3):
+                price = floor * float(rng.uniform(1.0, 2.0))
+                owner = ME if rng.random() < 0.02 else int(rng.integers(1000, 5000))
+                for first, end in _spans(rng, snapshots, 0.02 * busy):
+                    if rng.random() < 0.2:
+                        next_bid += 1
+                    price = max(floor, price * float(rng.uniform(0.9, 1.1)))
+                    bids.append((machine, next_bid, first, end, owner, False, round(price, 4), 1,
+                                 float(rng.integers(150, 300))))
+                next_bid += 1
+        executemany(connection, insert(FACTS), ("machine_id", "first_snapshot", "gpus",
+                                                "gpu_count", "gpu_model", "cc", "pl_min",
+                                                "pl_max"), facts)
+        executemany(connection, insert(STATES), (
+            "machine_id", "first_snapshot", "end_snapshot", "online", "on_demand_rented",
+            "working_properly", "reliability", "min_bid", "max_rental_length", "energy_price"),
+            states)
+        executemany(connection, insert(BIDS), (
+            "machine_id", "bid_id", "first_snapshot", "end_snapshot", "owner", "active", "price",
+            "currency_id", "pl"), _distinct_versions(bids))
+
+
+def _distinct_versions(bids: list[tuple]) -> list[tuple]:
+    """A bid id keeps one version per snapshot: a slot's new id starts a new key."""
+    seen: set[tuple[int, int, int]] = set()
+    out = []
+    for b in bids:
+        key = (b[0], b[1], b[2])
+        if key not in seen:
+            seen.add(key)
+            out.append(b)
+    return out
+
+
+CONFIG = {"bot": {"decide_interval": 60.0},
+          "targets": [{"name": "rigs", "market": "gigaspot", "count": 16,
+                       "gpu_model": "RTX 4090", "max_price_per_gpu_day": 12.0,
+                       "oc": {"pl": 200}}]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=float, default=30.0)
+    parser.add_argument("--servers", type=int, default=500)
+    args = parser.parse_args(argv)
+    snapshots = int(args.days * 1440)
+    cores = os.cpu_count() or 1
+    print(f"machine: {cores} cores; {snapshots:,} snapshots x {args.servers} servers")
+    config = parse_config(CONFIG)
+    with tempfile.TemporaryDirectory(prefix="bench-backtest-") as tmp:
+        path = Path(tmp) / "history.db"
+        started = time.perf_counter()
+        build(path, snapshots, args.servers)
+        print(f"history written in {time.perf_counter() - started:.1f} s, "
+              f"{path.stat().st_size / 1e6:.0f} MB")
+        started = time.perf_counter()
+        with open_database(f"sqlite:///{path}", writer=False) as db, db.sessions() as session:
+            history = load_history(session, config.targets,
+                                   allocation=config.markets.gigaspot.allocation)
+        load_s = time.perf_counter() - started
+        market = history.markets["gigaspot"]
+        print(f"loaded: {market.n_servers} candidates, {len(market.state):,} state and "
+              f"{len(market.rivals):,} best-rival changes")
+
+        settings = RunSettings()
+        started = time.perf_counter()
+        one = run_backtest(history, config, expand_grid("outbid"), settings, modes=("replay",),
+                           targets=config.targets, workers=1)
+        one_s = time.perf_counter() - started
+        variants = expand_grid(GRID)
+        started = time.perf_counter()
+        grid = run_backtest(history, config, variants, settings, modes=("replay",),
+                            targets=config.targets, workers=cores)
+        grid_s = time.perf_counter() - started
+    availability = one.metrics[0]["targets"][0]["availability"]
+    limit = TARGET_GRID_FACTOR * len(variants) * one_s
+    rows = [
+        ("load history", "(info)", f"{load_s:.2f} s", True),
+        ("one variant (outbid, replay)", f"<= {TARGET_ONE_S:.0f} s",
+         f"{one_s:.2f} s (availability {availability:.1%})", one_s <= TARGET_ONE_S),
+        (f"grid of {len(variants)} on {cores} cores", f"<= {limit:.1f} s",
+         f"{grid_s:.2f} s (ratio {grid_s / (len(variants) * one_s):.2f} of 8 x one)",
+         grid_s <= limit),
+        ("grid results", "all runs", f"{len(grid.metrics)} runs", len(grid.metrics) == 8),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'metric':<{width}}  {'target':<10}  {'actual':<44}  pass")
+    for name, target, actual, ok in rows:
+        print(f"{name:<{width}}  {target:<10}  {actual:<44}  {'yes' if ok else 'NO'}")
+    missed = [r[0] for r in rows if not r[3]]
+    if missed:
+        print(f"\nmissed: {', '.join(missed)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

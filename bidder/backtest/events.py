@@ -1,0 +1,100 @@
+"""Per-server columns that change now and then, stored as their changes by tick.
+
+Recorded history is interval-encoded (a version holds from one snapshot to another), so the
+market a backtest replays changes little from one tick to the next. An ``EventStream`` keeps only
+those changes, in CSR form by tick: the runner applies a tick's few changes to its current
+columns in place (``apply``), and the oracle rebuilds a block of ticks at once (``dense``). Memory
+grows with the number of changes, not with ticks x servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+Columns = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class EventStream:
+    """Changes of some columns of ``n`` servers over ``T`` ticks.
+
+    ``start[t]:start[t+1]`` are tick ``t``'s events; each sets ``values[c][e]`` into column ``c`` at
+    server row ``row[e]``. At most one event per (tick, row). ``initial`` holds each column before
+    any event.
+    """
+
+    start: np.ndarray
+    """int64, length T + 1"""
+    row: np.ndarray
+    """int64, length E"""
+    values: Mapping[str, np.ndarray]
+    """column -> values (length E)"""
+    initial: Mapping[str, np.ndarray]
+    """column -> values before any event (length n)"""
+
+    @classmethod
+    def build(cls, n_ticks: int, tick: np.ndarray, row: np.ndarray, values: Mapping[str, np.ndarray],
+              initial: Mapping[str, np.ndarray]) -> EventStream:
+        """Events in any order; when one (tick, row) has several, the last one given wins."""
+        tick = np.asarray(tick, dtype=np.int64)
+        row = np.asarray(row, dtype=np.int64)
+        inside = (tick >= 0) & (tick < n_ticks)
+        order = np.flatnonzero(inside)
+        order = order[np.lexsort((order, row[order], tick[order]))]
+        tick, row = tick[order], row[order]
+        last = np.ones(len(order), dtype=bool)
+        last[:-1] = (tick[1:] != tick[:-1]) | (row[1:] != row[:-1])
+        keep = order[last]
+        start = np.searchsorted(tick[last], np.arange(n_ticks + 1), side="left").astype(np.int64)
+        return cls(start, row[last], {c: np.asarray(v)[keep] for c, v in values.items()},
+                   dict(initial))
+
+    @property
+    def n_ticks(self) -> int:
+        return len(self.start) - 1
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def current(self) -> Columns:
+        """Fresh columns as they are before the first tick's events."""
+        return {c: v.copy() for c, v in self.initial.items()}
+
+    def apply(self, tick: int, columns: Columns) -> bool:
+        """Apply tick ``tick``'s events to ``columns`` in place; True when there were any."""
+        a, b = self.start[tick], self.start[tick + 1]
+        if a == b:
+            return False
+        rows = self.row[a:b]
+        for name, values in self.values.items():
+            columns[name][rows] = values[a:b]
+        return True
+
+    def rows_at(self, tick: int) -> np.ndarray:
+        """The rows tick ``tick``'s events change."""
+        return self.row[self.start[tick]:self.start[tick + 1]]
+
+    def dense(self, lo: int, hi: int, carry: Mapping[str, np.ndarray]) -> Columns:
+        """Every column at every tick of ``lo:hi`` as (hi - lo, n) arrays; ``carry`` is the columns
+        as they were before tick ``lo`` (the last row of the previous block, or ``initial``)."""
+        n = len(next(iter(self.initial.values())))
+        a, b = self.start[lo], self.start[hi]
+        ticks = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(self.start[lo:hi + 1]))
+        latest = np.full((hi - lo, n), -1, dtype=np.int64)
+        latest[ticks - lo, self.row[a:b]] = np.arange(a, b, dtype=np.int64)
+        np.maximum.accumulate(latest, axis=0, out=latest)
+        has = latest >= 0
+        index = np.where(has, latest, 0)
+        out: Columns = {}
+        for name, values in self.values.items():
+            before = np.broadcast_to(carry[name], (hi - lo, n))
+            out[name] = np.where(has, values[index], before) if len(values) else before.copy()
+        return out
+
+
+def carry_after(block: Mapping[str, np.ndarray]) -> Columns:
+    """The last row of a ``dense`` block: the carry of the next block."""
+    return {c: v[-1].copy() for c, v in block.items()}

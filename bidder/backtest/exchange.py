@@ -1,0 +1,255 @@
+"""Our orders on an emulated exchange that answers the way the live executor experiences the real one.
+
+The rules engine plans with what it *believes* (``[markets]`` in the config, step knowledge
+learned so far); this exchange enforces what is *true* (``ExchangeRules``: for recorded history
+the real step rule is unknown, so it is a backtest setting, reported with the results):
+
+- a create becomes a live order at once (the fill model decides whether it wins);
+- a raise applies at once;
+- a lowering inside the exchange's cooldown is refused (``can_lower_every_600_seconds``; the
+  rules engine should never send one, so each is counted), and one below the real step is refused
+  with ``max_step``: like the executor, we remember ``StepKnowledge`` and retry at ``max_step``;
+- a cancel ends the order; an order that lived past ``creation_fee_after`` pays the creation fee;
+  GigaSPOT orders end by themselves after ``gigaspot_max_life``.
+
+Every request counts as one API call (a refused lowering and its retry are two).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from bidder.config import MarketsConfig
+from bidder.rules import Cancel, ChangePrice, Create, Plan, StepKnowledge, lowest_allowed
+from bidder.sim.options import StepRule
+from strategies.base import OwnOrder
+
+PRICE_TOLERANCE = 1e-9
+"""Relative: a price this close to a limit counts as on it."""
+TIME_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeRules:
+    """What the emulated exchange enforces."""
+
+    step_rule: str = "fraction:0.1"
+    """``fraction:F`` or ``absolute:X`` (``bidder.sim.options.StepRule``); default ``[sim] step_rule``."""
+    cooldown: float = 600.0
+    cooldown_from_creation: bool = True
+    payment: str = "pay_your_bid"
+    """``pay_your_bid`` or ``second_price``."""
+    gigaspot_max_life: float = 20 * 86_400.0
+
+    def step(self) -> StepRule:
+        return StepRule.parse(self.step_rule)
+
+
+@dataclass(frozen=True, slots=True)
+class StartingOrder:
+    """An order that is live when a run starts (to replay a live session from its real state)."""
+
+    target: str
+    server_id: int
+    price: float
+    created_at: float
+    order_id: int | None = None
+    last_lowered_at: float | None = None
+    knowledge: StepKnowledge | None = None
+
+
+@dataclass(slots=True)
+class EmulatedOrder:
+    order_id: int
+    target: str
+    market: str
+    currency: str
+    server_id: int
+    row: int
+    gpus: int
+    price: float
+    created_at: float
+    birth: int
+    """Tick of creation: a rival seen at or before it is the earlier bid."""
+    lowered_at: float | None
+    """The exchange's cooldown clock (creation counts when its rule says so)."""
+    bot_lowered_at: float | None = None
+    """The last accepted lowering, as the bot records it."""
+    not_before: float = 0.0
+    """From a ``time_to_lowering`` answer."""
+    knowledge: StepKnowledge | None = None
+    winning: bool = False
+
+
+@dataclass(slots=True)
+class Counters:
+    api_calls: int = 0
+    creates: int = 0
+    raises: int = 0
+    lowerings: int = 0
+    cancels: int = 0
+    expired: int = 0
+    step_refusals: int = 0
+    cooldown_refusals: int = 0
+    """Lowerings refused for the cooldown: the rules engine should never send one."""
+    creation_fees: float = 0.0
+    """In the order currency."""
+    creation_fee_orders: int = 0
+
+
+@dataclass(slots=True)
+class _Target:
+    market: str
+    currency: str
+    counters: Counters = field(default_factory=Counters)
+
+
+class EmulatedExchange:
+    """Our live orders, keyed by order id, and what every request cost."""
+
+    def __init__(self, rules: ExchangeRules, markets: MarketsConfig,
+                 targets: Iterable[tuple[str, str, str]],
+                 server_info: Callable[[str, int, str], tuple[int, int, float]]) -> None:
+        """``targets``: (name, market, order currency). ``server_info(market, server_id,
+        currency)`` gives (row, GPUs, floor in ``currency``) of a candidate server now (row -1:
+        not a candidate)."""
+        self.rules = rules
+        self.markets = markets
+        self._step = rules.step()
+        self._targets = {name: _Target(market, currency) for name, market, currency in targets}
+        self._info = server_info
+        self.orders: dict[int, EmulatedOrder] = {}
+        self._ids = itertools.count(1)
+        self.version = 0
+        """Changes whenever an order is created, repriced, ended, wins or loses its server."""
+        self._own: dict[str, tuple[int, list[OwnOrder]]] = {}
+
+    def counters(self, target: str) -> Counters:
+        return self._targets[target].counters
+
+    # --- the bot's side ----------------------------------------------------------------------------
+
+    def own_orders(self, target: str) -> list[OwnOrder]:
+        """The target's live orders as the bot's database would describe them."""
+        cached = self._own.get(target)
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
+        fraction = self.markets.rules(self._targets[target].market).initial_step_fraction
+        orders = [OwnOrder(o.server_id, o.price, o.gpus, "winning" if o.winning else "outbid",
+                         o.created_at, order_id=o.order_id, last_lowered_at=o.bot_lowered_at,
+                         next_lower_at=o.not_before,
+                         lowest_allowed=None if o.knowledge is None
+                         else lowest_allowed(o.price, o.knowledge, fraction))
+                  for o in self.orders.values() if o.target == target]
+        self._own[target] = (self.version, orders)
+        return orders
+
+    def set_winning(self, order: EmulatedOrder, winning: bool) -> None:
+        """What the fill model says about the order now (the bot sees it as winning/outbid)."""
+        if order.winning != winning:
+            order.winning = winning
+            self.version += 1
+
+    def add_starting(self, order: StartingOrder, birth: int) -> EmulatedOrder:
+        """Put a starting order on the book; it is older than the rivals first seen after tick
+        ``birth``."""
+        spec = self._targets[order.target]
+        row, gpus, _ = self._info(spec.market, order.server_id, spec.currency)
+        if row < 0:
+            raise ValueError(f"starting order on server {order.server_id}: not in the recorded "
+                             f"{spec.market} market")
+        order_id = order.order_id if order.order_id is not None else next(self._ids)
+        if order_id in self.orders:
+            raise ValueError(f"starting order id {order_id} given twice")
+        lowered = order.last_lowered_at
+        if self.rules.cooldown_from_creation:
+            lowered = max(order.created_at, lowered or -math.inf)
+        placed = EmulatedOrder(order_id, order.target, spec.market, spec.currency, order.server_id,
+                               row, gpus, order.price, order.created_at, birth, lowered,
+                               order.last_lowered_at, knowledge=order.knowledge)
+        self.orders[order_id] = placed
+        self.version += 1
+        return placed
+
+    def apply(self, plan: Plan, now: float, tick: int) -> None:
+        """Send the plan's actions in order, as the executor would."""
+        for action in plan.actions:
+            if isinstance(action, Create):
+                self._create(action, now, tick)
+            elif isinstance(action, ChangePrice):
+                order = self.orders[action.order_id]
+                if action.price > order.price:
+                    self._call(order.target).raises += 1
+                    order.price = action.price
+                    self.version += 1
+                else:
+                    self._lower(order, action.price, now)
+            elif isinstance(action, Cancel):
+                self._call(action.target).cancels += 1
+                self.end(self.orders[action.order_id], now)
+
+    def expire(self, now: float) -> None:
+        """End GigaSPOT orders that reached their maximum life."""
+        for order in [o for o in self.orders.values() if o.market == "gigaspot"
+                      and now - o.created_at >= self.rules.gigaspot_max_life]:
+            self.counters(order.target).expired += 1
+            self.end(order, now)
+
+    def end(self, order: EmulatedOrder, now: float) -> None:
+        """End an order; it pays the creation fee if it lived past ``creation_fee_after``."""
+        rules = self.markets.rules(order.market)
+        if now - order.created_at > rules.creation_fee_after:
+            counters = self.counters(order.target)
+            counters.creation_fees += rules.creation_fee
+            counters.creation_fee_orders += 1
+        del self.orders[order.order_id]
+        self.version += 1
+
+    def end_all(self, now: float) -> None:
+        """The run is over: fees of the orders still live are due as if they ended now."""
+        for order in list(self.orders.values()):
+            self.end(order, now)
+
+    # --- internals -------------------------------------------------------------------------------
+
+    def _call(self, target: str) -> Counters:
+        counters = self.counters(target)
+        counters.api_calls += 1
+        return counters
+
+    def _create(self, action: Create, now: float, tick: int) -> None:
+        spec = self._targets[action.target]
+        row, gpus, _ = self._info(spec.market, action.server_id, spec.currency)
+        self._call(action.target).creates += 1
+        order_id = next(self._ids)
+        while order_id in self.orders:
+            order_id = next(self._ids)
+        self.orders[order_id] = EmulatedOrder(
+            order_id, action.target, spec.market, spec.currency, action.server_id, row, gpus,
+            action.price, now, tick, now if self.rules.cooldown_from_creation else None)
+        self.version += 1
+
+    def _lower(self, order: EmulatedOrder, price: float, now: float) -> None:
+        counters = self._call(order.target)
+        if order.lowered_at is not None:
+            wait = order.lowered_at + self.rules.cooldown - now
+            if wait > TIME_TOLERANCE:
+                counters.cooldown_refusals += 1
+                order.not_before = now + math.ceil(wait)
+                return
+        _, _, floor = self._info(order.market, order.server_id, order.currency)
+        lowest = max(self._step.lowest(order.price), floor if math.isfinite(floor) else 0.0)
+        if price < lowest * (1 - PRICE_TOLERANCE):
+            counters.step_refusals += 1
+            order.knowledge = StepKnowledge(order.price, lowest)
+            if lowest >= order.price * (1 - PRICE_TOLERANCE):
+                return
+            counters.api_calls += 1  # the retry at max_step
+            price = lowest
+        counters.lowerings += 1
+        order.price = price
+        order.lowered_at = order.bot_lowered_at = now
+        self.version += 1

@@ -1,0 +1,97 @@
+"""The fill model: at each tick, do our orders win their servers, and what do they pay?
+
+Each server's book is its best rival (``bidder.backtest.data``) plus at most one order of ours. The
+allocation rule is ``bidder.allocation``'s: the highest score at or above the floor wins on a server
+that can be won now (online, rentable, a known floor); equal scores go to the earlier bid, so a
+rival seen before our order was created keeps the server at an equal score. A winner pays its own
+price (``pay_your_bid``) or the lowest price that would still have won (``second_price``: the price
+that ties the best rival, at least the floor).
+
+The *marginal* price of a server is that lowest winning price, ``max(floor, threshold)``: no order
+can hold the server for less, whatever it bid. It is what overpay and the oracle are measured from.
+Everything here is vectorised over our orders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bidder.allocation import bid_scores, power_cost_usd_per_day
+
+PAYMENTS = ("pay_your_bid", "second_price")
+
+
+@dataclass(frozen=True, slots=True)
+class Book:
+    """The market around each of our orders (aligned arrays, one entry per order)."""
+
+    floor: np.ndarray
+    """float64: floor in the order currency; NaN where the server does not take it"""
+    can_win: np.ndarray
+    """bool: online and rentable now"""
+    gpus: np.ndarray
+    energy_price: np.ndarray
+    """float64 USD/kWh (GigaSPOT; NaN on spot)"""
+    rival_price: np.ndarray
+    """float64: the best rival's price; NaN when no rival"""
+    rival_pl: np.ndarray
+    rival_birth: np.ndarray
+    """int64: tick the rival bid was first seen"""
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    win: np.ndarray
+    """bool: the order holds its server"""
+    marginal: np.ndarray
+    """float64: the lowest price that wins the server now (NaN where it cannot be won)"""
+    paid: np.ndarray
+    """float64: price per day paid while holding (0 where not holding)"""
+
+
+def price_for_score(rule: str, score: np.ndarray, pl: np.ndarray | float, gpus: np.ndarray,
+                    energy_price: np.ndarray, clore_usd: float) -> np.ndarray:
+    """The price at which a bid with power limit ``pl`` scores ``score`` (inverse of
+    ``bid_scores``)."""
+    if rule == "highest_price":
+        return np.asarray(score, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (score + power_cost_usd_per_day(pl, gpus, energy_price)) / clore_usd
+
+
+def threshold(rule: str, book: Book, our_pl: np.ndarray | float, clore_usd: float,
+              rival_score: np.ndarray | None = None) -> np.ndarray:
+    """The price at which our bid ties the best rival (0 where there is none)."""
+    if rival_score is None:
+        rival_score = bid_scores(rule, book.rival_price, book.rival_pl, book.gpus,
+                                 book.energy_price, clore_usd)
+    tie = price_for_score(rule, rival_score, our_pl, book.gpus, book.energy_price, clore_usd)
+    return np.where(book.rival_price >= book.floor, tie, 0.0)
+
+
+def marginal_price(rule: str, book: Book, our_pl: np.ndarray | float, clore_usd: float,
+                   rival_score: np.ndarray | None = None) -> np.ndarray:
+    """``max(floor, threshold)``; NaN where the server cannot be won now or the price is unknown.
+    Rivals under the floor cannot win, so they do not count."""
+    m = np.maximum(book.floor, threshold(rule, book, our_pl, clore_usd, rival_score))
+    return np.where(book.can_win, m, np.nan)
+
+
+def fill(rule: str, payment: str, book: Book, *, price: np.ndarray, birth: np.ndarray,
+         our_pl: np.ndarray | float, clore_usd: float) -> Fill:
+    """Who wins each of our orders' servers now: us (``price``, created at tick ``birth``, power
+    limit ``our_pl``: NaN on spot) or the best rival; and what we pay per day while we hold."""
+    if payment not in PAYMENTS:
+        raise ValueError(f"unknown payment rule {payment!r}; expected one of {PAYMENTS}")
+    ours = bid_scores(rule, price, our_pl, book.gpus, book.energy_price, clore_usd)  # type: ignore[arg-type]
+    theirs = bid_scores(rule, book.rival_price, book.rival_pl, book.gpus, book.energy_price,
+                        clore_usd)
+    # NaN comparisons are False: no floor, no rival or an unknown score never wins
+    rival = book.rival_price >= book.floor
+    beats = (ours > theirs) | ((ours == theirs) & (book.rival_birth > birth))
+    win = book.can_win & (price >= book.floor) & (ours == ours) & (~rival | beats)
+    marginal = marginal_price(rule, book, our_pl, clore_usd, theirs)
+    charged = price if payment == "pay_your_bid" else np.minimum(price, marginal)
+    return Fill(win, marginal, np.where(win, charged, 0.0))

@@ -1,0 +1,194 @@
+"""The oracle: a lower bound on what holding capacity could have cost, knowing the future.
+
+Why this bound and no tighter one. Under the fill model, an order that holds a server during a
+step pays at least that server's *marginal* price then, ``max(floor, threshold)``: below the floor
+it cannot run, and at or below the best rival's score it does not win (second-price payment pays
+exactly the marginal price). That holds whatever the order's history. The exchange's lowering
+rules (step, 600 s) bind how fast *one order* can come down, but a strategy may cancel and
+re-create instead, which escapes them; and an order cancelled within ``creation_fee_after``
+(10 minutes) pays no creation fee, so rotating orders avoids both the ratchet and the fee (at the
+price of many calls). No cost beyond the marginal price is therefore unavoidable, and the bound is
+pointwise: per step, the cheapest way to hold ``g`` units is the fractional cover of ``g`` by the
+servers that can be held, in order of marginal price per unit (the linear relaxation of the
+covering problem, itself below every integral choice of servers).
+
+A server *can be held* by a target at a step when, at some time in the range, it matched the
+target's hardware, place and power limit and passed its health filters (an order placed then may
+stay on it after it no longer does), can be won then (online, rentable, a floor in the order currency), and its
+marginal price is within the most the target could have bid on it (its cap per GPU-day at the best
+rate seen, times the most GPUs it had; or a starting order's price). Fees scale with what is paid,
+so the bound pays them on the marginal price; creation fees add nothing to it.
+
+Two numbers come out per run and target: ``like_for_like``, the bound for holding exactly as many
+units as the strategy held at each step (so regret = cost - bound >= 0 always, and a strategy
+that holds less is not flattered), and ``full``, the bound for holding the whole target.
+Reactive rivals only ever raise above the recorded book, so the recorded bound holds for both
+modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bidder.backtest.data import FLOOR, CHUNK_CELLS, History, facts_frame
+from bidder.backtest.events import carry_after
+from bidder.backtest.fills import Book, marginal_price
+from bidder.config import Config, TargetConfig
+from bidder.view import static_match
+
+DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class OracleResult:
+    like_for_like: list[float]
+    """Per ``held`` series: the cheapest cost of holding that many units at each step"""
+    full: float
+    """The cheapest cost of holding the whole target (as much of it as could be held)"""
+    full_availability: float
+    """Time-weighted share of the target the oracle could hold"""
+    full_per_unit: np.ndarray
+    """Per step: the oracle's price per unit-day when holding the whole target (NaN when nothing
+    could be held), for plots"""
+
+
+def _versions(history: History, target: TargetConfig, names: tuple[str, ...]
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Every recorded value of the named server columns (from whichever stream holds each):
+    (rows, columns), initial values first, for "did this server ever ..." questions."""
+    data = history.markets[target.market]
+    rows: dict[str, np.ndarray] = {}
+    columns: dict[str, np.ndarray] = {}
+    for stream in (data.facts, data.state):
+        for name in names:
+            if name in stream.initial:
+                rows[name] = np.concatenate([np.arange(data.n_servers), stream.row])
+                columns[name] = np.concatenate([stream.initial[name], stream.values[name]])
+    return rows, columns
+
+
+def _ever(n: int, rows: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    out = np.zeros(n, dtype=bool)
+    out[rows[ok]] = True
+    return out
+
+
+def _can_hold(history: History, target: TargetConfig) -> np.ndarray:
+    """Per candidate row: whether an order of the target could ever have been placed on it: some
+    version of its facts matched the target (hardware, place, our power limit) and some version of
+    its health passed (working properly, reliability)."""
+    data = history.markets[target.market]
+    n = data.n_servers
+    rows, c = _versions(history, target, ("gpus", "gpu_model", "country", "pl_min", "pl_max",
+                                          "working_properly", "reliability"))
+    r = rows["gpus"]
+    match = static_match(facts_frame(target.market, data.server_id[r], c["gpus"], c["gpu_model"],
+                                     c["country"]), target)
+    if target.oc is not None:
+        match &= (c["pl_min"] <= target.oc.pl) & (target.oc.pl <= c["pl_max"])
+    healthy = np.ones(len(rows["reliability"]), dtype=bool)
+    if target.min_reliability > 0:
+        healthy &= c["reliability"] >= target.min_reliability
+    if target.working_properly_only and "working_properly" in c:
+        working = _ever(n, rows["working_properly"], c["working_properly"])
+    else:
+        working = np.ones(n, dtype=bool)
+    return _ever(n, r, match) & _ever(n, rows["reliability"], healthy) & working
+
+
+def _cap_bound(history: History, target: TargetConfig, floors_currency: str,
+               starting: Mapping[int, float]) -> np.ndarray:
+    """Per candidate row: the most the target could have bid on it."""
+    data = history.markets[target.market]
+    gpus = np.concatenate([data.facts.initial["gpus"], data.facts.values["gpus"]])
+    rows = np.concatenate([np.arange(data.n_servers), data.facts.row])
+    most_gpus = np.zeros(data.n_servers)
+    np.maximum.at(most_gpus, rows, gpus.astype(np.float64))
+    if target.cap_currency in (None, target.currency):
+        per_gpu = target.max_price_per_gpu_day
+    else:
+        rates = np.array([history.clore_usd[t] if target.market == "gigaspot" else
+                          history.rates_at(t).get(floors_currency, np.nan)
+                          for t in range(history.n_ticks)])
+        rates = rates[np.isfinite(rates) & (rates > 0)]
+        per_gpu = target.max_price_per_gpu_day / rates.min() if len(rates) else np.nan
+    bound = np.nan_to_num(per_gpu * most_gpus, nan=-np.inf)
+    for row, price in zip(data.rows_of(starting), starting.values()):
+        if row >= 0:
+            bound[row] = max(bound[row], price)
+    return bound
+
+
+def oracle(history: History, config: Config, target: TargetConfig, *, step_tick: np.ndarray,
+           step_dt: np.ndarray, held: Sequence[np.ndarray],
+           starting: Mapping[int, float] | None = None) -> OracleResult:
+    """The bounds for ``target`` over the steps (``step_tick``, ``step_dt``), for each series of
+    units ``held`` per step. ``starting``: server id -> price of starting orders."""
+    data = history.markets[target.market]
+    rule = config.markets.gigaspot.allocation if target.market == "gigaspot" else "highest_price"
+    fee = 1.0 + config.markets.rules(target.market).fee_fraction
+    pl = float(target.oc.pl) if target.oc is not None else np.nan
+    can_hold = _can_hold(history, target)
+    bound = _cap_bound(history, target, target.currency, starting or {})
+    n = data.n_servers
+    like = [0.0] * len(held)
+    full = 0.0
+    covered = 0.0
+    per_unit = np.full(len(step_tick), np.nan)
+    block = max(1, CHUNK_CELLS // max(n, 1))
+    carries = [dict(s.initial) for s in (data.facts, data.state, data.rivals)]
+    for lo in range(0, history.n_ticks, block):
+        hi = min(history.n_ticks, lo + block)
+        facts, state, rivals = (s.dense(lo, hi, c) for s, c in
+                                zip((data.facts, data.state, data.rivals), carries))
+        carries = [carry_after(x) for x in (facts, state, rivals)]
+        first, last = np.searchsorted(step_tick, [lo, hi], side="left")
+        if first == last:
+            continue
+        rows = step_tick[first:last] - lo
+        rented = facts.get("rented", np.zeros_like(state["rentable"]))
+        book = Book(floor=state.get(f"{FLOOR}{target.currency}", np.full((hi - lo, n), np.nan)),
+                    can_win=state["online"] & state["rentable"] & ~rented, gpus=facts["gpus"],
+                    energy_price=state.get("energy_price", np.full((hi - lo, n), np.nan)),
+                    rival_price=rivals["price"], rival_pl=rivals["pl"], rival_birth=rivals["birth"])
+        clore = history.clore_usd[lo:hi, None]
+        m = marginal_price(rule, book, pl, clore)[rows]  # type: ignore[arg-type]
+        units = (facts["gpus"] if target.unit == "gpus" else np.ones_like(facts["gpus"]))[rows]
+        ok = can_hold & np.isfinite(m) & (m <= bound) & (units > 0)
+        unit_cost = np.where(ok, m / np.maximum(units, 1), np.inf)
+        order = np.argsort(unit_cost, axis=1, kind="stable")
+        u = np.take_along_axis(unit_cost, order, axis=1)
+        w = np.take_along_axis(np.where(ok, units, 0), order, axis=1).astype(np.float64)
+        c_units = np.cumsum(w, axis=1)
+        with np.errstate(invalid="ignore"):
+            c_cost = np.cumsum(np.where(w > 0, u * w, 0.0), axis=1)
+        dt = step_dt[first:last] * fee / DAY
+        for k, series in enumerate(held):
+            like[k] += float(np.sum(_cover(series[first:last], u, c_units, c_cost) * dt))
+        goal = np.full(last - first, float(target.count))
+        cost = _cover(goal, u, c_units, c_cost)
+        full += float(np.sum(cost * dt))
+        reachable = np.minimum(goal, c_units[:, -1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_unit[first:last] = np.where(reachable > 0, cost / reachable, np.nan)
+        covered += float(np.sum(reachable / goal * step_dt[first:last]))
+    total = float(step_dt.sum())
+    return OracleResult(like, full, covered / total if total > 0 else float("nan"), per_unit)
+
+
+def _cover(goal: np.ndarray, unit_cost: np.ndarray, c_units: np.ndarray,
+           c_cost: np.ndarray) -> np.ndarray:
+    """Per row, the cheapest fractional cover of ``goal`` units (at most all there is)."""
+    goal = np.minimum(np.asarray(goal, dtype=np.float64), c_units[:, -1])
+    full = (c_units <= goal[:, None]).sum(axis=1)  # servers taken whole
+    idx = np.arange(len(goal))
+    prev_units = np.where(full > 0, c_units[idx, np.maximum(full - 1, 0)], 0.0)
+    prev_cost = np.where(full > 0, c_cost[idx, np.maximum(full - 1, 0)], 0.0)
+    nxt = np.minimum(full, unit_cost.shape[1] - 1)
+    rest = goal - prev_units
+    with np.errstate(invalid="ignore"):
+        extra = np.where(rest > 0, rest * unit_cost[idx, nxt], 0.0)
+    return prev_cost + extra

@@ -1,0 +1,402 @@
+"""One backtest run: one strategy variant over the recorded ticks, through the live bot's own code.
+
+Each decision step builds every target's view with ``bidder.view.build_target_view`` (static
+matches cached), asks the strategy through ``safe_decide``, plans with ``bidder.rules.plan`` (all
+targets at once, so the budget and the one-order-per-server rule see everything) and sends the plan
+to the ``EmulatedExchange``. Then, at every step, the fill model says which of our orders hold
+their servers until the next step, and what they pay.
+
+A run walks *steps*: by default the recorded ticks, deciding at the first tick and then at each tick
+at least ``bot.decide_interval`` after the last decision. ``decision_times`` instead decides at
+exactly those times (each sees the newest tick at or before it), and ``starting_orders`` puts the
+live session's orders on the book first: together they replay a live session as it happened.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from bidder.backtest.data import History
+from bidder.backtest.exchange import (
+    Counters,
+    EmulatedExchange,
+    EmulatedOrder,
+    ExchangeRules,
+    StartingOrder,
+)
+from bidder.backtest.fills import fill
+from bidder.backtest.market import ReplayMarket
+from bidder.backtest.reactive import ReactiveRivals, ReactiveSettings
+from bidder.config import Config, TargetConfig
+from bidder.rules import Plan, TargetDecision, plan
+from bidder.view import StaticMatchCache, build_target_view
+from storage.frames import MarketFrame
+from strategies.base import Strategy
+from strategies.registry import load_strategy, safe_decide
+
+DAY = 86_400.0
+MODES = ("replay", "reactive")
+RECENT_WINS_REFRESHES = 100
+"""``recent_wins`` is recomputed whenever the strategy's window has slid by 1/100 of itself."""
+PROGRESS_EVERY = 512
+
+log = logging.getLogger("bidder.backtest")
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A strategy with its parameters, applied to every target of the run."""
+
+    label: str
+    strategy: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def instance(self) -> Strategy:
+        return load_strategy(self.strategy, dict(self.params))
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    exchange: ExchangeRules = field(default_factory=ExchangeRules)
+    reactive: ReactiveSettings = field(default_factory=ReactiveSettings)
+
+
+@dataclass(slots=True)
+class TargetRun:
+    """What one target went through in one run, step by step."""
+
+    name: str
+    market: str
+    currency: str
+    count: int
+    unit: str
+    held_units: np.ndarray
+    """int64 per step: GPUs (or servers) our winning orders held"""
+    held_gpus: np.ndarray
+    paid_per_day: np.ndarray
+    """float64 per step: what the held orders paid per day, fees excluded"""
+    marginal_per_day: np.ndarray
+    """float64 per step: the held servers' marginal prices per day"""
+    counters: Counters
+    preemptions: int = 0
+    price_cost: float = 0.0
+    fee_cost: float = 0.0
+    overpay: list[np.ndarray] = field(default_factory=list)
+    """Per held server-step: paid - marginal per GPU-day"""
+    overpay_weight: list[np.ndarray] = field(default_factory=list)
+    """GPU-seconds of each overpay sample"""
+
+
+@dataclass(slots=True)
+class RunRecord:
+    variant: Variant
+    mode: str
+    step_time: np.ndarray
+    step_tick: np.ndarray
+    step_dt: np.ndarray
+    targets: dict[str, TargetRun]
+    reactive_raises: int = 0
+    trace: list[tuple[float, Plan]] | None = None
+
+
+def decision_mask(time: np.ndarray, interval: float) -> np.ndarray:
+    """Decide at the first tick, then at each tick at least ``interval`` after the last decision."""
+    mask = np.zeros(len(time), dtype=bool)
+    last = -np.inf
+    for i, t in enumerate(time.tolist()):
+        if t >= last + interval - 1e-6:
+            mask[i] = True
+            last = t
+    return mask
+
+
+def _steps(history: History, interval: float, decision_times: Sequence[float] | None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(time, tick, decide) of every step."""
+    time = history.time
+    if decision_times is None:
+        return time, np.arange(len(time), dtype=np.int64), decision_mask(time, interval)
+    wanted = np.asarray(sorted(decision_times), dtype=np.float64)
+    if len(wanted) and (wanted[0] < time[0] or wanted[-1] > time[-1]):
+        raise ValueError("decision times must lie within the recorded ticks "
+                         f"({time[0]:.0f}..{time[-1]:.0f})")
+    steps = np.union1d(time, wanted)
+    tick = np.searchsorted(time, steps, side="right").astype(np.int64) - 1
+    return steps, tick, np.isin(steps, wanted)
+
+
+def run_variant(history: History, config: Config, variant: Variant, settings: RunSettings,
+                mode: str, *, targets: Sequence[TargetConfig] | None = None,
+                decision_times: Sequence[float] | None = None,
+                starting_orders: Sequence[StartingOrder] = (),
+                progress: Callable[[int], None] | None = None,
+                keep_trace: bool = False) -> RunRecord:
+    """Replay ``history`` with ``variant`` deciding for ``targets`` (default: every configured
+    target), in ``mode`` ``replay`` (rivals as recorded) or ``reactive`` (the best rivals answer).
+
+    ``decision_times``/``starting_orders`` replay a live session (see the module docstring);
+    ``progress(steps_done)`` is called now and then; ``keep_trace`` keeps every step's plan.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    targets = list(config.targets if targets is None else targets)
+    missing = sorted({t.market for t in targets} - set(history.markets))
+    if missing:
+        raise ValueError(f"the history was loaded without the {', '.join(missing)} market")
+    run = _Run(history, config, variant, settings, mode, targets, keep_trace)
+    step_time, step_tick, decide = _steps(history, config.bot.decide_interval, decision_times)
+    step_dt = np.append(np.diff(step_time), 0.0)
+    run.start(starting_orders, step_time[0], len(step_time))
+    for s in range(len(step_time)):
+        run.step(s, float(step_time[s]), int(step_tick[s]), bool(decide[s]), float(step_dt[s]))
+        if progress is not None and (s + 1) % PROGRESS_EVERY == 0:
+            progress(s + 1)
+    run.exchange.end_all(float(step_time[-1]))
+    if progress is not None:
+        progress(len(step_time))
+    return RunRecord(variant, mode, step_time, step_tick, step_dt, run.records,
+                     sum(r.raises for r in run.reactive.values()), run.trace)
+
+
+class _Run:
+    """The state of one run while it steps."""
+
+    def __init__(self, history: History, config: Config, variant: Variant, settings: RunSettings,
+                 mode: str, targets: list[TargetConfig], keep_trace: bool) -> None:
+        self.history = history
+        self.config = config
+        self.settings = settings
+        self.targets = targets
+        self.markets = {m: ReplayMarket(history, history.markets[m])
+                        for m in sorted({t.market for t in targets})}
+        self.caches = {m: StaticMatchCache() for m in self.markets}
+        self.strategies = {t.name: variant.instance() for t in targets}
+        self.started: set[str] = set()
+        self.reactive = {m: ReactiveRivals(settings.reactive, history.markets[m].server_id)
+                         for m in self.markets} if mode == "reactive" else {}
+        self.exchange = EmulatedExchange(settings.exchange, config.markets,
+                                         [(t.name, t.market, t.currency) for t in targets],
+                                         self._server_info)
+        self.target_index = {t.name: k for k, t in enumerate(targets)}
+        currencies = {m: {t.currency for t in targets if t.market == m} for m in self.markets}
+        self._currency = {m: c.pop() if len(c) == 1 else None for m, c in currencies.items()}
+        """The order currency of each market's targets, when they share one."""
+        self.pl = np.array([float(t.oc.pl) if t.oc is not None else np.nan for t in targets])
+        self.fee = np.array([config.markets.rules(t.market).fee_fraction for t in targets])
+        self.units_per_gpu = np.array([t.unit == "gpus" for t in targets])
+        self.records: dict[str, TargetRun] = {}
+        self.trace: list[tuple[float, Plan]] | None = [] if keep_trace else None
+        self._wins: dict[str, tuple[float, np.ndarray]] = {}
+        self._arrays: dict[str, tuple[int, list[EmulatedOrder], dict[str, np.ndarray]]] = {}
+        self._held: dict[str, _Held] = {}
+
+    def _server_info(self, market: str, server_id: int, currency: str) -> tuple[int, int, float]:
+        rm = self.markets[market]
+        row = int(rm.data.rows_of([server_id])[0])
+        if row < 0:
+            return -1, 0, np.nan
+        return row, int(rm.facts["gpus"][row]), float(rm.floor(currency)[row])
+
+    def start(self, starting: Sequence[StartingOrder], t0: float, n_steps: int) -> None:
+        for t in self.targets:
+            self.records[t.name] = TargetRun(
+                t.name, t.market, t.currency, t.count, t.unit,
+                np.zeros(n_steps, np.int64), np.zeros(n_steps, np.int64), np.zeros(n_steps),
+                np.zeros(n_steps), self.exchange.counters(t.name))
+        known = {t.name for t in self.targets}
+        for m in self.markets.values():
+            m.advance(0)
+        for order in starting:
+            if order.target not in known:
+                raise ValueError(f"starting order for unknown target {order.target!r}")
+            birth = int(np.searchsorted(self.history.time, order.created_at, side="right")) - 1
+            self.exchange.add_starting(order, birth)
+
+    # --- one step --------------------------------------------------------------------------------
+
+    def step(self, s: int, now: float, tick: int, decide: bool, dt: float) -> None:
+        for m in self.markets.values():
+            m.advance(tick)
+        self.exchange.expire(now)
+        rivals = {name: self._rival_prices(name, now) for name in self.markets}
+        if decide:
+            self._decide(now, tick, rivals)
+        for name in self.markets:
+            self._fill(name, s, now, dt, rivals[name])
+
+    def _rival_prices(self, market: str, now: float) -> np.ndarray:
+        rm = self.markets[market]
+        recorded = rm.rivals["price"]
+        agents = self.reactive.get(market)
+        if agents is None:
+            return recorded
+        due = agents.due(now)
+        if len(due):
+            agents.rest(due)
+            _, a = self._orders(market)
+            position = np.full(rm.data.n_servers, -1, dtype=np.int64)
+            position[a["row"]] = np.arange(len(a["row"]))
+            k = position[due]
+            rows, k = due[k >= 0], k[k >= 0]
+            raised = agents.answer(rows, self._rule(market), our_price=a["price"][k],
+                                   our_pl=a["pl"][k], holding=a["winning"][k],
+                                   rival_pl=rm.rivals["pl"][rows], gpus=rm.facts["gpus"][rows],
+                                   energy_price=rm.energy_price[rows], clore_usd=rm.clore_usd())
+            if len(raised):  # the agents now hold those servers: our orders there are outbid
+                orders, _ = self._orders(market)
+                for index in k[raised].tolist():
+                    self.exchange.set_winning(orders[index], False)
+                    self.records[orders[index].target].preemptions += 1
+        return agents.effective(recorded, rm.rivals["bid_id"])
+
+    def _rivals_version(self, market: str) -> tuple[int, int]:
+        """Changes whenever the best rivals' prices may have changed."""
+        agents = self.reactive.get(market)
+        return self.markets[market].rivals_changed_at, -1 if agents is None else agents.version
+
+    def _rule(self, market: str) -> str:
+        return self.config.markets.gigaspot.allocation if market == "gigaspot" else "highest_price"
+
+    def _decide(self, now: float, tick: int, rivals: Mapping[str, np.ndarray]) -> None:
+        frames = {name: m.frame(now, rivals[name], self._rivals_version(name))
+                  for name, m in self.markets.items()}
+        decisions = []
+        for target in self.targets:
+            frame = frames[target.market]
+            strategy = self.strategies[target.name]
+            view = build_target_view(
+                frame, target, self.exchange.own_orders(target.name), now=now,
+                markets=self.config.markets, static=self.caches[target.market].get(frame, target),
+                recent_wins=self._recent_wins(target, strategy, frame, tick))
+            if target.name not in self.started:
+                strategy.on_start(view.target)
+                self.started.add(target.name)
+            decisions.append(TargetDecision(view, safe_decide(strategy, view, log)))
+        actions = plan(decisions, self.config.markets, self.config.budget, now)
+        self.exchange.apply(actions, now, tick)
+        if self.trace is not None:
+            self.trace.append((now, actions))
+
+    def _recent_wins(self, target: TargetConfig, strategy: Strategy, frame: MarketFrame,
+                     tick: int) -> np.ndarray | None:
+        window = float(strategy.history_window)
+        if window <= 0:
+            return None
+        now = float(self.history.time[tick])
+        cached = self._wins.get(target.name)
+        if cached is not None and now - cached[0] < window / RECENT_WINS_REFRESHES:
+            return cached[1]
+        wins = self.history.markets[target.market].wins
+        match = self.caches[target.market].get(frame, target)
+        lo = int(np.searchsorted(self.history.time, now - window, side="left"))
+        keep = (wins.first <= tick) & (wins.last >= lo) & match[wins.row]
+        prices = wins.price_per_gpu[keep]
+        self._wins[target.name] = (now, prices)
+        return prices
+
+    def _orders(self, market: str) -> tuple[list[EmulatedOrder], dict[str, np.ndarray]]:
+        """Our orders on ``market`` and their columns (rebuilt only when orders changed)."""
+        cached = self._arrays.get(market)
+        if cached is not None and cached[0] == self.exchange.version:
+            return cached[1], cached[2]
+        orders = [o for o in self.exchange.orders.values() if o.market == market]
+        index = np.array([self.target_index[o.target] for o in orders], dtype=np.int64)
+        arrays = {
+            "row": np.array([o.row for o in orders], dtype=np.int64),
+            "price": np.array([o.price for o in orders], dtype=np.float64),
+            "birth": np.array([o.birth for o in orders], dtype=np.int64),
+            "gpus": np.array([o.gpus for o in orders], dtype=np.int64),
+            "target": index,
+            "pl": self.pl[index],
+            "winning": np.array([o.winning for o in orders], dtype=bool),
+        }
+        self._arrays[market] = (self.exchange.version, orders, arrays)
+        return orders, arrays
+
+    def _fill(self, market: str, s: int, now: float, dt: float, rival_price: np.ndarray) -> None:
+        """Who holds what during this step; recomputed only when our orders or their servers'
+        market changed since the last step (most steps change neither)."""
+        orders, a = self._orders(market)
+        if not orders:
+            return
+        rm = self.markets[market]
+        held = self._held.get(market)
+        if held is None or held.key != self._fill_key(market) \
+                or (rm.changed_at[a["row"]] > held.tick).any():
+            held = self._settle(market, now, orders, a, rival_price)
+            self._held[market] = held
+        for k, target_index in enumerate(held.targets):
+            record = self.records[self.targets[target_index].name]
+            record.held_units[s] = held.units[k]
+            record.held_gpus[s] = held.gpus[k]
+            record.paid_per_day[s] = held.paid[k]
+            record.marginal_per_day[s] = held.marginal[k]
+            record.price_cost += held.paid[k] * dt / DAY
+            record.fee_cost += held.paid[k] * self.fee[target_index] * dt / DAY
+            if dt > 0:
+                record.overpay.append(held.overpay[k])
+                record.overpay_weight.append(held.overpay_gpus[k] * dt)
+
+    def _fill_key(self, market: str) -> tuple[object, ...]:
+        """What, besides the recorded data of our orders' servers, a fill depends on."""
+        agents = self.reactive.get(market)
+        clore = self.markets[market].clore_usd() if self._rule(market) == "host_profit" else None
+        return self.exchange.version, -1 if agents is None else agents.version, clore
+
+    def _settle(self, market: str, now: float, orders: list[EmulatedOrder],
+                a: dict[str, np.ndarray], rival_price: np.ndarray) -> _Held:
+        rm = self.markets[market]
+        currency = self._currency[market]
+        book = rm.book(a["row"], currency if currency is not None else
+                       np.array([o.currency for o in orders], dtype=object), rival_price)
+        result = fill(self._rule(market), self.settings.exchange.payment, book, price=a["price"],
+                      birth=a["birth"], our_pl=a["pl"], clore_usd=rm.clore_usd())
+        win, was = result.win, a["winning"]
+        if (win != was).any():
+            for k in np.flatnonzero(win != was).tolist():
+                self.exchange.set_winning(orders[k], bool(win[k]))
+                if was[k]:
+                    self.records[orders[k].target].preemptions += 1
+            taken = np.flatnonzero(win & ~was)
+            agents = self.reactive.get(market)
+            if agents is not None and len(taken):
+                rows = a["row"][taken]
+                agents.taken(rows, now, rm.rivals["bid_id"][rows], rival_price[rows],
+                             rm.rivals["cap_hint"][rows])
+        tidx = a["target"]
+        gpus = book.gpus.astype(np.int64)
+        units = np.where(self.units_per_gpu[tidx], gpus, 1)
+        overpay = (result.paid - result.marginal) / np.maximum(gpus, 1)
+        held = _Held(self._fill_key(market), rm.tick)
+        for k in sorted(set(tidx[win].tolist())):
+            mine = win & (tidx == k)
+            held.targets.append(k)
+            held.units.append(int(units[mine].sum()))
+            held.gpus.append(int(gpus[mine].sum()))
+            held.paid.append(float(result.paid[mine].sum()))
+            held.marginal.append(float(result.marginal[mine].sum()))
+            held.overpay.append(overpay[mine])
+            held.overpay_gpus.append(gpus[mine])
+        return held
+
+
+@dataclass(slots=True)
+class _Held:
+    """What one market's fill means per target holding something (``targets``: their indexes),
+    valid while its key holds and our orders' servers see no recorded change after ``tick``."""
+
+    key: tuple[object, ...]
+    """``_Run._fill_key`` when it was computed"""
+    tick: int
+    targets: list[int] = field(default_factory=list)
+    units: list[int] = field(default_factory=list)
+    gpus: list[int] = field(default_factory=list)
+    paid: list[float] = field(default_factory=list)
+    marginal: list[float] = field(default_factory=list)
+    overpay: list[np.ndarray] = field(default_factory=list)
+    overpay_gpus: list[np.ndarray] = field(default_factory=list)

@@ -1,0 +1,134 @@
+"""``bidder backtest``: outputs, the grid over processes, and bad input refused with nothing written."""
+
+import importlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from bidder.backtest.data import load_history
+from bidder.backtest.grid import ProgressBar, expand_grid, run_backtest
+from bidder.backtest.runner import RunSettings
+from bidder.backtest.simrecord import record_sim
+from bidder.cli import main
+from bidder.config import load_config
+from bidder.sim.options import SimOptions
+from storage.db import open_database
+
+START = 1_700_000_000.0
+CONFIG = """
+[storage]
+url = "sqlite:///{db}"
+
+[[targets]]
+name = "rigs"
+market = "gigaspot"
+count = 4
+max_price_per_gpu_day = 80
+oc = {{ pl = 150 }}
+"""
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("bt")
+    with open_database(f"sqlite:///{folder / 'sim.db'}", writer=True) as db:
+        record_sim(db, SimOptions(seed=4, spot_servers=5, gigaspot_machines=60),
+                   start=START, minutes=45)
+    config = folder / "bidder.toml"
+    config.write_text(CONFIG.format(db=folder / "sim.db"))
+    return config
+
+
+def backtest(config: Path, *args: str) -> int:
+    return main(["backtest", "--config", str(config), "--workers", "1", *args])
+
+
+def test_table_json_and_plot(recorded, tmp_path, capsys):
+    out, png = tmp_path / "out.json", tmp_path / "out.png"
+    code = backtest(recorded, "--strategy", "outbid", "--strategy", "fixed:price_per_gpu_day=9|20",
+                    "--json", str(out), "--plot", str(png))
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "fixed:price_per_gpu_day=20" in text and "regret" in text
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["exchange"]["step_rule"] == "fraction:0.1"
+    assert doc["settings"]["modes"] == ["replay", "reactive"]
+    assert [(r["strategy"], r["mode"]) for r in doc["runs"]] == [
+        (s, m) for s in ("outbid", "fixed:price_per_gpu_day=9", "fixed:price_per_gpu_day=20")
+        for m in ("replay", "reactive")]
+    row = doc["runs"][0]["targets"][0]
+    for key in ("cost", "cost_per_gpu_hour", "availability", "gaps", "gap_min",
+                "time_to_acquire_min", "preemptions_per_gpu_day", "overpay_mean", "overpay_p95",
+                "regret", "oracle_full_cost", "api_calls", "lowerings"):
+        assert key in row
+    assert doc["runs"][0]["total"]["currency"] == "CLORE-Blockchain"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_grid_over_processes_equals_running_one_by_one(recorded):
+    config = load_config(recorded)
+    with open_database(config.storage_url(), writer=False) as db, db.sessions() as session:
+        history = load_history(session, config.targets, allocation="host_profit")
+    variants = expand_grid("outbid:tick=0.01|0.5") + expand_grid("fixed:price_per_gpu_day=12")
+    kwargs = dict(modes=["replay", "reactive"], targets=config.targets)
+    parallel = run_backtest(history, config, variants, RunSettings(), workers=2, **kwargs)
+    sequential = run_backtest(history, config, variants, RunSettings(), workers=1, **kwargs)
+    assert parallel.metrics == sequential.metrics
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--strategy", "nosuch"], "unknown strategy 'nosuch'"),
+    (["--strategy", "outbid:tick=cheap"], "parameter 'tick'"),
+    (["--strategy", "outbid", "--from", "2023-11-15T00:00", "--to", "2023-11-14"],
+     "the range is empty"),
+    (["--strategy", "outbid", "--from", "2030-01-01"], "no GigaSPOT snapshots"),
+    (["--strategy", "outbid", "--from", "yesterday"], "expected ISO 8601"),
+    (["--strategy", "outbid", "--target", "nope"], "unknown target"),
+    (["--strategy", "outbid", "--step-rule", "half"], "--step-rule"),
+])
+def test_bad_input_is_refused_with_nothing_written(recorded, tmp_path, capsys, args, message):
+    out = tmp_path / "out.json"
+    assert backtest(recorded, *args, "--json", str(out)) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_database_without_snapshots_is_refused(tmp_path, capsys):
+    with open_database(f"sqlite:///{tmp_path / 'empty.db'}", writer=True):
+        pass
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.format(db=tmp_path / "empty.db"))
+    assert backtest(config, "--strategy", "outbid", "--json", str(tmp_path / "o.json")) == 2
+    assert "no GigaSPOT snapshots and no spot polls" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_missing_matplotlib_is_refused_before_any_work(recorded, tmp_path, capsys, monkeypatch):
+    real = importlib.import_module
+
+    def without_matplotlib(name, *args):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr("bidder.backtest.plot.importlib.import_module", without_matplotlib)
+    code = backtest(recorded, "--strategy", "outbid", "--plot", str(tmp_path / "p.png"),
+                    "--json", str(tmp_path / "o.json"))
+    assert code == 2
+    assert "pip install 'clore-bidder[plot]'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_bar_draws_one_line_and_ends_it_once():
+    ticks = iter([0.0, 10.0, 20.0, 30.0])
+    stream = io.StringIO()
+    bar = ProgressBar(stream, force=True, width=10, clock=lambda: next(ticks))
+    bar(0.5)
+    bar(1.0)
+    bar(1.0)
+    text = stream.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n") and text.count("\n") == 1
+    assert "[#####.....]  50%" in text and "~  10 s left" in text
+    assert ProgressBar(io.StringIO()).enabled is False  # not a terminal, not forced

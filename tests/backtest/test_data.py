@@ -1,0 +1,120 @@
+"""Loading recorded history from the database: candidates, best rivals, our own bids left out."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bidder.backtest.data import HistoryError, load_history
+from bidder.backtest.grid import expand_grid, run_backtest
+from bidder.backtest.runner import RunSettings
+from bidder.backtest.simrecord import record_sim
+from bidder.config import parse_config
+from bidder.sim.options import SimOptions
+from storage.db import open_database
+from storage.gigaspot_ingest import SnapshotIngester
+
+from bt_helpers import bid, encode, machine
+
+T = 1_735_000_000
+ME = 7
+
+
+def config(**target):
+    return parse_config({"targets": [{"name": "t", "market": "gigaspot", "count": 1,
+                                      "max_price_per_gpu_day": 100, "gpu_model": "4090",
+                                      "oc": {"pl": 200}, **target}]})
+
+
+@pytest.fixture
+def db(tmp_path: Path):
+    with open_database(f"sqlite:///{tmp_path / 'b.db'}", writer=True) as database:
+        yield database
+
+
+def record(db, snapshots):
+    ingester = SnapshotIngester(db.sessions)
+    for minute, snapshot in enumerate(snapshots):
+        ingester.ingest(encode(snapshot), snapshot_time=T + 60 * minute,
+                        fetched_at=T + 60 * minute, source=f"s_{minute}.json", clore_price=0.05,
+                        my_user_id=ME)
+
+
+def load(db, cfg, **kw):
+    with db.sessions() as session:
+        return load_history(session, cfg.targets, allocation="highest_price", **kw)
+
+
+def rivals_at(history, tick):
+    market = history.markets["gigaspot"]
+    rivals = market.rivals.current()
+    for t in range(tick + 1):
+        market.rivals.apply(t, rivals)
+    return rivals
+
+
+def test_our_recorded_bids_are_not_rivals_and_the_best_rival_is_kept(db):
+    record(db, [
+        {"1": machine([bid(11, ME, 50.0, active=True), bid(12, 20, 10.0), bid(13, 21, 12.0)]),
+         "2": machine([bid(14, 22, 9.0)], model="RTX 3090")},
+        {"1": machine([bid(11, ME, 50.0, active=True), bid(13, 21, 12.0)], min_bid=11.0)},
+    ])
+    h = load(db, config())
+    market = h.markets["gigaspot"]
+    assert market.server_id.tolist() == [1]  # machine 2 never matches the target
+    assert h.my_user_ids == (ME,)
+    first, second = rivals_at(h, 0), rivals_at(h, 1)
+    assert first["price"].tolist() == [12.0] and first["bid_id"].tolist() == [13]
+    assert second["price"].tolist() == [12.0]
+
+
+def test_a_rival_under_the_floor_is_no_rival(db):
+    record(db, [{"1": machine([bid(12, 20, 10.0)], min_bid=11.0)}])
+    assert np.isnan(rivals_at(load(db, config()), 0)["price"][0])
+
+
+def test_a_machine_that_leaves_the_snapshot_cannot_be_won(db):
+    record(db, [{"1": machine([])}, {"3": machine([])}, {"1": machine([])}])
+    market = load(db, config()).markets["gigaspot"]
+    state = market.state.current()
+    online = []
+    for t in range(3):
+        market.state.apply(t, state)
+        online.append(bool(state["online"][0]))
+    assert online == [True, False, True]
+
+
+def test_an_empty_range_is_refused(db):
+    record(db, [{"1": machine([])}])
+    with pytest.raises(HistoryError, match="no GigaSPOT snapshots"):
+        load(db, config(), start=T + 3600, end=T + 7200)
+
+
+def test_a_recorded_simulated_market_replays_on_both_markets(tmp_path):
+    with open_database(f"sqlite:///{tmp_path / 'sim.db'}", writer=True) as database:
+        record_sim(database, SimOptions(seed=2, spot_servers=12, gigaspot_machines=40),
+                   start=1_700_000_000.0, minutes=40)
+        cfg = parse_config({"targets": [
+            {"name": "g", "market": "gigaspot", "count": 2, "max_price_per_gpu_day": 80,
+             "oc": {"pl": 150}},
+            {"name": "s", "market": "spot", "count": 1, "max_price_per_gpu_day": 400}]})
+        with database.sessions() as session:
+            h = load_history(session, cfg.targets, allocation="host_profit")
+    assert h.n_ticks == 40 and set(h.markets) == {"gigaspot", "spot"}
+    result = run_backtest(h, cfg, expand_grid("outbid"), RunSettings(), modes=["replay"],
+                          targets=cfg.targets)
+    rows = {r["target"]: r for r in result.metrics[0]["targets"]}
+    assert rows["g"]["availability"] > 0.9 and rows["s"]["availability"] > 0.5
+    assert rows["s"]["cost"] > 0 and rows["g"]["regret"] >= 0
+
+
+def test_best_rivals_are_the_same_found_in_blocks_of_ticks(db, monkeypatch):
+    record(db, [{"1": machine([bid(10 + m, 20 + m % 3, 5.0 + (m * 7) % 5)]),
+                 "2": machine([bid(40 + m, 30, 6.0), bid(60, 31, 4.0 + m % 4)])}
+                for m in range(6)])
+    whole = load(db, config())
+    monkeypatch.setattr("bidder.backtest.data.CHUNK_CELLS", 1)
+    blocks = load(db, config())
+    for tick in range(6):
+        a, b = rivals_at(whole, tick), rivals_at(blocks, tick)
+        assert all(np.array_equal(a[c], b[c], equal_nan=a[c].dtype.kind == "f") for c in a)

@@ -1,0 +1,78 @@
+"""The oracle is a lower bound no strategy beats, on many random markets (seeded, property style)."""
+
+import numpy as np
+import pytest
+
+from bidder.backtest.exchange import ExchangeRules
+from bidder.backtest.grid import expand_grid, run_backtest
+from bidder.backtest.runner import RunSettings
+
+from bt_helpers import config, history
+
+VARIANTS = [
+    *expand_grid("outbid:tick=0.01|0.3,switch_margin=0|0.3"),
+    *expand_grid("fixed:price_per_gpu_day=2|4|7"),
+    *expand_grid("profit:revenue_per_gpu_day=5|9,margin=0.1"),
+    *expand_grid("percentile:quantile=0.5"),
+]
+
+
+def random_market(seed: int, allocation: str):
+    rng = np.random.default_rng(seed)
+    n_ticks, n = 90, 6
+    walk = np.exp(np.cumsum(rng.normal(0, 0.08, (n_ticks, n)), axis=0)) * rng.uniform(1.5, 5, n)
+    rival = np.where(rng.random((n_ticks, n)) < 0.25, np.nan, walk)
+    online = rng.random((n_ticks, n)) > 0.05
+    gpus = rng.choice([1, 2, 4], n).tolist()
+    floor = rng.uniform(0.5, 2.0, n) * np.array(gpus)
+    h = history(rival * np.array(gpus), gpus=gpus, floor=floor, online=online,
+                rival_pl=float(rng.choice([150, 300])), new_bid_when_price_changes=True)
+    cfg = config(count=int(rng.choice([1, 3, 5])), cap=float(rng.uniform(3, 9)),
+                 allocation=allocation, fee=0.025, creation_fee=0.1,
+                 cooldown_from_creation=bool(rng.random() < 0.5))
+    return h, cfg
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("allocation", ["highest_price", "host_profit"])
+def test_no_strategy_beats_the_oracle(seed, allocation):
+    h, cfg = random_market(seed, allocation)
+    payment = "second_price" if seed % 2 else "pay_your_bid"
+    settings = RunSettings(ExchangeRules(step_rule="fraction:0.2" if seed % 3 else "absolute:0.5",
+                                         payment=payment))
+    result = run_backtest(h, cfg, VARIANTS, settings, modes=["replay", "reactive"],
+                          targets=cfg.targets)
+    held_something = 0
+    for run, m in zip(result.runs, result.metrics):
+        row = m["targets"][0]
+        assert row["regret"] >= -1e-9, (m["strategy"], m["mode"], row)
+        assert row["oracle_like_for_like_cost"] <= row["cost"] + 1e-9
+        held = run.targets["t"].held_units
+        if (held >= cfg.targets[0].count).all():  # held the whole target throughout
+            assert row["oracle_full_cost"] <= row["cost"] + 1e-9
+        held_something += int(held.any())
+    assert held_something > 0  # the property was exercised
+
+
+def test_the_oracle_takes_the_cheapest_servers_step_by_step():
+    rival = np.array([[3.0, 5.0], [6.0, 4.0], [6.0, 4.0]])  # the cheaper server changes
+    h = history(rival, floor=1.0)
+    result = run_backtest(h, config(count=1), expand_grid("fixed:price_per_gpu_day=9"),
+                          RunSettings(), modes=["replay"], targets=config(count=1).targets)
+    # two 60-s steps with a duration (the last tick has none): 3.0, then 4.0 per day
+    assert result.oracles["t"].full == pytest.approx((3.0 + 4.0) * 60 / 86_400)
+    assert result.oracles["t"].full_availability == pytest.approx(1.0)
+
+
+def test_the_oracle_is_the_same_computed_in_blocks_of_ticks(monkeypatch):
+    h, cfg = random_market(1, "host_profit")
+    variants = expand_grid("outbid:tick=0.01|0.2")
+    kwargs = dict(modes=["replay"], targets=cfg.targets)
+    whole = run_backtest(h, cfg, variants, RunSettings(), **kwargs)
+    monkeypatch.setattr("bidder.backtest.oracle.CHUNK_CELLS", 7)  # one tick per block
+    blocks = run_backtest(h, cfg, variants, RunSettings(), **kwargs)
+    for a, b in zip(whole.metrics, blocks.metrics):
+        assert a["targets"][0]["oracle_full_cost"] == pytest.approx(b["targets"][0]["oracle_full_cost"])
+        assert a["targets"][0]["regret"] == pytest.approx(b["targets"][0]["regret"])
+    assert np.allclose(whole.oracles["t"].full_per_unit, blocks.oracles["t"].full_per_unit,
+                       equal_nan=True)

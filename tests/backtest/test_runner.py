@@ -1,0 +1,160 @@
+"""The engine on hand-built markets with known answers: payments, fees, lowering rules, metrics."""
+
+import math
+
+import numpy as np
+import pytest
+
+from bidder.backtest.exchange import ExchangeRules, StartingOrder
+from bidder.backtest.grid import run_backtest
+from bidder.backtest.reactive import ReactiveSettings
+from bidder.backtest.runner import RunSettings, Variant, run_variant
+from bidder.rules import ChangePrice, Create
+
+from bt_helpers import T0, config, history
+
+DAY = 86_400.0
+NONE = np.nan
+
+
+def hold(price, **kw):
+    return Variant("hold", "bt_helpers:Hold", {"price": price, **kw})
+
+
+def one(run):
+    return run.targets["t"]
+
+
+def metrics(h, cfg, variant, mode="replay", settings=RunSettings(), **kw):
+    result = run_backtest(h, cfg, [variant], settings, modes=[mode], targets=cfg.targets, **kw)
+    return result.metrics[0]["targets"][0]
+
+
+def test_pay_your_bid_with_fees_and_a_creation_fee_past_ten_minutes():
+    h = history(np.full((21, 1), NONE))  # 20 minutes, nobody else bids
+    cfg = config(fee=0.025, creation_fee=0.5)
+    m = metrics(h, cfg, hold(5.0))
+    assert m["price_cost"] == pytest.approx(5.0 * 1200 / DAY)
+    assert m["fee_cost"] == pytest.approx(5.0 * 1200 / DAY * 0.025)
+    assert m["creation_fees"] == 0.5
+    assert m["cost"] == pytest.approx(5.0 * 1200 / DAY * 1.025 + 0.5)
+    short = metrics(history(np.full((10, 1), NONE)), cfg, hold(5.0))  # 9 minutes: no fee
+    assert short["creation_fees"] == 0.0
+
+
+def test_second_price_pays_the_rival_price_not_the_bid():
+    h = history(np.full((11, 1), 3.0), floor=1.0)
+    settings = RunSettings(ExchangeRules(payment="second_price"))
+    m = metrics(h, config(), hold(5.0), settings=settings)
+    assert m["price_cost"] == pytest.approx(3.0 * 600 / DAY)
+    assert m["overpay_mean"] == pytest.approx(0.0)
+    paid_bid = metrics(h, config(), hold(5.0))
+    assert paid_bid["price_cost"] == pytest.approx(5.0 * 600 / DAY)
+    assert paid_bid["overpay_mean"] == pytest.approx(2.0)
+
+
+def test_lowering_waits_600_s_from_creation_then_learns_the_step_and_retries():
+    h = history(np.full((22, 1), NONE), floor=1.0)
+    run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=5.0), RunSettings(), "replay",
+                      keep_trace=True)
+    c = one(run).counters
+    lowered = [(t - T0, a) for t, p in run.trace for a in p.actions if isinstance(a, ChangePrice)]
+    # creation at 0 counts as a lowering: the first lowering goes at 600 s; the exchange's real
+    # step (10 %) refuses 5.0 with max_step 9.0 and the executor retries at 9.0; after another
+    # 600 s the learned step allows 8.1
+    assert [(t, a.price) for t, a in lowered] == [(600.0, 5.0), (1200.0, pytest.approx(8.1))]
+    assert c.step_refusals == 1 and c.cooldown_refusals == 0
+    assert c.lowerings == 2
+    assert c.api_calls == 1 + 2 + 1  # create, refused lowering + retry, second lowering
+    assert one(run).paid_per_day[-2] == pytest.approx(8.1)
+
+
+def test_a_cooldown_the_bot_does_not_know_is_refused_and_counted():
+    h = history(np.full((12, 1), NONE), floor=1.0)
+    settings = RunSettings(ExchangeRules(cooldown=900.0))
+    run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=9.5), settings, "replay")
+    c = one(run).counters
+    assert c.cooldown_refusals >= 1 and c.lowerings == 0
+
+
+def test_a_rival_above_us_preempts_and_the_gap_is_measured():
+    rival = np.full((11, 1), NONE)
+    rival[4:7, 0] = 8.0  # a richer rival holds the server from minute 4 to 6
+    m = metrics(history(rival), config(), hold(5.0))
+    assert m["preemptions"] == 1
+    assert m["time_to_acquire_min"] == 0.0
+    assert m["gaps"] == 1 and m["gap_min"] == pytest.approx(3.0)
+    assert m["availability"] == pytest.approx(7 / 10)
+    assert m["preemptions_per_gpu_day"] == pytest.approx(1 / (7 * 60 / DAY))
+
+
+def test_time_to_acquire_waits_for_the_market():
+    rival = np.full((11, 1), NONE)
+    rival[:3, 0] = 8.0
+    m = metrics(history(rival), config(), hold(5.0))
+    assert m["time_to_acquire_min"] == 3.0 and m["gaps"] == 0
+
+
+def test_an_incumbent_rival_at_our_price_keeps_the_server_a_newcomer_does_not():
+    incumbent = np.full((6, 1), 5.0)
+    assert metrics(history(incumbent), config(), hold(5.0))["availability"] == 0.0
+    newcomer = np.full((6, 1), NONE)
+    newcomer[2:, 0] = 5.0  # arrives after our order: ours is the earlier bid
+    assert metrics(history(newcomer), config(), hold(5.0))["availability"] == 1.0
+
+
+def test_outbid_follows_the_rival_and_regret_is_small():
+    rival = np.full((61, 2), NONE)
+    rival[:, 0] = np.linspace(3.0, 6.0, 61)
+    rival[:, 1] = 9.0
+    m = metrics(history(rival), config(cap=20.0), Variant("outbid", "outbid", {"tick": 0.01}))
+    assert m["availability"] == 1.0
+    assert 0.0 <= m["regret"] < 0.05 * m["cost"]
+    assert m["raises"] > 0
+
+
+def test_reactive_rivals_answer_our_bids_and_stop_at_their_cap():
+    h = history(np.full((121, 1), 5.0), floor=1.0)
+    cfg = config(cap=50.0)
+    outbid = Variant("outbid", "outbid", {"tick": 0.05})
+    replay = run_variant(h, cfg, outbid, RunSettings(), "replay")
+    settings = RunSettings(reactive=ReactiveSettings(seed=3))
+    reactive = run_variant(h, cfg, outbid, settings, "reactive")
+    again = run_variant(h, cfg, outbid, settings, "reactive")
+    assert reactive.reactive_raises > 0
+    assert one(reactive).price_cost > one(replay).price_cost
+    assert one(reactive).preemptions > 0
+    assert one(again).price_cost == one(reactive).price_cost  # deterministic for a seed
+    # the agent never goes beyond its cap: 5.0 x at most 1.5, plus one answer's step
+    assert one(reactive).paid_per_day.max() <= 5.0 * 1.5 * 1.02 + 0.05 + 1e-9
+
+
+def test_a_live_session_replays_from_its_orders_at_its_decision_times():
+    h = history(np.full((11, 2), NONE), floor=1.0)
+    start = StartingOrder("t", server_id=2, price=7.0, created_at=T0 - 3600, order_id=555)
+    times = [T0 + 90.0, T0 + 330.0]
+    run = run_variant(h, config(), hold(4.0, server=2), RunSettings(), "replay",
+                      decision_times=times, starting_orders=[start], keep_trace=True)
+    assert [t for t, _ in run.trace] == times
+    assert len(run.step_time) == 11 + 2
+    first = run.trace[0][1].actions
+    assert first == (ChangePrice("t", 555, 2, 7.0, 4.0),)
+    # held from the first step, at 7.0 until the lowering at 90 s
+    assert one(run).paid_per_day[0] == 7.0 and one(run).held_units.min() == 1
+    assert not any(isinstance(a, Create) for _, p in run.trace for a in p.actions)
+
+
+def test_decisions_follow_decide_interval_when_snapshots_are_denser():
+    h = history(np.full((10, 1), NONE), step=20.0)
+    run = run_variant(h, config(decide_interval=60.0), hold(5.0), RunSettings(), "replay",
+                      keep_trace=True)
+    assert [t - T0 for t, _ in run.trace] == [0.0, 60.0, 120.0, 180.0]
+
+
+def test_unit_servers_counts_servers_not_gpus():
+    h = history(np.full((5, 2), NONE), gpus=[4, 2])
+    cfg = config(count=1)
+    cfg.targets[0].unit = "servers"
+    m = metrics(h, cfg, hold(5.0, server=1))
+    assert m["availability"] == 1.0 and m["gpu_hours"] == pytest.approx(4 * 4 * 60 / 3600)
+    assert math.isclose(m["cost_per_gpu_hour"], m["cost"] / m["gpu_hours"])
