@@ -8,8 +8,7 @@ own transaction, and records them in ``schema_version``.
 To change the schema: edit ``storage.models``, append a migration here that turns the previous
 version into the new one without losing data (``op``-style DDL plus any data copy), and add a seed
 for the old version to the upgrade test. The test suite checks that the migrations build exactly
-the schema the models describe. Later tables (orders, the API-call journal, heartbeats) arrive as
-such a new migration.
+the schema the models describe.
 """
 
 from __future__ import annotations
@@ -126,7 +125,107 @@ def _v1_market_recorder(connection: Connection) -> None:
     md.create_all(connection)
 
 
+def _v2_bot(connection: Connection) -> None:
+    """The bot's memory: runs and heartbeat, orders and their events, the write-ahead journal,
+    API call attempts, decide cycles and decisions, server blocks, logged problems."""
+    md = MetaData()
+    Table("bot_run", md,
+          Column("id", Integer, primary_key=True),
+          Column("mode", String, nullable=False),
+          Column("started_at", Double, nullable=False),
+          Column("started_wall", Double, nullable=False),
+          Column("speed", Double, nullable=False),
+          Column("pid", Integer),
+          Column("config", JSON, nullable=False),
+          Column("heartbeat_at", Double), Column("heartbeat_wall", Double),
+          Column("stopped_at", Double), Column("stop_reason", String))
+    Table("bot_halt", md,
+          Column("id", Integer, primary_key=True),
+          Column("wall_at", Double, nullable=False),
+          Column("reason", String, nullable=False))
+    Table("bot_cycle", md,
+          Column("id", Integer, primary_key=True),
+          Column("run_id", Integer, ForeignKey("bot_run.id"), nullable=False, index=True),
+          Column("at", Double, nullable=False),
+          Column("wall_at", Double, nullable=False),
+          Column("mode", String, nullable=False),
+          Column("spot_frame_time", Double), Column("gigaspot_frame_time", Double),
+          Column("skipped", String),
+          Column("actions", Integer, nullable=False))
+    Table("bot_decision", md,
+          Column("cycle_id", Integer, ForeignKey("bot_cycle.id"), primary_key=True),
+          Column("target", String, primary_key=True),
+          Column("strategy", String, nullable=False),
+          *(Column(name, JSON, nullable=False) for name in ("params", "orders")),
+          Column("desired", JSON),
+          *(Column(name, JSON, nullable=False) for name in ("actions", "deferred")))
+    Table("bot_order", md,
+          Column("id", Integer, primary_key=True),
+          Column("target", String),
+          Column("market", String, nullable=False),
+          Column("server_id", BigInteger, nullable=False, index=True),
+          Column("order_id", BigInteger, index=True),
+          Column("state", String, nullable=False),
+          Column("price", Double, nullable=False),
+          Column("currency", String, nullable=False),
+          Column("gpus", Integer, nullable=False),
+          Column("oc", JSON),
+          Column("sent_at", Double),
+          Column("created_at", Double, nullable=False),
+          Column("confirmed_at", Double), Column("closed_at", Double),
+          Column("close_reason", String),
+          *(Column(name, Double) for name in ("last_lowered_at", "told_next_lower_at", "step_price",
+                                              "step_max")),
+          Column("market_state", String), Column("market_seen_at", Double),
+          Column("adopted", Boolean, nullable=False), Column("dry_run", Boolean, nullable=False),
+          Column("spend", Double),
+          Column("lookups", Integer, nullable=False),
+          Index("ix_bot_order_open", "state", "dry_run"))
+    Table("bot_order_event", md,
+          Column("id", Integer, primary_key=True),
+          Column("order_ref", Integer, ForeignKey("bot_order.id"), nullable=False, index=True),
+          Column("at", Double, nullable=False),
+          Column("kind", String, nullable=False),
+          Column("price", Double),
+          Column("detail", JSON))
+    Table("api_journal", md,
+          Column("id", Integer, primary_key=True),
+          Column("at", Double, nullable=False, index=True),
+          Column("cycle_id", Integer),
+          Column("endpoint", String, nullable=False),
+          *(Column(name, JSON, nullable=False) for name in ("orders", "servers", "request")),
+          Column("status", String, nullable=False),
+          Column("finished_at", Double),
+          Column("reply", JSON),
+          Column("error", String))
+    Table("api_call", md,
+          Column("id", Integer, primary_key=True),
+          Column("endpoint", String, nullable=False),
+          Column("priority", Integer, nullable=False),
+          Column("started_at", Double, nullable=False, index=True),
+          Column("finished_at", Double, nullable=False),
+          Column("attempt", Integer, nullable=False),
+          Column("outcome", String, nullable=False),
+          Column("code", Integer), Column("error", String), Column("http_status", Integer),
+          Column("cdn", Boolean, nullable=False))
+    Table("bot_server_block", md,
+          Column("id", Integer, primary_key=True),
+          Column("server_id", BigInteger, nullable=False, index=True),
+          Column("target", String, nullable=False),
+          Column("reason", String, nullable=False),
+          Column("at", Double, nullable=False),
+          Column("until", Double))
+    Table("bot_log", md,
+          Column("id", Integer, primary_key=True),
+          Column("at", Double, nullable=False, index=True),
+          Column("wall_at", Double, nullable=False),
+          *(Column(name, String, nullable=False) for name in ("level", "source", "message")))
+    md.create_all(connection)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "market recorder: GigaSPOT snapshots, spot polls, marketplace listings",
               _v1_market_recorder),
+    Migration(2, "bot: runs, orders and their events, call journal, cycles and decisions",
+              _v2_bot),
 )

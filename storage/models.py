@@ -10,6 +10,11 @@ old row and opens a new one. Snapshot ids grow with snapshot time (older snapsho
 Spot polls are kept one row per poll (with their offers); marketplace listings use the same
 interval encoding as snapshots, keyed by listing.
 
+The bot's own memory (schema version 2) lives in the ``bot_*`` and ``api_*`` tables: its runs and
+heartbeat, its orders and their history, the write-ahead journal of mutating calls, every API call
+attempt, each decide cycle with its decisions (what a replay compares), servers it keeps away from,
+and the warnings and errors ``bidder status`` shows.
+
 The interval tables carry no foreign keys on ``first``/``end``: the ingester writes them next to the
 snapshot row in one transaction, and the checks would cost a sixth of a fully changed snapshot's
 write. Their open rows have a partial index (the ingester loads them at start; the latest market
@@ -242,3 +247,211 @@ class MarketplaceServer(Base):
 FACTS: Table = MachineFacts.__table__  # type: ignore[assignment]
 STATES: Table = MachineState.__table__  # type: ignore[assignment]
 BIDS: Table = GigaspotBid.__table__  # type: ignore[assignment]
+
+
+# --- the bot (schema version 2) ------------------------------------------------------------------
+# Times are UNIX seconds of the bot's clock (accelerated in a simulation) unless named ``wall``.
+
+
+class BotRun(Base):
+    """One run of ``bidder run``: what it was told, and its heartbeat (written every cycle)."""
+
+    __tablename__ = "bot_run"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mode: Mapped[str] = mapped_column(String)
+    """``live``, ``dry-run`` or ``sim``."""
+    started_at: Mapped[float]
+    started_wall: Mapped[float]
+    speed: Mapped[float]
+    """Bot seconds per wall second (1 live; the simulation's speed)."""
+    pid: Mapped[int | None] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]]
+    """What ``bidder status`` needs without the config file: targets, budget, market rules and bot
+    settings (no key, no secrets)."""
+    heartbeat_at: Mapped[float | None]
+    heartbeat_wall: Mapped[float | None]
+    stopped_at: Mapped[float | None]
+    stop_reason: Mapped[str | None] = mapped_column(String)
+
+
+class BotHalt(Base):
+    """The kill switch: ``bidder cancel-all`` writes one; a bot started before it stops trading."""
+
+    __tablename__ = "bot_halt"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    wall_at: Mapped[float]
+    reason: Mapped[str] = mapped_column(String)
+
+
+class BotCycle(Base):
+    """One decide/execute cycle (or a skipped one, with the reason)."""
+
+    __tablename__ = "bot_cycle"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("bot_run.id"), index=True)
+    at: Mapped[float]
+    wall_at: Mapped[float]
+    mode: Mapped[str] = mapped_column(String)
+    spot_frame_time: Mapped[float | None]
+    """Time of the spot frame decided on (its newest poll); NULL when none was used."""
+    gigaspot_frame_time: Mapped[float | None]
+    """Time of the GigaSPOT snapshot decided on; NULL when none was used."""
+    skipped: Mapped[str | None] = mapped_column(String)
+    """Why nothing was decided (stale or empty market data, halted); NULL for a full cycle."""
+    actions: Mapped[int] = mapped_column(Integer)
+    """Actions planned."""
+
+
+class BotDecision(Base):
+    """One target in one cycle: the strategy's input and output and the rules engine's plan."""
+
+    __tablename__ = "bot_decision"
+
+    cycle_id: Mapped[int] = mapped_column(ForeignKey("bot_cycle.id"), primary_key=True)
+    target: Mapped[str] = mapped_column(String, primary_key=True)
+    strategy: Mapped[str] = mapped_column(String)
+    params: Mapped[dict[str, Any]]
+    orders: Mapped[list[Any]]
+    """The ``OwnOrder``s given to the strategy (as dicts)."""
+    desired: Mapped[list[Any] | None]
+    """``[{server_id, price}]``; NULL when the strategy asked for no change (or was not asked)."""
+    actions: Mapped[list[Any]]
+    """This target's planned actions (``{kind, ...}``) in execution order."""
+    deferred: Mapped[list[Any]]
+    """This target's ``Deferred`` wishes."""
+
+
+class BotOrder(Base):
+    """One order of ours, from the moment we decide to send it to its end.
+
+    ``state``: ``creating`` (written before the create is sent), ``pending`` (sent, id not found
+    yet), ``unknown`` (a call's outcome is unknown: reconcile first), ``live``, then ``closed`` or
+    ``failed``. ``order_id`` is the exchange's id (negative for dry-run orders).
+    """
+
+    __tablename__ = "bot_order"
+    __table_args__ = (Index("ix_bot_order_open", "state", "dry_run"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target: Mapped[str | None] = mapped_column(String)
+    """NULL: an adopted order no target matches (unmanaged: only ``cancel-all`` touches it)."""
+    market: Mapped[str] = mapped_column(String)
+    server_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    order_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    state: Mapped[str] = mapped_column(String)
+    price: Mapped[float]
+    """Per server-day in ``currency``."""
+    currency: Mapped[str] = mapped_column(String)
+    gpus: Mapped[int] = mapped_column(Integer)
+    oc: Mapped[list[Any] | None]
+    """GigaSPOT power settings sent, one per GPU."""
+    sent_at: Mapped[float | None]
+    """When the create was written to the journal (before it was sent)."""
+    created_at: Mapped[float]
+    """When the create's reply came (or the order was adopted): the start of its cooldown."""
+    confirmed_at: Mapped[float | None]
+    """When its exchange id was found."""
+    closed_at: Mapped[float | None]
+    close_reason: Mapped[str | None] = mapped_column(String)
+    last_lowered_at: Mapped[float | None]
+    told_next_lower_at: Mapped[float | None]
+    """The earliest lowering the exchange told us (``time_to_lowering``) or we inferred."""
+    step_price: Mapped[float | None]
+    """``StepKnowledge.price``: the price when a lowering was refused."""
+    step_max: Mapped[float | None]
+    """``StepKnowledge.max_step``: the lowest price allowed then."""
+    market_state: Mapped[str | None] = mapped_column(String)
+    """``winning`` / ``outbid`` from the latest market data; NULL until seen."""
+    market_seen_at: Mapped[float | None]
+    adopted: Mapped[bool]
+    dry_run: Mapped[bool]
+    spend: Mapped[float | None]
+    """Spent so far in ``currency`` (``my_orders``), when known."""
+    lookups: Mapped[int] = mapped_column(Integer)
+    """Reconciliations that looked for this create's order and did not find it."""
+
+
+class BotOrderEvent(Base):
+    """What happened to an order: created, confirmed, raised, lowered, step_learned, cooldown_told,
+    outbid, won, cancelled, closed, adopted, failed, ..."""
+
+    __tablename__ = "bot_order_event"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_ref: Mapped[int] = mapped_column(ForeignKey("bot_order.id"), index=True)
+    at: Mapped[float]
+    kind: Mapped[str] = mapped_column(String)
+    price: Mapped[float | None]
+    detail: Mapped[dict[str, Any] | None]
+
+
+class ApiJournal(Base):
+    """The write-ahead journal: a mutating call, committed before it is sent, and its outcome.
+
+    ``status``: ``pending`` (written, outcome not recorded: the process died or the call is in
+    flight), ``ok``, ``error`` (refused; ``reply`` says why), ``unknown``, ``not_sent``, ``dry_run``.
+    """
+
+    __tablename__ = "api_journal"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(index=True)
+    cycle_id: Mapped[int | None] = mapped_column(Integer)
+    endpoint: Mapped[str] = mapped_column(String)
+    orders: Mapped[list[Any]]
+    """Local ``bot_order`` ids the call is about."""
+    servers: Mapped[list[Any]]
+    request: Mapped[Any] = mapped_column(JSON)
+    """The body, secrets (ssh keys, passwords, tokens, env values) redacted."""
+    status: Mapped[str] = mapped_column(String)
+    finished_at: Mapped[float | None]
+    reply: Mapped[Any | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(String)
+
+
+class ApiCall(Base):
+    """One attempt of one API call (``CallEvent``): the rate budget and faults in ``status``."""
+
+    __tablename__ = "api_call"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String)
+    priority: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(index=True)
+    finished_at: Mapped[float]
+    attempt: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String)
+    code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    cdn: Mapped[bool]
+
+
+class ServerBlock(Base):
+    """A server the bot keeps away from: a refused OC (for good), a failed rent, a too-low bid."""
+
+    __tablename__ = "bot_server_block"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    target: Mapped[str] = mapped_column(String)
+    reason: Mapped[str] = mapped_column(String)
+    at: Mapped[float]
+    until: Mapped[float | None]
+    """NULL: for good."""
+
+
+class BotLog(Base):
+    """Warnings and errors the bot logged (``bidder status`` shows the last ones)."""
+
+    __tablename__ = "bot_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(index=True)
+    wall_at: Mapped[float]
+    level: Mapped[str] = mapped_column(String)
+    source: Mapped[str] = mapped_column(String)
+    message: Mapped[str] = mapped_column(String)

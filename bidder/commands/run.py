@@ -1,12 +1,154 @@
-"""`bidder run` (placeholder until its issue lands; replaced by the module's owner)."""
+"""``bidder run``: hold the configured targets until Ctrl-C or SIGTERM (``--sim``: on the built-in
+simulated market, in accelerated time, no key needed)."""
 
-HELP = "(not built yet)"
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import logging
+import sys
+import tomllib
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from bidder.bot import Bot, database_url
+from bidder.clock import Clock, ScaledClock, SystemClock
+from bidder.config import Config, load_config, parse_config
+from bidder.engine import Mode
+from bidder.logs import setup_logging
+from bidder.scheduler import run_jobs
+from bidder.sim import SimMarket, SimOptions
+from storage.db import Database, open_database, sqlite_path
+from storage.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+HELP = ("Run the bot: hold the configured targets at the lowest price the market allows, until "
+        "Ctrl-C or SIGTERM. --sim runs it against the built-in simulated market (no key needed).")
+
+SIM_KEY = "local-simulation-key"
+"""Any key works with the simulated market; this one is no secret and appears in no log line."""
+SIM_BASE_URL = "http://bidder-sim/v1"
+"""The in-process simulated market answers here; nothing leaves the process."""
+SIM_JITTER = 0.02
+"""Real seconds between taking a rate-limit slot and the request reaching the in-process market
+(thread switches); at ``speed`` x they are ``speed`` times as many simulated seconds, so the
+simulation's client spaces its calls by that much more and the market never refuses one."""
 
 
-def add_arguments(parser):
-    pass
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
 
 
-def run(args):
-    print("bidder run: not built yet")
-    return 2
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML config file (required unless --sim; see config.example.toml)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true",
+                      help="decide and record on the live market, but send no order, price change "
+                           "or cancel (separate database: bidder-dry-run.db)")
+    mode.add_argument("--sim", action="store_true",
+                      help="run against the built-in simulated market in accelerated time "
+                           "([sim] in the config; without --config the built-in demo); database "
+                           "bidder-sim.db, started afresh")
+    parser.add_argument("--duration", type=_seconds, default=None, metavar="S",
+                        help="stop after S real seconds (default: run until Ctrl-C or SIGTERM)")
+
+
+def demo_config() -> Config:
+    """The built-in ``bidder/demo.toml``."""
+    text = importlib.resources.files("bidder").joinpath("demo.toml").read_text(encoding="utf-8")
+    return parse_config(tomllib.loads(text), "the built-in demo config (bidder/demo.toml)")
+
+
+def sim_config(config: Config) -> Config:
+    """``config`` pointed at the in-process simulated market, with its placeholder key."""
+    margin = SIM_JITTER * config.sim.speed
+    api = config.api.model_copy(update={
+        "key": SecretStr(SIM_KEY), "base_url": SIM_BASE_URL,
+        "min_interval": max(config.api.min_interval, 1.0 + margin),
+        "create_interval": max(config.api.create_interval, 5.0 + margin)})
+    return config.model_copy(update={"api": api})
+
+
+SIM_AGENT_LIFETIME = 1800.0
+"""Simulated seconds a competitor stays on average: short, so that a one-minute demo shows rivals
+leaving and the bot stepping its prices down after them."""
+
+
+def sim_market(config: Config, clock: Clock) -> SimMarket:
+    s = config.sim
+    return SimMarket(SimOptions(seed=s.seed, spot_servers=s.spot_servers,
+                                gigaspot_machines=s.gigaspot_machines, step_rule=s.step_rule,
+                                allocation=s.allocation, payment=s.payment,
+                                agent_lifetime=SIM_AGENT_LIFETIME), clock)
+
+
+def logged_key(config: Config, command: str, log_level: str) -> SecretStr | None:
+    """Set up logging with the API key redacted, and return the key; without one, say so on
+    stderr and return None."""
+    key = config.api.resolved_key()
+    setup_logging(log_level, [key.get_secret_value()] if key else [])
+    if key is None:
+        print(f"bidder {command}: no API key: set CLORE_API_KEY or [api] key in the config",
+              file=sys.stderr)
+    return key
+
+
+def _fresh_sim_database(url: str) -> None:
+    """The default simulation database is started afresh: each run is a new simulated market."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    mode: Mode = "sim" if args.sim else "dry-run" if args.dry_run else "live"
+    if args.config is None and mode != "sim":
+        print("bidder run: --config is required (or --sim for the simulated market)",
+              file=sys.stderr)
+        return 2
+    config = load_config(args.config) if args.config is not None else demo_config()
+    if mode == "sim":
+        config = sim_config(config)
+    if logged_key(config, "run", args.log_level) is None:
+        return 2
+    if not config.targets:
+        print("bidder run: the config has no [[targets]]: nothing to hold", file=sys.stderr)
+        return 2
+    url = database_url(config, mode)
+    if mode == "sim" and not config.storage.url:
+        _fresh_sim_database(url)
+    try:
+        database = open_database(url, writer=True)
+    except StorageError as err:
+        print(f"bidder run: {err}", file=sys.stderr)
+        return 2
+    with database:
+        return _run(config, database, mode, args.duration)
+
+
+def _run(config: Config, database: Database, mode: Mode, duration: float | None) -> int:
+    speed = config.sim.speed if mode == "sim" else 1.0
+    clock: Clock = ScaledClock(speed) if mode == "sim" else SystemClock()
+    transport = sim_market(config, clock).transport() if mode == "sim" else None
+    bot = Bot(config, database, mode=mode, clock=clock, speed=speed,
+              transport=transport, cdn_transport=transport,
+              state_dir=None if mode == "sim" else config.resolved_data_dir())
+    try:
+        bot.start()
+        run_jobs(bot.jobs(), speed=speed, duration=duration,
+                 misfire_grace_time=config.bot.misfire_grace_time, stop=bot.stop)
+    except BaseException:
+        bot.close()
+        raise
+    bot.finish("halted by cancel-all" if bot.halted() else "stopped")
+    if mode == "sim":
+        print("see what it holds: bidder status --sim", file=sys.stderr)
+    return 0

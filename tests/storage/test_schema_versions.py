@@ -86,7 +86,43 @@ def seed_v1(connection: Connection) -> None:
         connection.exec_driver_sql(statement)
 
 
-SEEDS: dict[int, Callable[[Connection], None]] = {1: seed_v1}
+def seed_v2(connection: Connection) -> None:
+    """v1's data, and a bot run with one cycle, one order, its event and journal entry."""
+    seed_v1(connection)
+    for statement in (
+        "INSERT INTO bot_run (id, mode, started_at, started_wall, speed, pid, config, heartbeat_at, "
+        f"heartbeat_wall, stopped_at, stop_reason) VALUES (1, 'live', {T0}, {T0}, 1.0, 7, "
+        f"'{{\"targets\": []}}', {T0 + 30}, {T0 + 30}, NULL, NULL)",
+        f"INSERT INTO bot_halt (id, wall_at, reason) VALUES (1, {T0 + 60}, 'cancel-all')",
+        "INSERT INTO bot_cycle (id, run_id, at, wall_at, mode, spot_frame_time, "
+        f"gigaspot_frame_time, skipped, actions) VALUES (1, 1, {T0 + 30}, {T0 + 30}, 'live', NULL, "
+        f"{T0}, NULL, 1)",
+        "INSERT INTO bot_decision (cycle_id, target, strategy, params, orders, desired, actions, "
+        "deferred) VALUES (1, 'g', 'outbid', '{}', '[]', '[{\"server_id\": 40329, \"price\": "
+        "0.3}]', '[{\"kind\": \"create\"}]', '[]')",
+        "INSERT INTO bot_order (id, target, market, server_id, order_id, state, price, currency, "
+        "gpus, oc, sent_at, created_at, confirmed_at, closed_at, close_reason, last_lowered_at, "
+        "told_next_lower_at, step_price, step_max, market_state, market_seen_at, adopted, dry_run, "
+        f"spend, lookups) VALUES (1, 'g', 'gigaspot', 40329, 542600, 'live', 0.3, "
+        f"'CLORE-Blockchain', 1, '[{{\"pl\": 300}}]', {T0 + 30}, {T0 + 31}, {T0 + 32}, NULL, "
+        "NULL, NULL, NULL, NULL, NULL, 'winning', NULL, 0, 0, 0.01, 0)",
+        "INSERT INTO bot_order_event (id, order_ref, at, kind, price, detail) VALUES (1, 1, "
+        f"{T0 + 31}, 'created', 0.3, NULL)",
+        "INSERT INTO api_journal (id, at, cycle_id, endpoint, orders, servers, request, status, "
+        f"finished_at, reply, error) VALUES (1, {T0 + 30}, 1, 'create_gigaspot_orders', '[1]', "
+        f"'[40329]', '[]', 'ok', {T0 + 31}, NULL, NULL)",
+        "INSERT INTO api_call (id, endpoint, priority, started_at, finished_at, attempt, outcome, "
+        f"code, error, http_status, cdn) VALUES (1, 'my_orders', 3, {T0}, {T0 + 1}, 1, 'ok', 0, "
+        "NULL, 200, 0)",
+        "INSERT INTO bot_server_block (id, server_id, target, reason, at, until) VALUES (1, 35083, "
+        f"'g', 'failed_oc', {T0}, NULL)",
+        f"INSERT INTO bot_log (id, at, wall_at, level, source, message) VALUES (1, {T0}, {T0}, "
+        "'WARNING', 'bidder.executor', 'adopted order')",
+    ):
+        connection.exec_driver_sql(statement)
+
+
+SEEDS: dict[int, Callable[[Connection], None]] = {1: seed_v1, 2: seed_v2}
 """For every schema version, data as that version stores it. Add one with each migration."""
 
 

@@ -1,0 +1,389 @@
+"""One decide/execute cycle: market data -> views -> strategies -> rules -> executor -> record.
+
+The same frame, view, strategy and rules code as the backtester, on the newest recorded market:
+
+1. reconcile first when an order is in flight or ``reconcile_interval`` has passed (live only);
+2. build each market's frame (``storage.market_views``) and refresh our orders' market states;
+3. per target: its view (``bidder.view``), minus the servers it keeps away from, with our
+   orders as ``OwnOrder``s, and recent winning prices when its strategy wants them; the strategy's
+   wish through ``safe_decide``;
+4. ``bidder.rules.plan`` over every target (a target whose market data is stale still takes part
+   with "no change", so the budget and the one-order-per-server rule see its orders);
+5. record the cycle and each target's decision (what a replay compares), then execute; then the
+   heartbeat.
+
+A market whose data is missing or stale is never decided on (every strategy would ask to cancel
+everything it cannot see); when no market is fresh the cycle is skipped and says why.
+
+Dry run: the frame's "mine" flags are cleared (the account's real orders are rivals of the virtual
+ones), and a virtual order wins only when its price beats the threshold the recorded bids set, the
+same allocation rule the exchange applies: no easier fills.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from bidder.clock import Clock
+from bidder.config import BudgetConfig, Config, MarketName, TargetConfig
+from bidder.executor import Execution, Executor
+from bidder.orders import (
+    by_target,
+    keep_away,
+    kept_away,
+    open_orders,
+    own_order,
+    set_market_state,
+    update_market_states,
+)
+from bidder.reconcile import in_flight
+from bidder.rules import Action, Cancel, Create, Plan, TargetDecision, plan
+from bidder.view import StaticMatchCache, build_target_view
+from storage.frames import MarketFrame
+from storage.history import bid_intervals
+from storage.market_views import gigaspot_frame, spot_frame
+from storage.models import (
+    BotCycle,
+    BotDecision,
+    BotOrder,
+    BotRun,
+    SpotOffer,
+    SpotPoll,
+)
+from strategies.base import OwnOrder, Strategy, TargetView
+from strategies.registry import load_strategy, safe_decide
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["live", "dry-run", "sim"]
+
+STALE_POLLS = 5
+"""A market's data is stale after this many of its poll intervals without a successful poll."""
+MIN_STALE_AFTER = 300.0
+"""Seconds: never call data stale sooner (a busy rate budget delays polls)."""
+SPOT_FRAME_MAX_AGE = 6 * 3600.0
+"""Seconds: a spot server not polled for this long is left out of the view (its offers are too
+old to bid on; the poller comes back to it)."""
+IDLE_GRACE = 300.0
+"""Seconds a new order of ours may wait on a spot server before its idleness counts."""
+
+
+def stale_after(config: Config, market: str) -> float:
+    """Seconds after its last successful poll that a market's data is too old to decide on."""
+    interval = (config.poller.gigaspot_interval if market == "gigaspot"
+                else config.poller.spot_interval)
+    return max(STALE_POLLS * interval, MIN_STALE_AFTER)
+
+
+def idle_spot_servers(frame: MarketFrame) -> set[int]:
+    """Spot servers where offers wait but none runs. The spot poll does not say a server is rented
+    on demand (only the next marketplace listing will); waiting offers and no running one say it
+    now: nobody, we included, can win it."""
+    if frame.market != "spot" or not frame.n_servers:
+        return set()
+    bids = np.diff(frame.bid_start)
+    running = np.bincount(frame.bid_server_rows()[frame.bid_active], minlength=frame.n_servers)
+    return set(frame.server_id[(bids > 0) & (running == 0)].tolist())
+
+
+def recent_wins(session: Session, market: str, server_id: np.ndarray, gpus: np.ndarray,
+                since: float, until: float) -> np.ndarray:
+    """Winning prices per GPU-day recorded on ``server_id`` between ``since`` and ``until``: every
+    version of an active GigaSPOT bid, every active offer of a spot poll."""
+    if not len(server_id):
+        return np.empty(0)
+    size = dict(zip(server_id.tolist(), np.maximum(gpus, 1).tolist()))
+    if market == "gigaspot":
+        bids = bid_intervals(session, since, until, machine_ids=size)
+        won = bids.active
+        per_gpu = np.array([size[m] for m in bids.machine_id[won].tolist()], dtype=np.float64)
+        return bids.price[won] / per_gpu if len(per_gpu) else np.empty(0)
+    rows = session.execute(
+        select(SpotPoll.server_id, SpotOffer.bid).join(SpotPoll, SpotPoll.id == SpotOffer.poll_id)
+        .where(SpotOffer.active.is_(True), SpotPoll.polled_at >= since,
+               SpotPoll.polled_at <= until, SpotPoll.server_id.in_(list(size)))).all()
+    return np.array([bid / size[sid] for sid, bid in rows], dtype=np.float64)
+
+
+def budget_left(config: Config, unmanaged: Sequence[BotOrder],
+                frames: Mapping[str, MarketFrame]) -> BudgetConfig:
+    """The budget the targets share: the configured one less what unmanaged orders of ours cost
+    (no strategy holds them, but they are paid for). NaN when a rate it needs is unknown, which
+    the rules engine answers by adding nothing."""
+    budget = config.budget
+    if budget.max_per_day is None or not unmanaged:
+        return budget
+    rates = frames.get("spot") or frames.get("gigaspot")
+
+    def usd(currency: str) -> float:
+        if currency == "USD":
+            return 1.0
+        return rates.usd_rate(currency) if rates is not None else math.nan
+
+    cost = sum(o.price * (1 + config.markets.rules(o.market).fee_fraction)  # type: ignore[arg-type]
+               * (1.0 if o.currency == budget.currency else usd(o.currency) / usd(budget.currency))
+               for o in unmanaged)
+    return budget.model_copy(update={"max_per_day": budget.max_per_day - cost})
+
+
+def action_json(action: Action) -> dict[str, Any]:
+    if isinstance(action, Create):
+        kind = "create"
+    elif isinstance(action, Cancel):
+        kind = "cancel"
+    else:
+        kind = "raise" if action.is_raise else "lower"
+    return {"kind": kind, **asdict(action)}
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def own_order_json(order: OwnOrder) -> dict[str, Any]:
+    return {k: _finite(v) if isinstance(v, float) else v for k, v in asdict(order).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class CycleResult:
+    cycle_id: int
+    skipped: str | None = None
+    plan: Plan | None = None
+    execution: Execution | None = None
+
+
+class Engine:
+    """Runs cycles for one bot run (``run_id``) in ``mode``.
+
+    ``checked_at(market)`` says when that market's data was last polled successfully (None: not in
+    this run); ``halted()`` whether ``cancel-all`` asked the bot to stop.
+    """
+
+    def __init__(self, config: Config, sessions: sessionmaker[Session], clock: Clock,
+                 executor: Executor, *, run_id: int, mode: Mode, wall: Clock,
+                 checked_at: Callable[[str], float | None],
+                 halted: Callable[[], bool] = lambda: False,
+                 stop: threading.Event | None = None) -> None:
+        self._config = config
+        self._sessions = sessions
+        self._clock = clock
+        self._wall = wall
+        self.executor = executor
+        self._run_id = run_id
+        self._mode = mode
+        self._checked_at = checked_at
+        self._halted = halted
+        self._stop = stop if stop is not None else threading.Event()
+        self._strategies: dict[str, Strategy] = {
+            t.name: load_strategy(t.strategy, t.strategy_params) for t in config.targets}
+        self._started: set[str] = set()
+        self._caches = {"spot": StaticMatchCache(), "gigaspot": StaticMatchCache()}
+        self._markets: tuple[MarketName, ...] = tuple(sorted({t.market for t in config.targets}))
+        self._stale: set[str] = set()
+        self.last_reconcile = -math.inf
+
+    @property
+    def dry_run(self) -> bool:
+        return self.executor.dry_run
+
+    def reconcile(self) -> None:
+        if self.executor.reconcile() is not None:
+            self.last_reconcile = self._clock.now()
+
+    # --- the cycle -------------------------------------------------------------------------------
+
+    def cycle(self) -> CycleResult:
+        if self._halted():
+            log.warning("halted by bidder cancel-all: no more orders; stopping")
+            self._stop.set()
+            return self._skip("halted by cancel-all", {})
+        with self._sessions() as session:
+            waiting = not self.dry_run and in_flight(session)
+            frames = self._frames(session)  # reconciliation changes orders, not market data
+        due = self._clock.now() - self.last_reconcile >= self._config.bot.reconcile_interval
+        if not self.dry_run and (waiting or due):
+            self.reconcile()
+        now = self._clock.now()
+        fresh = {m: self._fresh(m, frames[m], now) for m in self._markets}
+        if not any(fresh.values()):
+            return self._skip("; ".join(self._why_stale(m, frames[m], now) for m in self._markets)
+                              or "no targets", frames)
+        with self._sessions.begin() as session:
+            orders = open_orders(session, dry_run=self.dry_run)
+            missing = set() if self.dry_run else {
+                o.id for o in update_market_states(session, orders, frames, now)}
+            if missing:
+                self.last_reconcile = -math.inf  # they may have ended: reconcile next cycle
+            decisions, views = self._decide(session, frames, fresh, orders, missing, now)
+            budget = budget_left(self._config, [o for o in orders if o.target is None], frames)
+            the_plan = plan(decisions, self._config.markets, budget, now)
+            cycle_id = self._record(session, now, frames, decisions, the_plan)
+        self.executor.journal.cycle_id = cycle_id
+        execution = self.executor.execute(the_plan, views)
+        self._heartbeat()
+        return CycleResult(cycle_id, None, the_plan, execution)
+
+    def _skip(self, reason: str, frames: Mapping[str, MarketFrame]) -> CycleResult:
+        with self._sessions.begin() as session:
+            session.add(row := self._cycle_row(self._clock.now(), frames, reason, 0))
+        self._heartbeat()
+        return CycleResult(row.id, reason)
+
+    def _frames(self, session: Session) -> dict[str, MarketFrame]:
+        frames = {m: (gigaspot_frame(session) if m == "gigaspot"
+                      else spot_frame(session, max_age=SPOT_FRAME_MAX_AGE))
+                  for m in self._markets}
+        if self.dry_run:  # the account's real bids compete with our virtual ones
+            frames = {m: replace(f, bid_mine=np.zeros_like(f.bid_mine)) for m, f in frames.items()}
+        return frames
+
+    def _fresh(self, market: str, frame: MarketFrame, now: float) -> bool:
+        checked = self._checked_at(market)
+        ok = (frame.n_servers > 0 and checked is not None
+              and now - checked <= stale_after(self._config, market))
+        if ok and market in self._stale:
+            self._stale.discard(market)
+            log.info("%s market data is fresh again", market)
+        elif not ok and market not in self._stale:
+            self._stale.add(market)
+            level = logging.INFO if checked is None else logging.WARNING
+            log.log(level, "not deciding %s targets: %s", market,
+                    self._why_stale(market, frame, now))
+        return ok
+
+    def _why_stale(self, market: str, frame: MarketFrame, now: float) -> str:
+        checked = self._checked_at(market)
+        if checked is None:
+            return f"waiting for the first {market} poll"
+        if frame.n_servers == 0:
+            return f"no {market} market data recorded"
+        return f"{market} data last polled {now - checked:.0f} s ago"
+
+    def _decide(self, session: Session, frames: Mapping[str, MarketFrame],
+                fresh: Mapping[str, bool], orders: Sequence[BotOrder], missing: set[int],
+                now: float) -> tuple[list[TargetDecision], dict[str, TargetView]]:
+        grouped = by_target(orders)
+        blocks = kept_away(session, now)
+        unmanaged = {o.server_id for o in grouped.get(None, [])}
+        settling = {o.server_id for o in orders
+                    if o.confirmed_at is None or now - o.confirmed_at < IDLE_GRACE}
+        idle = (idle_spot_servers(frames["spot"]) - settling) if "spot" in frames else set()
+        self._keep_away_from_idle(session, orders, idle, blocks, now)
+        decisions: list[TargetDecision] = []
+        views: dict[str, TargetView] = {}
+        for target in self._config.targets:
+            rows = grouped.get(target.name, [])
+            if not fresh[target.market] and not rows:
+                continue
+            own = {o.server_id for o in rows}
+            avoid = (blocks.get(target.name, set()) | unmanaged) - own
+            if target.market == "spot":
+                avoid |= idle
+            view = self._view(session, target, frames[target.market], rows, missing, avoid, now)
+            views[target.name] = view
+            desired = None
+            if fresh[target.market]:
+                strategy = self._strategies[target.name]
+                if target.name not in self._started:
+                    self._started.add(target.name)
+                    strategy.on_start(view.target)
+                desired = safe_decide(strategy, view, log)
+            decisions.append(TargetDecision(view, desired))
+        return decisions, views
+
+    def _keep_away_from_idle(self, session: Session, orders: Sequence[BotOrder], idle: set[int],
+                             blocks: dict[str, set[int]], now: float) -> None:
+        """A server where our order waits and nothing runs is taken for a while: block it, so that
+        the target does not come back as soon as its order there is cancelled."""
+        until = now + self.executor.settings.failed_rent_block
+        for order in orders:
+            if order.target is None or order.server_id not in idle \
+                    or order.server_id in blocks.get(order.target, set()):
+                continue
+            keep_away(session, order.server_id, order.target, "idle: offers wait, none runs",
+                      until, now)
+            blocks.setdefault(order.target, set()).add(order.server_id)
+            log.info("spot server %d runs no offer although ours waits (rented on demand?); "
+                     "%r moves elsewhere", order.server_id, order.target)
+
+    def _view(self, session: Session, target: TargetConfig, frame: MarketFrame,
+              rows: Sequence[BotOrder], missing: set[int], avoid: set[int],
+              now: float) -> TargetView:
+        """The target's view; ``avoid``: servers it must not hold (made not eligible)."""
+        markets = self._config.markets
+        own = [own_order(o, markets, state="pending" if o.id in missing else None) for o in rows]
+        view = build_target_view(frame, target, own, now=now, markets=markets,
+                                 static=self._caches[target.market].get(frame, target))
+        c = view.candidates
+        if avoid:
+            eligible = c.eligible & ~np.isin(c.server_id, list(avoid))
+            view = replace(view, candidates=replace(c, eligible=eligible))
+        if self.dry_run:
+            view = self._virtual_fills(session, view, rows, now)
+        window = self._strategies[target.name].history_window
+        if window > 0:
+            c = view.candidates
+            wins = recent_wins(session, target.market, c.server_id[c.eligible],
+                               c.gpus[c.eligible], now - window, now)
+            view = replace(view, recent_wins=wins)
+        return view
+
+    def _virtual_fills(self, session: Session, view: TargetView, rows: Sequence[BotOrder],
+                       now: float) -> TargetView:
+        """A virtual order wins only if its price beats the recorded rivals' threshold."""
+        c = view.candidates
+        orders = []
+        for order in rows:
+            row = c.row(order.server_id)
+            # an unknown (NaN) threshold or floor never lets it win
+            wins = row is not None and order.price > c.threshold[row] \
+                and order.price >= c.floor[row]
+            state = "winning" if wins else "outbid"
+            set_market_state(session, order, state, now)
+            orders.append(own_order(order, self._config.markets, state=state))
+        return replace(view, orders=tuple(orders))
+
+    # --- records ---------------------------------------------------------------------------------
+
+    def _record(self, session: Session, now: float, frames: Mapping[str, MarketFrame],
+                decisions: Sequence[TargetDecision], the_plan: Plan) -> int:
+        cycle = self._cycle_row(now, frames, None, len(the_plan.actions))
+        session.add(cycle)
+        session.flush()
+        for d in decisions:
+            name = d.view.target.name
+            target = next(t for t in self._config.targets if t.name == name)
+            session.add(BotDecision(
+                cycle_id=cycle.id, target=name, strategy=target.strategy,
+                params=dict(target.strategy_params),
+                orders=[own_order_json(o) for o in d.view.orders],
+                desired=None if d.desired is None else [asdict(b) for b in d.desired],
+                actions=[action_json(a) for a in the_plan.actions if a.target == name],
+                deferred=[asdict(x) for x in the_plan.deferred if x.target == name]))
+        return cycle.id
+
+    def _cycle_row(self, now: float, frames: Mapping[str, MarketFrame], skipped: str | None,
+                   actions: int) -> BotCycle:
+        def used(market: str) -> float | None:
+            frame = frames.get(market)
+            return frame.time if frame is not None and frame.n_servers else None
+
+        return BotCycle(run_id=self._run_id, at=now, wall_at=self._wall.now(), mode=self._mode,
+                        spot_frame_time=used("spot"), gigaspot_frame_time=used("gigaspot"),
+                        skipped=skipped, actions=actions)
+
+    def _heartbeat(self) -> None:
+        """Written after the cycle's work: a bot stuck or failing in every cycle goes stale."""
+        with self._sessions.begin() as session:
+            session.execute(update(BotRun).where(BotRun.id == self._run_id).values(
+                heartbeat_at=self._clock.now(), heartbeat_wall=self._wall.now()))
+

@@ -1,0 +1,367 @@
+"""``bidder status``: what the bot holds, what it spends and whether it is alive, from the database.
+
+Reads only the database (opened as a reader, never migrated), so it works while the bot writes and
+needs no config beyond finding the file: the bot records the targets, budget and rules it runs with.
+Healthy means the newest run's heartbeat is younger than its ``heartbeat_stale_after`` (wall clock);
+the exit status says so for monitors.
+
+Times shown are the bot's clock (accelerated in a simulation); ages are in bot seconds, estimated
+from the heartbeat (its bot time and wall time) and the run's speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from bidder.clock import Clock
+from bidder.config import CLORE, MarketsConfig
+from bidder.orders import OPEN_STATES, own_order, strategy_state
+from storage.models import (
+    ApiCall,
+    BotCycle,
+    BotDecision,
+    BotLog,
+    BotOrder,
+    BotRun,
+    CurrencyRates,
+    GigaspotSnapshot,
+    MarketplaceListing,
+    SpotPoll,
+)
+
+HOUR = 3600.0
+LAST_ERRORS = 10
+POLL_ENDPOINTS = ("get_gigaspot", "spot_marketplace", "marketplace")
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    local_id: int
+    order_id: int | None
+    target: str | None
+    """None: adopted and unmanaged."""
+    market: str
+    server_id: int
+    gpus: int
+    price: float
+    currency: str
+    usd_per_day: float | None
+    """Price in USD per day at the recorded rates (None: rate unknown)."""
+    state: str
+    """``winning``, ``outbid``, ``pending`` or ``unknown``."""
+    next_lower_at: float | None
+    """When the rules next allow a lowering (None for orders in flight)."""
+    adopted: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TargetLine:
+    name: str
+    market: str
+    unit: str
+    wanted: int
+    held: int
+    """GPUs (or servers) of orders winning now."""
+    orders: int
+    strategy: str
+
+
+@dataclass(frozen=True, slots=True)
+class NextStep:
+    target: str
+    server_id: int
+    wanted_price: float | None
+    reason: str
+    not_before: float | None
+    text: str
+
+
+@dataclass(slots=True)
+class Status:
+    database: str
+    healthy: bool
+    summary: str
+    run: dict[str, Any] | None = None
+    heartbeat_age: float | None = None
+    """Wall seconds since the last heartbeat."""
+    stale_after: float | None = None
+    bot_time: float | None = None
+    targets: list[TargetLine] = field(default_factory=list)
+    orders: list[OrderLine] = field(default_factory=list)
+    spend_per_day: float | None = None
+    budget_per_day: float | None = None
+    budget_currency: str | None = None
+    ages: dict[str, float | None] = field(default_factory=dict)
+    """Bot seconds since the last GigaSPOT snapshot, spot poll, marketplace listing, API poll."""
+    calls_last_hour: int = 0
+    rate_limited_last_hour: int = 0
+    failed_calls_last_hour: int = 0
+    last_cycle: dict[str, Any] | None = None
+    next_steps: list[NextStep] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.healthy else 1
+
+
+def _usd_rates(session: Session) -> dict[str, float]:
+    rates = session.scalar(select(CurrencyRates.rates).order_by(CurrencyRates.id.desc()).limit(1))
+    out = {str(k): float(v) for k, v in (rates or {}).items()}
+    clore = session.scalar(select(GigaspotSnapshot.clore_price)
+                           .order_by(GigaspotSnapshot.id.desc()).limit(1))
+    if clore is not None:
+        out[CLORE] = float(clore)
+    out.setdefault("USD-Blockchain", 1.0)
+    out["USD"] = 1.0
+    return out
+
+
+def _age(now: float, then: float | None) -> float | None:
+    return None if then is None else max(0.0, now - float(then))
+
+
+def fmt_time(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+
+
+def fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 300:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _next_text(d: dict[str, Any], now: float) -> str:
+    price = d.get("wanted_price")
+    at = d.get("not_before")
+    server = d["server_id"]
+    when = f" at {fmt_time(at)} (in {fmt_age(_age(at, now))})" if at is not None and at > now \
+        else ""
+    reason = d["reason"]
+    if price is None:
+        return f"will cancel on {server} once its outcome is known ({reason})"
+    if reason == "cooldown":
+        return f"will lower {server} to {price:.6g}{when} (cooldown)"
+    if reason == "step":
+        return f"will keep lowering {server} towards {price:.6g}{when} (one step at a time)"
+    words = {"cap": "above the cap", "floor_above_cap": "its floor is above the cap",
+             "budget": "waits for room in the budget", "rate_unknown": "the USD rate is unknown",
+             "in_flight": "waits until the order's outcome is known",
+             "server_taken": "another of our orders holds it",
+             "not_eligible": "the server does not qualify now"}
+    return f"wants {server} at {price:.6g}: {words.get(reason, reason)}"
+
+
+def collect(session: Session, database: str, wall: Clock) -> Status:
+    """Everything ``bidder status`` shows, from ``session`` (a reader)."""
+    run = session.scalars(select(BotRun).order_by(BotRun.id.desc()).limit(1)).first()
+    if run is None:
+        return Status(database, False, "no bot run recorded in this database")
+    cfg = run.config
+    stale_after = float(cfg["bot"]["heartbeat_stale_after"])
+    wall_now = wall.now()
+    hb_age = None if run.heartbeat_wall is None else max(0.0, wall_now - run.heartbeat_wall)
+    if run.stopped_at is not None:
+        bot_now = run.stopped_at
+        healthy, summary = False, f"not running: stopped at {fmt_time(run.stopped_at)} " \
+                                  f"({run.stop_reason})"
+    elif run.heartbeat_wall is None or hb_age is None:
+        bot_now = run.started_at + (wall_now - run.started_wall) * run.speed
+        healthy = wall_now - run.started_wall <= stale_after
+        summary = "starting: no heartbeat yet" if healthy else "no heartbeat since the start"
+    else:
+        bot_now = (run.heartbeat_at or run.started_at) + hb_age * run.speed
+        healthy = hb_age <= stale_after
+        summary = f"running: last heartbeat {fmt_age(hb_age)} ago" if healthy else \
+            f"STALE: last heartbeat {fmt_age(hb_age)} ago (limit {fmt_age(stale_after)})"
+    status = Status(database, healthy, summary, heartbeat_age=hb_age, stale_after=stale_after,
+                    bot_time=bot_now,
+                    run={"id": run.id, "mode": run.mode, "started_at": run.started_at,
+                         "pid": run.pid, "speed": run.speed, "stopped_at": run.stopped_at,
+                         "stop_reason": run.stop_reason})
+    markets = MarketsConfig.model_validate(cfg["markets"])
+    rates = _usd_rates(session)
+    _orders(session, status, markets, rates, dry_run=run.mode == "dry-run")
+    _targets(status, cfg["targets"])
+    _budget(status, cfg["budget"], markets, rates)
+    _market_and_calls(session, status, bot_now)
+    _cycle(session, status, run.id, bot_now)
+    status.errors = [{"at": r.at, "level": r.level, "source": r.source, "message": r.message}
+                     for r in session.scalars(select(BotLog).order_by(BotLog.id.desc())
+                                              .limit(LAST_ERRORS))]
+    return status
+
+
+def _orders(session: Session, status: Status, markets: MarketsConfig, rates: dict[str, float],
+            *, dry_run: bool) -> None:
+    rows = session.scalars(select(BotOrder).where(BotOrder.state.in_(OPEN_STATES),
+                                                  BotOrder.dry_run.is_(dry_run))
+                           .order_by(BotOrder.target, BotOrder.server_id))
+    for o in rows:
+        rate = rates.get(o.currency)
+        state = strategy_state(o)
+        settled = o.state == "live"
+        status.orders.append(OrderLine(
+            local_id=o.id, order_id=o.order_id, target=o.target, market=o.market,
+            server_id=o.server_id, gpus=o.gpus, price=o.price, currency=o.currency,
+            usd_per_day=o.price * rate if rate is not None else None, state=state,
+            next_lower_at=own_order(o, markets).next_lower_at if settled else None,
+            adopted=o.adopted))
+
+
+def _targets(status: Status, targets: list[dict[str, Any]]) -> None:
+    for t in targets:
+        mine = [o for o in status.orders if o.target == t["name"]]
+        held = sum((o.gpus if t["unit"] == "gpus" else 1) for o in mine if o.state == "winning")
+        status.targets.append(TargetLine(t["name"], t["market"], t["unit"], t["count"], held,
+                                         len(mine), t["strategy"]))
+
+
+def _budget(status: Status, budget: dict[str, Any], markets: MarketsConfig,
+            rates: dict[str, float]) -> None:
+    currency = budget["currency"]
+    status.budget_currency = currency
+    status.budget_per_day = budget.get("max_per_day")
+    per_unit = rates.get(currency, math.nan)
+    total = 0.0
+    for o in status.orders:
+        fee = markets.rules(o.market).fee_fraction  # type: ignore[arg-type]
+        if o.currency == currency:
+            total += o.price * (1 + fee)
+        else:
+            total += (o.usd_per_day if o.usd_per_day is not None else math.nan) * (1 + fee) \
+                / per_unit
+    status.spend_per_day = total if math.isfinite(total) else None
+
+
+def _market_and_calls(session: Session, status: Status, now: float) -> None:
+    status.ages = {
+        "gigaspot_snapshot": _age(now, session.scalar(select(func.max(GigaspotSnapshot.time)))),
+        "spot_poll": _age(now, session.scalar(select(func.max(SpotPoll.polled_at)))),
+        "marketplace_listing": _age(now, session.scalar(
+            select(func.max(MarketplaceListing.taken_at)))),
+        "api_poll": _age(now, session.scalar(select(func.max(ApiCall.finished_at)).where(
+            ApiCall.endpoint.in_(POLL_ENDPOINTS), ApiCall.outcome == "ok"))),
+    }
+    since = now - HOUR
+    calls = select(func.count()).select_from(ApiCall).where(ApiCall.started_at >= since,
+                                                            ApiCall.cdn.is_(False))
+    status.calls_last_hour = session.scalar(calls) or 0
+    status.rate_limited_last_hour = session.scalar(
+        calls.where(ApiCall.outcome == "rate_limited")) or 0
+    status.failed_calls_last_hour = session.scalar(calls.where(ApiCall.outcome != "ok")) or 0
+
+
+def _cycle(session: Session, status: Status, run_id: int, now: float) -> None:
+    last = session.scalars(select(BotCycle).where(BotCycle.run_id == run_id)
+                           .order_by(BotCycle.id.desc()).limit(1)).first()
+    if last is None:
+        return
+    status.last_cycle = {"id": last.id, "at": last.at, "skipped": last.skipped,
+                         "actions": last.actions}
+    decided = session.scalars(select(BotCycle).where(BotCycle.run_id == run_id,
+                                                     BotCycle.skipped.is_(None))
+                              .order_by(BotCycle.id.desc()).limit(1)).first()
+    if decided is None:
+        return
+    for decision in session.scalars(select(BotDecision).where(BotDecision.cycle_id == decided.id)
+                                    .order_by(BotDecision.target)):
+        for d in decision.deferred:
+            status.next_steps.append(NextStep(decision.target, d["server_id"], d["wanted_price"],
+                                              d["reason"], d["not_before"], _next_text(d, now)))
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def to_json(status: Status) -> str:
+    return json.dumps(_clean({**asdict(status), "exit_code": status.exit_code}), indent=2)
+
+
+def _money(value: float | None, digits: int = 2) -> str:
+    return "?" if value is None else f"{value:.{digits}f}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    return [line, *("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)]
+
+
+def render(status: Status) -> str:
+    """The table for people."""
+    out = [f"bidder status: {status.summary}", f"database: {status.database}"]
+    if status.run is None:
+        return "\n".join(out)
+    run = status.run
+    speed = f", {run['speed']:g}x speed" if run["speed"] != 1 else ""
+    out.append(f"run {run['id']} ({run['mode']}{speed}) started {fmt_time(run['started_at'])}, "
+               f"pid {run['pid']}; bot time {fmt_time(status.bot_time)}")
+    out.append("")
+    if status.targets:
+        out += _table(["target", "market", "held / wanted", "orders", "strategy"],
+                      [[t.name, t.market, f"{t.held} / {t.wanted} {t.unit}", str(t.orders),
+                        t.strategy] for t in status.targets])
+    else:
+        out.append("no targets")
+    out.append("")
+    if status.orders:
+        now = status.bot_time or 0.0
+        out += _table(["order", "target", "market", "server", "GPUs", "price/day", "USD/day",
+                       "state", "next lowering"],
+                      [[str(o.order_id if o.order_id is not None else "-"),
+                        o.target or "(unmanaged)", o.market, str(o.server_id), str(o.gpus),
+                        f"{o.price:.6g} {o.currency.removesuffix('-Blockchain')}",
+                        _money(o.usd_per_day), o.state,
+                        "-" if o.next_lower_at is None else
+                        ("now" if o.next_lower_at <= now else
+                         f"{fmt_time(o.next_lower_at)[11:]} (in {fmt_age(o.next_lower_at - now)})")]
+                       for o in status.orders])
+    else:
+        out.append("no open orders")
+    out.append("")
+    budget = "no limit" if status.budget_per_day is None else \
+        f"{status.budget_per_day:g} {status.budget_currency}"
+    out.append(f"spend: {_money(status.spend_per_day)} {status.budget_currency}/day "
+               f"(all bids as if winning, fees included); budget {budget}")
+    a = status.ages
+    out.append(f"market data: GigaSPOT snapshot {fmt_age(a.get('gigaspot_snapshot'))} old, "
+               f"last spot poll {fmt_age(a.get('spot_poll'))} ago, listing "
+               f"{fmt_age(a.get('marketplace_listing'))} old, last API poll "
+               f"{fmt_age(a.get('api_poll'))} ago")
+    out.append(f"API calls in the last hour: {status.calls_last_hour} "
+               f"({status.rate_limited_last_hour} rate-limited, "
+               f"{status.failed_calls_last_hour} not ok)")
+    if status.last_cycle is not None:
+        c = status.last_cycle
+        what = f"skipped: {c['skipped']}" if c["skipped"] else f"{c['actions']} actions"
+        out.append(f"last cycle: {fmt_time(c['at'])} ({what})")
+    if status.next_steps:
+        out.append("next:")
+        out += [f"  {s.target}: {s.text}" for s in status.next_steps]
+    if status.errors:
+        out.append("last problems:")
+        out += [f"  {fmt_time(e['at'])} {e['level']} {e['source']}: {e['message']}"
+                for e in status.errors]
+    return "\n".join(out)

@@ -1,0 +1,116 @@
+"""``bidder status``: the table and JSON from the database alone, and exit codes for monitors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from freezegun import freeze_time
+
+from bidder.cli import main
+from bidder.clock import SystemClock
+from bot_helpers import START, make_config, spot_target
+from storage.db import open_database
+from storage.models import SchemaVersion
+
+SERVER = 1084
+T0 = "2023-11-14 22:13:20"
+"""The wall clock frozen at the bot clock's start (``START``)."""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, db_url: str) -> Path:
+    path = tmp_path / "status.toml"
+    path.write_text(f'[storage]\nurl = "{db_url}"\n')
+    return path
+
+
+def status(capsys, config_file: Path, *extra: str) -> tuple[int, str]:
+    code = main(["status", "--config", str(config_file), *extra])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.fixture
+def running(rig):
+    """A bot that holds the cheapest spot server after a rival left: its lowering waits."""
+    with freeze_time(T0):
+        assert SystemClock().now() == START
+        r = rig(make_config(spot_target(), budget=500.0,
+                            bot={"heartbeat_stale_after": 120.0}))
+        rival = r.market.place_rival(SERVER, 20.0)
+        r.faults.add("marketplace", "not_sent")  # a problem for the status to show
+        r.start(wall=SystemClock())
+        r.run(90)
+        r.market.cancel(rival.id)
+        r.run(120)
+    return r
+
+
+def test_a_fresh_bot_is_healthy_and_shown_in_full(running, capsys, config_file):
+    with freeze_time("2023-11-14 22:14:20"):  # a minute of wall time after its last heartbeat
+        code, text = status(capsys, config_file)
+        assert code == 0
+        assert "bidder status: running: last heartbeat 60 s ago" in text
+        assert "s       spot    1 / 1 servers  1       outbid" in text
+        assert "11.1014" not in text.split("next:")[0]  # it holds at 20.01 until allowed lower
+        assert f"will lower {SERVER} to 11.1014 at " in text and "(cooldown)" in text
+        assert "budget 500 CLORE-Blockchain" in text
+        assert "WARNING bidder.api.client: marketplace: not sent" in text  # the last problems
+
+        code, raw = status(capsys, config_file, "--json")
+    assert code == 0
+    report = json.loads(raw)
+    assert report["healthy"] is True and report["exit_code"] == 0
+    assert report["targets"] == [{"name": "s", "market": "spot", "unit": "servers", "wanted": 1,
+                                  "held": 1, "orders": 1, "strategy": "outbid"}]
+    [order] = report["orders"]
+    assert (order["server_id"], order["state"], order["currency"]) == (
+        SERVER, "winning", "CLORE-Blockchain")
+    assert order["price"] == pytest.approx(20.01)
+    assert order["usd_per_day"] == pytest.approx(20.01 * 0.03)
+    assert order["next_lower_at"] == pytest.approx(START + 30 + 600, abs=31)
+    assert report["spend_per_day"] == pytest.approx(20.01 * 1.025)
+    assert report["budget_per_day"] == 500.0
+    assert report["calls_last_hour"] > 10 and report["rate_limited_last_hour"] == 0
+    assert report["ages"]["spot_poll"] < 60
+    [step] = report["next_steps"]
+    assert (step["reason"], step["wanted_price"]) == ("cooldown", 11.1014)
+    assert any("marketplace" in e["message"] for e in report["errors"])
+
+
+def test_a_stale_heartbeat_exits_1(running, capsys, config_file):
+    with freeze_time("2023-11-14 22:15:30"):  # 130 s of wall time: over the 120-s limit
+        code, text = status(capsys, config_file)
+    assert code == 1
+    assert "bidder status: STALE: last heartbeat 130 s ago (limit 120 s)" in text
+
+
+def test_a_stopped_bot_exits_1(running, capsys, config_file):
+    with freeze_time(T0):
+        running.bot.finish("stopped")
+        code, text = status(capsys, config_file, "--json")
+    assert code == 1
+    assert json.loads(text)["summary"].startswith("not running: stopped at 2023-11-14 ")
+
+
+def test_a_missing_database_is_said_plainly(capsys, config_file, db_url):
+    code, text = status(capsys, config_file)
+    assert code == 2
+    assert "bidder status: no database at " in text and "nothing has been recorded" in text
+    assert not Path(db_url.removeprefix("sqlite:///")).exists()
+
+
+def test_a_database_without_a_run_is_not_healthy(capsys, config_file, db_url):
+    open_database(db_url, writer=True).close()
+    code, text = status(capsys, config_file)
+    assert (code, text.splitlines()[0]) == (
+        1, "bidder status: no bot run recorded in this database")
+
+
+def test_a_database_of_another_schema_is_refused(capsys, config_file, db_url):
+    with open_database(db_url, writer=True) as db, db.sessions.begin() as session:
+        session.add(SchemaVersion(version=99, description="from the future"))
+    code, text = status(capsys, config_file)
+    assert code == 2 and "written by a newer clore-bidder" in text
