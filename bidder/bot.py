@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 
 from bidder.api import CloreClient
 from bidder.clock import Clock, SystemClock
-from bidder.config import Config
-from bidder.engine import CycleResult, Engine, Mode
-from bidder.executor import Executor, ExecutorSettings
+from bidder.config import Config, Mode
+from bidder.engine import CycleResult, Engine
+from bidder.executor import Executor
 from bidder.journal import ActivityLog, Journal
 from bidder.orders import add_event, close, newly_outbid, open_orders
 from bidder.poller import GigaspotPollResult, MarketPoller, MarketplaceResult, SpotRoundResult
@@ -75,8 +75,7 @@ class Bot:
                  transport: httpx.BaseTransport | None = None,
                  cdn_transport: httpx.BaseTransport | None = None,
                  state_dir: str | os.PathLike[str] | None = None,
-                 stop: threading.Event | None = None,
-                 settings: ExecutorSettings = ExecutorSettings()) -> None:
+                 stop: threading.Event | None = None) -> None:
         self.config = config
         self.database = database
         self.mode = mode
@@ -95,7 +94,7 @@ class Bot:
                                    own_servers=self._own_spot_servers, stop=self.stop)
         self.journal = Journal(clock, dry_run=mode == "dry-run")
         self.executor = Executor(self.client, sessions, clock, config, journal=self.journal,
-                                 stop=self.stop, halted=self.halted, settings=settings)
+                                 stop=self.stop, halted=self.halted)
         with sessions.begin() as session:
             run = BotRun(mode=mode, started_at=clock.now(), started_wall=self.wall.now(),
                          speed=speed, pid=os.getpid(), config=public_config(config))
@@ -246,14 +245,3 @@ class Bot:
         with self.database.sessions() as session:
             return [o.server_id for o in open_orders(session, dry_run=self.mode == "dry-run")
                     if o.market == "spot"]
-
-
-SIM_DATABASE = "bidder-sim.db"
-
-
-def database_url(config: Config, mode: Mode) -> str:
-    """The database of a run in ``mode``: the configured URL, else ``bidder.db``,
-    ``bidder-dry-run.db`` or ``bidder-sim.db`` in the data directory."""
-    if mode == "sim":
-        return config.storage.url or f"sqlite:///{config.resolved_data_dir() / SIM_DATABASE}"
-    return config.storage_url(dry_run=mode == "dry-run")

@@ -29,6 +29,9 @@ API_KEY_ENV = "CLORE_API_KEY"
 CLORE = "CLORE-Blockchain"
 
 MarketName = Literal["spot", "gigaspot"]
+Mode = Literal["live", "dry-run", "sim"]
+"""How the bot runs: on Clore.ai, on Clore.ai sending nothing that changes orders, or on the
+built-in simulated market. Each mode has its own default database."""
 AllocationRule = Literal["highest_price", "host_profit"]
 
 
@@ -132,6 +135,17 @@ class BotConfig(Section):
     misfire_grace_time: float = Field(30.0, ge=1)
     reconcile_interval: float = Field(300.0, ge=10)
     """Seconds between reconciliations of our orders with ``my_orders``."""
+    create_slack: float = Field(120.0, ge=0)
+    """Seconds a found order's creation time (``ct``) may lie before our send time (clock skew,
+    ``ct`` rounded down) and still be taken for the order we created."""
+    create_grace: int = Field(3, ge=1)
+    """Reconciliations a create may go unfound in ``my_orders`` before it is marked failed."""
+    failed_rent_block: float = Field(3600.0, ge=0)
+    """Seconds to keep away from a GigaSPOT machine that failed to rent, or from a server whose
+    order the exchange ended."""
+    too_low_block: float = Field(300.0, ge=0)
+    """Seconds to keep away from a server that refused a create as too low, and before lowering
+    again an order whose GigaSPOT edit was too low."""
 
 
 class TargetConfig(Section):
@@ -207,6 +221,9 @@ class SimConfig(Section):
     """``fraction:F`` (lowest allowed = price x (1 - F)) or ``absolute:X`` (price - X)."""
     allocation: AllocationRule = "host_profit"
     payment: Literal["pay_your_bid", "second_price"] = "pay_your_bid"
+    agent_lifetime: float = Field(1800.0, gt=0)
+    """Simulated seconds a competitor stays on average: short by default, so that a one-minute
+    demo shows rivals leaving and the bot stepping its prices down after them."""
 
 
 class Config(Section):
@@ -237,11 +254,13 @@ class Config(Section):
         base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
         return Path(base) / "clore-bidder"
 
-    def storage_url(self, *, dry_run: bool = False) -> str:
-        """The database URL; dry runs get their own file unless a URL is configured."""
+    def storage_url(self, mode: Mode = "live") -> str:
+        """The database URL: ``[storage] url``, else a file in the data directory per mode
+        (``bidder.db``, ``bidder-dry-run.db``, ``bidder-sim.db``), so a dry run or a simulation
+        never mixes its orders with real ones."""
         if self.storage.url:
             return self.storage.url
-        name = "bidder-dry-run.db" if dry_run else "bidder.db"
+        name = {"live": "bidder.db", "dry-run": "bidder-dry-run.db", "sim": "bidder-sim.db"}[mode]
         return f"sqlite:///{self.resolved_data_dir() / name}"
 
 

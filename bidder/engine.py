@@ -27,14 +27,14 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bidder.clock import Clock
-from bidder.config import BudgetConfig, Config, MarketName, TargetConfig
+from bidder.config import BudgetConfig, Config, MarketName, Mode, TargetConfig
 from bidder.executor import Execution, Executor
 from bidder.orders import (
     by_target,
@@ -64,7 +64,6 @@ from strategies.registry import load_strategy, safe_decide
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["live", "dry-run", "sim"]
 
 STALE_POLLS = 5
 """A market's data is stale after this many of its poll intervals without a successful poll."""

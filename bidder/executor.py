@@ -61,21 +61,6 @@ MIN_PROBE_FRACTION = 0.01
 below it the order waits a full cooldown instead (the refusal was likely not about the step)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ExecutorSettings:
-    create_slack: float = 120.0
-    """Seconds: a found order's ``ct`` may be this much before our send time (clock skew, ``ct``
-    rounded down)."""
-    create_grace: int = 3
-    """Reconciliations a create may go unfound before it is marked failed."""
-    failed_rent_block: float = 3600.0
-    """Seconds to keep away from a GigaSPOT machine that failed to rent, or from a server whose
-    order the exchange ended."""
-    too_low_block: float = 300.0
-    """Seconds to keep away from a server that refused a create as too low (fresher market data
-    will show its floor), and before lowering again an order whose edit was too low."""
-
-
 @dataclass(slots=True)
 class CancelResult:
     cancelled: list[int] = field(default_factory=list)
@@ -143,8 +128,7 @@ class Executor:
 
     def __init__(self, client: CloreClient, sessions: sessionmaker[Session], clock: Clock,
                  config: Config, *, journal: Journal, stop: threading.Event | None = None,
-                 halted: Callable[[], bool] = lambda: False,
-                 settings: ExecutorSettings = ExecutorSettings()) -> None:
+                 halted: Callable[[], bool] = lambda: False) -> None:
         self._client = client
         self._sessions = sessions
         self._clock = clock
@@ -153,11 +137,13 @@ class Executor:
         self.journal = journal
         self._stop = stop if stop is not None else threading.Event()
         self._halted = halted
-        self.settings = settings
+        self.settings = config.bot
+        """Timings of creates and keep-aways (``[bot]``: create_slack, create_grace, ...)."""
         self.dry_run = journal.dry_run
         self.reconciler = Reconciler(client, sessions, clock, config.targets,
-                                     slack=settings.create_slack, grace=settings.create_grace,
-                                     ended_block=settings.failed_rent_block)
+                                     slack=self.settings.create_slack,
+                                     grace=self.settings.create_grace,
+                                     ended_block=self.settings.failed_rent_block)
 
     # --- reconciliation --------------------------------------------------------------------------
 

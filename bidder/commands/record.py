@@ -7,7 +7,6 @@ import sys
 import threading
 from pathlib import Path
 
-from pydantic import SecretStr
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,20 +16,13 @@ from bidder.config import Config, load_config
 from bidder.logs import setup_logging
 from bidder.poller import MarketPoller
 from bidder.scheduler import JobSpec, run_jobs
-from bidder.sim import SimMarket, SimOptions
+from bidder.sim.connect import sim_client, sim_config, sim_market
 from storage.db import open_database, shown_url
 from storage.errors import StorageError
 from storage.models import GigaspotSnapshot, MarketplaceListing, SpotPoll
 
 HELP = ("Record the market without bidding: GigaSPOT snapshots, spot order books and marketplace "
         "listings, into the database, until Ctrl-C or SIGTERM (or for --duration seconds).")
-
-SIM_BASE_URL = "http://sim.invalid/v1"
-"""The in-process simulated market's address: served by its transport, never resolved."""
-SIM_KEY = "sim-key"
-"""The simulated market takes any key; a real one is never handed to it."""
-SIM_DATABASE = "bidder-sim.db"
-
 
 def _seconds(text: str) -> float:
     try:
@@ -60,23 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "is set")
 
 
-def sim_options(config: Config) -> SimOptions:
-    """The simulated market ``[sim]`` describes."""
-    sim = config.sim
-    return SimOptions(seed=sim.seed, spot_servers=sim.spot_servers,
-                      gigaspot_machines=sim.gigaspot_machines, step_rule=sim.step_rule,
-                      allocation=sim.allocation, payment=sim.payment)
-
-
-def sim_client(config: Config, market: SimMarket) -> CloreClient:
-    """A client of ``market`` in-process (its transport serves the API and the CDN), on its clock
-    and with its own rate budget in memory."""
-    transport = market.transport()
-    api = config.api.model_copy(update={"key": SecretStr(SIM_KEY), "base_url": SIM_BASE_URL})
-    return CloreClient.from_config(api, clock=market.clock, transport=transport,
-                                   cdn_transport=transport)
-
-
 def _counts_since(sessions: sessionmaker[Session], since: float) -> list[int]:
     """GigaSPOT snapshots, spot polls and marketplace listings recorded from ``since`` on."""
     columns = (GigaspotSnapshot.fetched_at, SpotPoll.polled_at, MarketplaceListing.taken_at)
@@ -92,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     clock: Clock
     if args.sim:
         clock = ScaledClock(config.sim.speed)
-        client = sim_client(config, SimMarket(sim_options(config), clock))
-        url = config.storage.url or f"sqlite:///{config.resolved_data_dir() / SIM_DATABASE}"
+        config = sim_config(config)
+        client = sim_client(config, sim_market(config, clock))
+        url = config.storage_url("sim")
         speed, source = config.sim.speed, f"the simulated market ({config.sim.speed:g}x speed)"
     else:
         if key is None:

@@ -12,13 +12,12 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from bidder.bot import Bot, database_url
+from bidder.bot import Bot
 from bidder.clock import Clock, ScaledClock, SystemClock
-from bidder.config import Config, load_config, parse_config
-from bidder.engine import Mode
+from bidder.config import Config, Mode, load_config, parse_config
 from bidder.logs import setup_logging
 from bidder.scheduler import run_jobs
-from bidder.sim import SimMarket, SimOptions
+from bidder.sim.connect import sim_config, sim_market
 from storage.db import Database, open_database, sqlite_path
 from storage.errors import StorageError
 
@@ -26,16 +25,6 @@ log = logging.getLogger(__name__)
 
 HELP = ("Run the bot: hold the configured targets at the lowest price the market allows, until "
         "Ctrl-C or SIGTERM. --sim runs it against the built-in simulated market (no key needed).")
-
-SIM_KEY = "local-simulation-key"
-"""Any key works with the simulated market; this one is no secret and appears in no log line."""
-SIM_BASE_URL = "http://bidder-sim/v1"
-"""The in-process simulated market answers here; nothing leaves the process."""
-SIM_JITTER = 0.02
-"""Real seconds between taking a rate-limit slot and the request reaching the in-process market
-(thread switches); at ``speed`` x they are ``speed`` times as many simulated seconds, so the
-simulation's client spaces its calls by that much more and the market never refuses one."""
-
 
 def _seconds(text: str) -> float:
     value = float(text)
@@ -63,29 +52,6 @@ def demo_config() -> Config:
     """The built-in ``bidder/demo.toml``."""
     text = importlib.resources.files("bidder").joinpath("demo.toml").read_text(encoding="utf-8")
     return parse_config(tomllib.loads(text), "the built-in demo config (bidder/demo.toml)")
-
-
-def sim_config(config: Config) -> Config:
-    """``config`` pointed at the in-process simulated market, with its placeholder key."""
-    margin = SIM_JITTER * config.sim.speed
-    api = config.api.model_copy(update={
-        "key": SecretStr(SIM_KEY), "base_url": SIM_BASE_URL,
-        "min_interval": max(config.api.min_interval, 1.0 + margin),
-        "create_interval": max(config.api.create_interval, 5.0 + margin)})
-    return config.model_copy(update={"api": api})
-
-
-SIM_AGENT_LIFETIME = 1800.0
-"""Simulated seconds a competitor stays on average: short, so that a one-minute demo shows rivals
-leaving and the bot stepping its prices down after them."""
-
-
-def sim_market(config: Config, clock: Clock) -> SimMarket:
-    s = config.sim
-    return SimMarket(SimOptions(seed=s.seed, spot_servers=s.spot_servers,
-                                gigaspot_machines=s.gigaspot_machines, step_rule=s.step_rule,
-                                allocation=s.allocation, payment=s.payment,
-                                agent_lifetime=SIM_AGENT_LIFETIME), clock)
 
 
 def logged_key(config: Config, command: str, log_level: str) -> SecretStr | None:
@@ -122,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if not config.targets:
         print("bidder run: the config has no [[targets]]: nothing to hold", file=sys.stderr)
         return 2
-    url = database_url(config, mode)
+    url = config.storage_url(mode)
     if mode == "sim" and not config.storage.url:
         _fresh_sim_database(url)
     try:

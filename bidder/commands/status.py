@@ -6,10 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bidder.bot import database_url
 from bidder.clock import SystemClock
-from bidder.config import Config, load_config
-from bidder.engine import Mode
+from bidder.config import Config, Mode, load_config
 from bidder.status import collect, render, to_json
 from storage.db import open_database
 from storage.errors import StorageError
@@ -31,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config is not None else Config()
     mode: Mode = "sim" if args.sim else "dry-run" if args.dry_run else "live"
-    url = database_url(config, mode)
+    url = config.storage_url(mode)
     try:
         database = open_database(url, writer=False)
     except StorageError as err:

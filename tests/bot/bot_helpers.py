@@ -15,7 +15,6 @@ from sqlalchemy import select
 from bidder.bot import Bot
 from bidder.clock import ManualClock
 from bidder.config import CLORE, Config, parse_config
-from bidder.executor import ExecutorSettings
 from bidder.sim import Order, SimMarket
 from storage.db import Database
 from storage.models import BotOrder
@@ -94,7 +93,7 @@ def new_bot(config: Config, database: Database, clock: ManualClock, transport: h
     restarts, as a real restart does (None: in memory)."""
     return Bot(config, database, mode=mode, clock=clock,  # type: ignore[arg-type]
                wall=kwargs.pop("wall", clock), transport=transport, cdn_transport=transport,
-               state_dir=state_dir, settings=kwargs.pop("settings", ExecutorSettings()), **kwargs)
+               state_dir=state_dir, **kwargs)
 
 
 def drive(bot: Bot, clock: ManualClock, seconds: float,

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bidder.cli import main
-from bidder.commands.run import demo_config, sim_config
+from bidder.commands.run import demo_config
+from bidder.sim.connect import sim_config
 
 
 def test_run_needs_a_config_unless_simulated(capsys):

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bidder.bot import database_url
 from bidder.config import Config
 from bot_helpers import KEY, make_config, spot_target
 from storage.models import ApiJournal, BotDecision, BotOrder, BotOrderEvent
@@ -53,6 +52,6 @@ def test_a_dry_run_sends_nothing_and_fills_only_above_the_rivals(rig, database):
 
 def test_a_dry_run_has_its_own_database_by_default(tmp_path: Path):
     config = Config(data_dir=tmp_path)
-    assert database_url(config, "dry-run") == f"sqlite:///{tmp_path / 'bidder-dry-run.db'}"
-    assert database_url(config, "live") == f"sqlite:///{tmp_path / 'bidder.db'}"
-    assert database_url(config, "sim") == f"sqlite:///{tmp_path / 'bidder-sim.db'}"
+    assert config.storage_url("dry-run") == f"sqlite:///{tmp_path / 'bidder-dry-run.db'}"
+    assert config.storage_url("live") == f"sqlite:///{tmp_path / 'bidder.db'}"
+    assert config.storage_url("sim") == f"sqlite:///{tmp_path / 'bidder-sim.db'}"

@@ -75,8 +75,29 @@ def test_unreadable_and_invalid_toml_files_are_named(tmp_path):
         load_config(bad)
 
 
-def test_storage_url_defaults_to_data_dir_with_separate_dry_run_file(tmp_path):
+def test_storage_url_defaults_to_one_file_per_mode_in_the_data_dir(tmp_path):
     cfg = parse_config({"data_dir": str(tmp_path)})
     assert cfg.storage_url() == f"sqlite:///{tmp_path}/bidder.db"
-    assert cfg.storage_url(dry_run=True) == f"sqlite:///{tmp_path}/bidder-dry-run.db"
-    assert parse_config({"storage": {"url": "sqlite:///x.db"}}).storage_url(dry_run=True) == "sqlite:///x.db"
+    assert cfg.storage_url("dry-run") == f"sqlite:///{tmp_path}/bidder-dry-run.db"
+    assert cfg.storage_url("sim") == f"sqlite:///{tmp_path}/bidder-sim.db"
+    assert parse_config({"storage": {"url": "sqlite:///x.db"}}).storage_url("dry-run") == "sqlite:///x.db"
+
+
+def test_every_default_is_spelled_out_in_the_example():
+    """config.example.toml claims to show every key with its default: hold it to that."""
+    import tomllib
+
+    from bidder.config import Config
+
+    example = tomllib.loads((ROOT / "config.example.toml").read_text())
+    defaults = Config().model_dump(
+        exclude={"targets": True, "data_dir": True, "api": {"key"}, "storage": {"url"}, "budget": {"max_per_day"}})
+    for section, values in defaults.items():
+        if section == "markets":
+            for market, rules in values.items():
+                for key, value in rules.items():
+                    assert example["markets"][market][key] == value, f"markets.{market}.{key}"
+            continue
+        for key, value in values.items():
+            assert key in example.get(section, {}), f"[{section}] {key} is missing from the example"
+            assert example[section][key] == value, f"[{section}] {key}: example differs from default"
