@@ -3,9 +3,11 @@
     python benchmarks/bench_backtest.py [--days 30] [--servers 500]
 
 Writes the history straight into the recorder's tables (as ``bench_ingest`` does), then prints the
-load time, the time of one variant (``outbid``, replay mode, one process), the wall time of a grid of
-8 variants over every core, and the grid's ratio to 0.6 x 8 x the one-variant time, with target /
-actual / pass; exits 1 on a miss.
+load time, the time of one variant (``outbid``, replay mode, ``workers=1``: the run, the oracle and
+the metrics), their sum (the target: at most 20 s), the wall time of a grid of 8 variants over every
+core and its ratio to 8 x the one-variant time (the target: at most 0.6), with target / actual /
+pass, and the load average before and after; exits 1 on a miss. Other work on the machine skews
+both figures: run it on a quiet machine (load average well under 1).
 
 The market: every machine an RTX 4090 box (1-8 GPUs) so all 500 are candidates; each state changes
 in about 1 % of the snapshots, each of three bid slots in about 2 % (a new price, now and then a
@@ -15,6 +17,7 @@ new bid id), with a few machines busier; 2 % of the bids are ours (excluded from
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import sys
 import tempfile
@@ -37,7 +40,7 @@ from storage.models import BIDS, FACTS, STATES, Currency, GigaspotSnapshot
 
 T0 = 1_735_000_000
 ME = 77
-TARGET_ONE_S = 20.0
+TARGET_LOAD_AND_ONE_S = 20.0
 TARGET_GRID_FACTOR = 0.6
 GRID = "outbid:tick=0.01|0.02|0.03|0.04|0.05|0.06|0.07|0.08"
 
@@ -118,12 +121,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     snapshots = int(args.days * 1440)
     cores = os.cpu_count() or 1
-    print(f"machine: {cores} cores; {snapshots:,} snapshots x {args.servers} servers")
+    print(f"machine: {cores} cores, load average {_load_average()}; "
+          f"{snapshots:,} snapshots x {args.servers} servers")
     config = parse_config(CONFIG)
     with tempfile.TemporaryDirectory(prefix="bench-backtest-") as tmp:
         path = Path(tmp) / "history.db"
         started = time.perf_counter()
-        build(path, snapshots, args.servers)
+        # written by another process: the millions of rows it makes and frees would leave this
+        # one's memory in pieces, which a backtest started afresh (``bidder backtest``) has not
+        writer = mp.get_context("fork").Process(target=build, args=(path, snapshots, args.servers))
+        writer.start()
+        writer.join()
+        if writer.exitcode:
+            raise SystemExit(f"writing the history failed (exit code {writer.exitcode})")
         print(f"history written in {time.perf_counter() - started:.1f} s, "
               f"{path.stat().st_size / 1e6:.0f} MB")
         started = time.perf_counter()
@@ -146,25 +156,35 @@ def main(argv: list[str] | None = None) -> int:
                             targets=config.targets, workers=cores)
         grid_s = time.perf_counter() - started
     availability = one.metrics[0]["targets"][0]["availability"]
-    limit = TARGET_GRID_FACTOR * len(variants) * one_s
+    ratio = grid_s / (len(variants) * one_s)
     rows = [
         ("load history", "(info)", f"{load_s:.2f} s", True),
-        ("one variant (outbid, replay)", f"<= {TARGET_ONE_S:.0f} s",
-         f"{one_s:.2f} s (availability {availability:.1%})", one_s <= TARGET_ONE_S),
-        (f"grid of {len(variants)} on {cores} cores", f"<= {limit:.1f} s",
-         f"{grid_s:.2f} s (ratio {grid_s / (len(variants) * one_s):.2f} of 8 x one)",
-         grid_s <= limit),
+        ("one variant (outbid, replay)", "(info)",
+         f"{one_s:.2f} s (availability {availability:.1%})", True),
+        ("load + one variant", f"<= {TARGET_LOAD_AND_ONE_S:.0f} s", f"{load_s + one_s:.2f} s",
+         load_s + one_s <= TARGET_LOAD_AND_ONE_S),
+        (f"grid of {len(variants)} on {cores} cores", f"<= {TARGET_GRID_FACTOR} x 8 x one",
+         f"{grid_s:.2f} s (ratio {ratio:.2f})", ratio <= TARGET_GRID_FACTOR),
         ("grid results", "all runs", f"{len(grid.metrics)} runs", len(grid.metrics) == 8),
     ]
     width = max(len(r[0]) for r in rows)
-    print(f"\n{'metric':<{width}}  {'target':<10}  {'actual':<44}  pass")
+    print(f"\n{'metric':<{width}}  {'target':<18}  {'actual':<36}  pass")
     for name, target, actual, ok in rows:
-        print(f"{name:<{width}}  {target:<10}  {actual:<44}  {'yes' if ok else 'NO'}")
+        print(f"{name:<{width}}  {target:<18}  {actual:<36}  {'yes' if ok else 'NO'}")
+    print(f"load average after: {_load_average()}")
     missed = [r[0] for r in rows if not r[3]]
     if missed:
         print(f"\nmissed: {', '.join(missed)}")
         return 1
     return 0
+
+
+def _load_average() -> str:
+    """The 1, 5 and 15 minute load averages (another process at work skews the timings)."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 if __name__ == "__main__":

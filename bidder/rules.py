@@ -181,12 +181,14 @@ class _Budget:
 
     def __init__(self, decisions: Sequence[TargetDecision], markets: MarketsConfig,
                  budget: BudgetConfig) -> None:
-        views = [d.view for d in decisions]
         self.limited = budget.max_per_day is not None
+        self.room = math.inf
+        if not self.limited:  # nothing to weigh: every method below is then a no-op
+            return
+        views = [d.view for d in decisions]
         self.per_unit = _conversions(views, budget.currency)
         self.fees = {v.target.name: markets.rules(v.target.market).fee_fraction for v in views}
-        self.room = (budget.max_per_day - committed_per_day(views, markets, budget.currency)
-                     if self.limited else math.inf)
+        self.room = budget.max_per_day - committed_per_day(views, markets, budget.currency)
 
     def _cost(self, target: str, price: float) -> float:
         return _order_cost(price, self.fees[target], self.per_unit[target])
@@ -343,6 +345,8 @@ def _reprice(name: str, order: OwnOrder, order_id: int, wanted: float, floor: fl
 def _fit_budget(draft: _Draft) -> None:
     """Trim raises and defer creates to the room the cancels and lowerings left (in that order)."""
     budget = draft.budget
+    if not budget.limited:
+        return  # every raise and create fits as planned
     raises: list[ChangePrice] = []
     for r in draft.raises:
         room = budget.affordable(r.target)

@@ -71,14 +71,12 @@ class StaticMatchCache:
     ``gpu_model`` and ``country`` arrays are the same objects or hold the same values.
     """
 
-    _COLUMNS = ("server_id", "gpus", "gpu_model", "country")
-
     def __init__(self) -> None:
         self._columns: tuple[np.ndarray, ...] | None = None
         self._masks: dict[str, np.ndarray] = {}
 
     def get(self, frame: MarketFrame, target: TargetConfig) -> np.ndarray:
-        columns = tuple(getattr(frame, c) for c in self._COLUMNS)
+        columns = (frame.server_id, frame.gpus, frame.gpu_model, frame.country)
         if not self._same_servers(columns):
             self._columns = columns
             self._masks.clear()
@@ -105,15 +103,6 @@ def _live_mask(frame: MarketFrame, target: TargetConfig, floor: np.ndarray,
     if pl is not None:
         ok &= (frame.pl_min <= pl) & (pl <= frame.pl_max)
     return ok
-
-
-def _bids_of_rows(bid_start: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The CSR block of ``rows`` only: (new ``bid_start``, indices into the frame's bid arrays)."""
-    lengths = bid_start[rows + 1] - bid_start[rows]
-    start = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=start[1:])
-    offsets = np.repeat(bid_start[rows] - start[:-1], lengths)
-    return start, offsets + np.arange(start[-1], dtype=np.int64)
 
 
 def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence[OwnOrder], *,
@@ -144,31 +133,32 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     if not math.isfinite(cap):
         match = np.zeros_like(match)
 
+    order_rows = [frame.row(o.server_id) for o in orders]
     keep = match.copy()
-    keep[[r for r in (frame.row(o.server_id) for o in orders) if r is not None]] = True
-    rows = np.flatnonzero(keep)
+    keep[[r for r in order_rows if r is not None]] = True
+    rows = keep.nonzero()[0]
 
-    gpus = frame.gpus[rows]
-    energy = frame.energy_price[rows]
-    bid_start, bids = _bids_of_rows(frame.bid_start, rows)
+    # every server's threshold, then the kept ones: a server's depends on its own bids only, and
+    # one pass over the frame's bid block is cheaper than cutting out the kept servers' bids
     allocation = markets.gigaspot.allocation if target.market == "gigaspot" else "highest_price"
     threshold, rival_price = rival_threshold(
-        allocation, bid_start=bid_start, bid_price=frame.bid_price[bids], bid_pl=frame.bid_pl[bids],
-        bid_mine=frame.bid_mine[bids], gpus=gpus, energy_price=energy,
-        clore_usd=frame.clore_usd, our_pl=spec.pl, floor=floor_all[rows])
+        allocation, bid_start=frame.bid_start, bid_price=frame.bid_price, bid_pl=frame.bid_pl,
+        bid_mine=frame.bid_mine, gpus=frame.gpus, energy_price=frame.energy_price,
+        clore_usd=frame.clore_usd, our_pl=spec.pl, floor=floor_all)
 
+    gpus = frame.gpus[rows]
     columns = {
         "server_id": frame.server_id[rows],
         "gpus": gpus,
         "floor": floor_all[rows],
-        "threshold": threshold,
-        "rival_price": rival_price,
+        "threshold": threshold[rows],
+        "rival_price": rival_price[rows],
         "cap": cap * gpus,
         "reliability": frame.reliability[rows],
         "eligible": match[rows],
         "observed_at": frame.observed_at[rows],
     }
-    absent = _orders_absent(frame, orders)
+    absent = _orders_absent(orders, order_rows)
     if absent:
         columns = _append_absent(columns, absent, cap)
     return TargetView(now=now, target=spec, candidates=Candidates(**columns), orders=tuple(orders),
@@ -176,11 +166,12 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
                       recent_wins=np.empty(0) if recent_wins is None else recent_wins)
 
 
-def _orders_absent(frame: MarketFrame, orders: Sequence[OwnOrder]) -> list[OwnOrder]:
-    """Our orders whose server is not in the frame, one per server."""
+def _orders_absent(orders: Sequence[OwnOrder], rows: Sequence[int | None]) -> list[OwnOrder]:
+    """Our orders whose server is not in the frame (``rows``: each one's row there), one per
+    server."""
     seen: dict[int, OwnOrder] = {}
-    for o in orders:
-        if frame.row(o.server_id) is None:
+    for o, row in zip(orders, rows):
+        if row is None:
             seen.setdefault(o.server_id, o)
     return list(seen.values())
 

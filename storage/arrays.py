@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ def to_columns(rows: Sequence[Sequence[Any]], dtypes: Sequence[Any]) -> list[np.
         return [np.empty(0, dtype=dtype) for dtype in dtypes]
     numeric = [i for i, dtype in enumerate(dtypes) if dtype is not object]
     if len(numeric) == len(dtypes):
-        table = np.array(rows, dtype=np.float64)
+        table = _float_table(rows, len(dtypes))
     else:
         table = np.array([[row[i] for i in numeric] for row in rows], dtype=np.float64)
     arrays: list[np.ndarray] = []
@@ -34,6 +35,16 @@ def to_columns(rows: Sequence[Sequence[Any]], dtypes: Sequence[Any]) -> list[np.
         else:
             arrays.append(column.astype(dtype))
     return arrays
+
+
+def _float_table(rows: Sequence[Sequence[Any]], width: int) -> np.ndarray:
+    """Rows of numbers as a float64 table. Streaming the values is twice as fast as building the
+    table from the row tuples, but only takes numbers: a None anywhere takes the slow way."""
+    try:
+        flat = np.fromiter(itertools.chain.from_iterable(rows), np.float64, len(rows) * width)
+    except TypeError:
+        return np.array(rows, dtype=np.float64)
+    return flat.reshape(len(rows), width)
 
 
 def expand(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

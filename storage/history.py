@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, Select, Table, or_, select
+from sqlalchemy import ColumnElement, Select, Table, func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.arrays import expand, to_columns
@@ -73,7 +73,8 @@ def _overlapping(table: Table, columns: Iterable[ColumnElement[Any]], snapshots:
     """Versions of ``table`` that held in at least one of ``snapshots`` (which must not be empty),
     with ``first_snapshot`` and ``end_snapshot`` as the last two columns."""
     c = table.c
-    query = select(*columns, c.first_snapshot, c.end_snapshot).where(
+    end = func.coalesce(c.end_snapshot, -1)  # -1: still open (no None: see ``to_columns``)
+    query = select(*columns, c.first_snapshot, end).where(
         c.first_snapshot <= int(snapshots.id[-1]),
         or_(c.end_snapshot.is_(None), c.end_snapshot > int(snapshots.id[0])))
     if machine_ids is not None:
@@ -84,9 +85,13 @@ def _overlapping(table: Table, columns: Iterable[ColumnElement[Any]], snapshots:
 def _spans(snapshots: SnapshotTimes, first: np.ndarray, end: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray]:
     """Snapshot-id intervals [first, end) as inclusive indices into ``snapshots``."""
+    ids, n = snapshots.id, len(snapshots)
+    if n and ids[-1] - ids[0] == n - 1:  # consecutive ids (no gap): positions by subtraction
+        return (np.clip(first - ids[0], 0, n),
+                np.where(end < 0, n, np.clip(end - ids[0], 0, n)) - 1)
     end = np.where(end < 0, _NO_END, end)  # -1: still open
-    return (np.searchsorted(snapshots.id, first, side="left").astype(np.int64),
-            np.searchsorted(snapshots.id, end, side="left").astype(np.int64) - 1)
+    return (np.searchsorted(ids, first, side="left").astype(np.int64),
+            np.searchsorted(ids, end, side="left").astype(np.int64) - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +211,11 @@ def _read(session: Session, table: Table, columns: Sequence[ColumnElement[Any]],
 
 
 def bid_intervals(session: Session, start: float | None, end: float | None,
-                  machine_ids: Iterable[int] | None = None) -> BidIntervals:
+                  machine_ids: Iterable[int] | None = None, *,
+                  snapshots: SnapshotTimes | None = None) -> BidIntervals:
     """Every bid version that held in a snapshot between ``start`` and ``end``, ordered by
-    machine, bid and time."""
-    snapshots = snapshot_times(session, start, end)
+    machine, bid and time. ``snapshots``: ``snapshot_times`` of the range, when already read."""
+    snapshots = snapshot_times(session, start, end) if snapshots is None else snapshots
     values, first, last = _read(session, BIDS, _BID_COLUMNS, _BID_DTYPES, snapshots, machine_ids)
     machine_id, bid_id, owner, price, pl, active, currency_id = values
     return BidIntervals(snapshots, machine_id, bid_id, owner, price, pl, active,
@@ -217,9 +223,11 @@ def bid_intervals(session: Session, start: float | None, end: float | None,
 
 
 def state_intervals(session: Session, start: float | None, end: float | None,
-                    machine_ids: Iterable[int] | None = None) -> StateIntervals:
-    """Every machine state version that held in a snapshot between ``start`` and ``end``."""
-    snapshots = snapshot_times(session, start, end)
+                    machine_ids: Iterable[int] | None = None, *,
+                    snapshots: SnapshotTimes | None = None) -> StateIntervals:
+    """Every machine state version that held in a snapshot between ``start`` and ``end``
+    (``snapshots``: as in ``bid_intervals``)."""
+    snapshots = snapshot_times(session, start, end) if snapshots is None else snapshots
     (machine_id, *values), first, last = _read(session, STATES, _STATE_COLUMNS, _STATE_DTYPES,
                                                snapshots, machine_ids)
     return StateIntervals(*values, snapshots=snapshots, machine_id=machine_id, first=first,
@@ -227,9 +235,11 @@ def state_intervals(session: Session, start: float | None, end: float | None,
 
 
 def fact_intervals(session: Session, start: float | None, end: float | None,
-                   machine_ids: Iterable[int] | None = None) -> FactIntervals:
-    """Every facts version valid in a snapshot between ``start`` and ``end``."""
-    snapshots = snapshot_times(session, start, end)
+                   machine_ids: Iterable[int] | None = None, *,
+                   snapshots: SnapshotTimes | None = None) -> FactIntervals:
+    """Every facts version valid in a snapshot between ``start`` and ``end`` (``snapshots``: as
+    in ``bid_intervals``)."""
+    snapshots = snapshot_times(session, start, end) if snapshots is None else snapshots
     values, first, last = _read(session, FACTS, _FACT_COLUMNS, _FACT_DTYPES, snapshots,
                                 machine_ids)
     return FactIntervals(snapshots, *values, first, last)

@@ -15,6 +15,7 @@ can be added without breaking user strategies.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -76,14 +77,49 @@ class Candidates:
     """bool: matches the target and can be rented now"""
     observed_at: np.ndarray
     """float64: when this server's data was observed"""
+    _index: tuple[np.ndarray, np.ndarray | None] | None = field(
+        default=None, init=False, repr=False, compare=False)
+    """The ids sorted, and the sorting order unless they already were; built on first look-up."""
+    _found: dict[int, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Rows looked up so far (-1: not a candidate)."""
 
     def __len__(self) -> int:
         return len(self.server_id)
 
     def row(self, server_id: int) -> int | None:
-        """Row of ``server_id``, or None. O(n); strategies call it for their few own orders."""
-        hits = np.flatnonzero(self.server_id == server_id)
-        return int(hits[0]) if len(hits) else None
+        """Row of ``server_id`` (the first, were it listed twice), or None."""
+        row = self._found.get(server_id)
+        if row is None:
+            keys, order = self._sorted()
+            i = int(keys.searchsorted(server_id))
+            found = i < len(keys) and keys[i] == server_id
+            row = self._found[server_id] = (i if order is None else int(order[i])) if found else -1
+        return row if row >= 0 else None
+
+    def rows_of(self, server_ids: Sequence[int]) -> np.ndarray:
+        """Rows of the given (integer) server ids, -1 where not a candidate: many at once."""
+        keys, order = self._sorted()
+        ids = np.asarray(server_ids, dtype=np.int64)
+        if not len(keys):
+            return np.full(len(ids), -1, dtype=np.int64)
+        i = np.minimum(keys.searchsorted(ids), len(keys) - 1)
+        rows = np.where(keys[i] == ids, i if order is None else order[i], -1)
+        self._found.update(zip(ids.tolist(), rows.tolist()))
+        return rows
+
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Look-ups go through the sorted ids, and each id's row is remembered: the strategies,
+        the registry and the rules engine look up every order and every desired bid of a view,
+        most of them more than once."""
+        if self._index is None:
+            ids = self.server_id
+            if not np.count_nonzero(ids[1:] <= ids[:-1]):
+                index: tuple[np.ndarray, np.ndarray | None] = (ids, None)
+            else:
+                order = ids.argsort(kind="stable")
+                index = (ids[order], order)
+            object.__setattr__(self, "_index", index)
+        return self._index
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,33 +214,60 @@ def cheapest_cover(need: int, size: np.ndarray, cost: np.ndarray) -> np.ndarray:
     it; at every step it also weighs finishing with the single cheapest row that covers what is
     left, so one big cheap server beats several small dear ones, and the count is exceeded only
     when that is cheaper. When the rows cannot reach ``need`` it returns what they can give.
+    Sizes are counts (not negative).
     """
-    usable = np.flatnonzero(np.isfinite(cost))
-    sizes = size[usable].astype(np.int64)
-    costs = cost[usable]
-    order = np.lexsort((-sizes, costs / np.maximum(sizes, 1)))
-    rows, s, c = usable[order], sizes[order], costs[order]
-    free = np.ones(len(rows), dtype=bool)
+    rows = _by_cost_per_unit(size, cost)
+    s, c = size[rows].astype(np.int64, copy=False), cost[rows]
+    s_list = s.tolist()
+    largest = int(s.max(initial=0))
     chosen: list[int] = []
     spent, left = 0.0, int(need)
     best_cost, best = np.inf, None
     while left > 0:
-        covers = np.flatnonzero(free & (s >= left))
-        if len(covers):
-            i = int(covers[np.argmin(c[covers])])
-            if spent + c[i] < best_cost:
+        if left <= largest:  # some row may cover what is left on its own: the first cheapest
+            cover_cost = np.where(s >= left, c, np.inf)
+            cover_cost[chosen] = np.inf
+            i = int(cover_cost.argmin())
+            if cover_cost[i] < np.inf and spent + c[i] < best_cost:
                 best_cost, best = spent + c[i], [*chosen, i]
-        fits = np.flatnonzero(free & (s <= left))
-        if not len(fits):
+        run, units = _greedy_run(s_list, set(chosen), left)
+        if not run:
             break
-        run = fits[np.cumsum(s[fits]) <= left]  # the greedy run that does not overshoot
-        free[run] = False
-        chosen.extend(run.tolist())
+        chosen.extend(run)
         spent += float(c[run].sum())
-        left -= int(s[run].sum())
+        left -= units
     if left <= 0 and spent < best_cost:
         best = chosen
     return rows[best if best is not None else chosen]
+
+
+def _by_cost_per_unit(size: np.ndarray, cost: np.ndarray) -> np.ndarray:
+    """The rows of finite cost in the order of ``cheapest_cover``: by cost per unit, then bigger
+    rows, then earlier rows. A plain sort of all rows (the others last) gives that order when no
+    two rows cost the same per unit (the usual case), and costs half a two-key sort."""
+    finite = np.isfinite(cost)
+    per_unit = np.where(finite, cost / np.maximum(size, 1), np.inf)
+    rows = per_unit.argsort()[:np.count_nonzero(finite)]
+    ranked = per_unit[rows]
+    if np.count_nonzero(ranked[1:] == ranked[:-1]):
+        usable = finite.nonzero()[0]
+        return usable[np.lexsort((-size[usable], per_unit[usable]))]
+    return rows
+
+
+def _greedy_run(sizes: list[int], taken: set[int], left: int) -> tuple[list[int], int]:
+    """The rows the greedy takes next, in order: each one not taken yet that fits in ``left``,
+    until one would overshoot what is left; and their total size. A walk over the first few
+    rows instead of vector passes over all of them."""
+    run: list[int] = []
+    total = 0
+    for j, size in enumerate(sizes):
+        if size <= left and j not in taken:
+            if total + size > left:
+                break
+            run.append(j)
+            total += size
+    return run, total
 
 
 def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
@@ -218,9 +281,11 @@ def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
     """
     c = view.candidates
     if view.orders and held_discount:
-        ours = np.array([o.server_id for o in view.orders], dtype=np.int64)
-        held = (c.server_id[:, None] == ours).any(axis=1) & np.isfinite(cost)
+        held = c.rows_of([o.server_id for o in view.orders])
+        held = held[held >= 0]
+        held = held[np.isfinite(cost[held])]
         cost = cost.copy()
         cost[held] *= 1.0 - held_discount
     rows = cheapest_cover(view.target.count, gpus_needed(view.target, c.gpus), cost)
-    return [DesiredBid(int(c.server_id[r]), float(bid[r])) for r in rows]
+    return [DesiredBid(sid, price) for sid, price in zip(c.server_id[rows].tolist(),
+                                                         bid[rows].tolist())]

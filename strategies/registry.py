@@ -146,20 +146,29 @@ def _label(strategy: Strategy) -> str:
 def _checked(result: object, view: TargetView) -> list[DesiredBid]:
     if not isinstance(result, (list, tuple)):
         raise ValueError(f"expected a list of DesiredBid or None, got {type(result).__name__}")
-    known = set(view.candidates.server_id.tolist())
     bids: dict[int, DesiredBid] = {}
     for item in result:
         if not isinstance(item, DesiredBid):
             raise ValueError(f"expected DesiredBid items, got {type(item).__name__}")
         sid, price = item.server_id, item.price
-        if isinstance(sid, bool) or not isinstance(sid, numbers.Integral):
+        if not _is_integer(sid):
             raise ValueError(f"server id {sid!r} is not an integer")
-        if isinstance(price, bool) or not isinstance(price, numbers.Real) \
-                or not math.isfinite(price) or price <= 0:
+        if not _is_number(price) or not math.isfinite(price) or price <= 0:
             raise ValueError(f"price {price!r} for server {sid} is not a positive number")
-        if int(sid) not in known:
+        if view.candidates.row(int(sid)) is None:
             raise ValueError(f"server {sid} is not a candidate of this target")
         if int(sid) in bids:
             raise ValueError(f"server {sid} is listed twice")
-        bids[int(sid)] = DesiredBid(int(sid), float(price))
+        plain = type(item) is DesiredBid and type(sid) is int and type(price) is float
+        bids[int(sid)] = item if plain else DesiredBid(int(sid), float(price))
     return list(bids.values())
+
+
+# exact types first: the abstract-class checks cost more than the rest of a bid's checks
+
+def _is_integer(x: object) -> bool:
+    return type(x) is int or (not isinstance(x, bool) and isinstance(x, numbers.Integral))
+
+
+def _is_number(x: object) -> bool:
+    return type(x) is float or (not isinstance(x, bool) and isinstance(x, numbers.Real))

@@ -17,26 +17,39 @@ Per market three ``EventStream``s hold what the replay needs:
 
 Our own recorded bids (``owner`` = a recorded ``my_user_id``; spot offers marked ``my``) are not
 rivals: the backtest puts its own orders in their place.
+
+Loading is numpy from one read per table on: the best rival is found per span of ticks in which
+a server's bids and floor stand still (``_best_rivals``), not per tick, and from a SQLite file a
+forked process reads and reduces half of the GigaSPOT candidates meanwhile (``_parts``).
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bidder.allocation import bid_scores
-from bidder.backtest.events import EventStream, carry_after
+from bidder.allocation import bid_scores, power_cost_usd_per_day
+from bidder.backtest.events import EventStream
 from bidder.config import CLORE, TargetConfig
 from bidder.view import static_match
 from storage.arrays import expand, to_columns
 from storage.bulk import fetch_rows
+from storage.db import open_database, sqlite_path
 from storage.frames import MarketFrame
-from storage.history import bid_intervals, fact_intervals, snapshot_times, state_intervals
+from storage.history import (
+    SnapshotTimes,
+    StateIntervals,
+    bid_intervals,
+    fact_intervals,
+    snapshot_times,
+    state_intervals,
+)
 from storage.market_views import SPOT_MAX_AGE
 from storage.models import (
     CurrencyRates,
@@ -48,9 +61,15 @@ from storage.models import (
 )
 
 CHUNK_CELLS = 1_000_000
-"""Ticks x servers expanded at once while finding the best rival (bounds memory)."""
+"""Entries expanded at once, to bound memory: (bid version, span) pairs while finding the best
+rivals, ticks x servers in the oracle."""
 MAX_SQL_IDS = 20_000
 """Above this many candidates, history is read for every server and filtered here."""
+PARALLEL_READ_MIN = 64
+"""From this many GigaSPOT candidates, two processes load their history (see ``_parts``)."""
+RANK_TOLERANCE = 1e-9
+"""Relative to the size of the scores: a rival this close to a span's best bid at either end of
+the span's CLORE rates is ranked tick by tick (far beyond rounding error)."""
 FLOOR = "floor:"
 """State columns ``floor:<currency>`` hold each server's floor in that currency."""
 
@@ -161,7 +180,7 @@ def load_history(session: Session, targets: Sequence[TargetConfig], *, allocatio
         if not len(snaps):
             raise HistoryError(f"no GigaSPOT snapshots recorded {_range_text(start, end)}")
         markets["gigaspot"] = _gigaspot(session, snaps, time, clore, giga_targets, allocation,
-                                        my_ids, extra.get("gigaspot", set()), start, end)
+                                        my_ids, extra.get("gigaspot", set()))
     if spot_targets:
         assert polls is not None
         markets["spot"] = _spot(session, polls, time, spot_targets, extra.get("spot", set()))
@@ -220,20 +239,18 @@ def _per_key(keys: np.ndarray, values: np.ndarray, reduce: np.ufunc) -> np.ndarr
     with the same key."""
     if not len(keys):
         return values.copy()
-    _, inverse = np.unique(keys, return_inverse=True)
-    out = np.empty(int(inverse.max()) + 1, dtype=values.dtype)
-    out[inverse] = values  # any member's value, then the reduction over all of them
-    reduce.at(out, inverse, values)
-    return out[inverse]
+    order = np.argsort(keys, kind="stable")
+    starts = _run_starts(keys[order])
+    reduced = reduce.reduceat(values[order], starts)
+    out = np.empty_like(values)
+    out[order] = np.repeat(reduced, np.diff(np.append(starts, len(keys))))
+    return out
 
 
-def _best_per_group(group: np.ndarray, rank: np.ndarray, bid_id: np.ndarray) -> np.ndarray:
-    """Index of the best entry of each group: highest ``rank``, ties to the lowest ``bid_id``
-    (``bidder.allocation.winning_bids``' rule)."""
-    order = np.lexsort((bid_id, -rank, group))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = group[order][1:] != group[order][:-1]
-    return order[first]
+def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Where each run of equal keys begins (non-empty sorted input). Sorting and taking the
+    starts beats ``np.unique``, which hashes int64 keys slowly in recent numpy."""
+    return np.flatnonzero(np.append(True, sorted_keys[1:] != sorted_keys[:-1]))
 
 
 def _empty_rival_initial(n: int) -> dict[str, np.ndarray]:
@@ -253,15 +270,14 @@ def _offline_values(k: int, floors: Iterable[str]) -> dict[str, np.ndarray]:
 # --- GigaSPOT -----------------------------------------------------------------------------------
 
 
-def _gigaspot(session: Session, snaps, time: np.ndarray, clore: np.ndarray,
+def _gigaspot(session: Session, snaps: SnapshotTimes, time: np.ndarray, clore: np.ndarray,
               targets: Sequence[TargetConfig], allocation: str, my_ids: tuple[int, ...],
-              extra: set[int], start: float | None, end: float | None) -> MarketHistory:
+              extra: set[int]) -> MarketHistory:
     n_ticks = len(time)
-    facts = fact_intervals(session, start, end)
+    facts = fact_intervals(session, None, None, snapshots=snaps)
     ids = _candidates(facts_frame("gigaspot", facts.machine_id, facts.gpu_count, facts.gpu_model,
                                    facts.country), targets, extra)
     n = len(ids)
-    query_ids = ids if n <= MAX_SQL_IDS else None
     f_row = _row_of(ids, facts.machine_id)
     keep = f_row >= 0
     fact_stream = EventStream.build(
@@ -272,8 +288,100 @@ def _gigaspot(session: Session, snaps, time: np.ndarray, clore: np.ndarray,
         {"gpus": np.zeros(n, np.int32), "gpu_model": np.full(n, "", dtype=object),
          "country": np.full(n, "", dtype=object), "pl_min": np.full(n, np.nan),
          "pl_max": np.full(n, np.nan)})
+    job = _Job(snaps, ids, n <= MAX_SQL_IDS, fact_stream, clore, allocation, my_ids)
+    parts = _parts(session, job)
+    states = parts[0].states if len(parts) == 1 else \
+        _joined_states(parts[0].states, parts[1].states)
+    rivals = EventStream.build(n_ticks, np.concatenate([p.rival_tick for p in parts]),
+                               np.concatenate([p.rival_row for p in parts]),
+                               {c: np.concatenate([p.rivals[c] for p in parts])
+                                for c in parts[0].rivals}, _empty_rival_initial(n))
+    wins = WinVersions(*(np.concatenate([getattr(p.wins, f.name) for p in parts])
+                         for f in fields(WinVersions)))
+    return MarketHistory("gigaspot", ids, fact_stream, _state_stream(states, ids, n_ticks),
+                         rivals, wins)
 
-    states = state_intervals(session, start, end, query_ids)
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What reading and reducing the history of some candidate rows needs."""
+
+    snapshots: SnapshotTimes
+    """The range's snapshots (its ticks)"""
+    ids: np.ndarray
+    """Every candidate, sorted"""
+    by_id: bool
+    """Read only the candidates' rows (else every machine's, filtered here)"""
+    facts: EventStream
+    clore: np.ndarray
+    allocation: str
+    my_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """The history of the candidate rows of one ``_Job``: states as read, best-rival changes
+    (as ``EventStream.build`` takes them) and recorded wins."""
+
+    states: StateIntervals
+    rival_tick: np.ndarray
+    rival_row: np.ndarray
+    rivals: dict[str, np.ndarray]
+    wins: WinVersions
+
+
+def _parts(session: Session, job: _Job) -> list[_Part]:
+    """The history of every candidate, in one part or two. Reading the states and bids costs more
+    than anything else in a load (the driver makes a Python tuple of every row), and the best
+    rivals come next, so from a SQLite file a forked process reads and reduces the upper half of
+    the candidates while this one does the lower half. A machine's rows depend on nothing of
+    another machine's (bid ids name one machine's bids), and both read the same snapshot range,
+    so the two parts make what one would."""
+    n = len(job.ids)
+    url = session.get_bind().url.render_as_string(hide_password=False)
+    if not job.by_id or n < PARALLEL_READ_MIN or sqlite_path(url) is None \
+            or "fork" not in mp.get_all_start_methods():
+        return [_part(session, job, 0, n)]
+    half = n // 2
+    with mp.get_context("fork").Pool(1) as pool:
+        upper = pool.apply_async(_part_of_file, (url, job, half, n))
+        lower = _part(session, job, 0, half)
+        return [lower, upper.get()]
+
+
+def _part_of_file(url: str, job: _Job, lo: int, hi: int) -> _Part:
+    with open_database(url, writer=False) as db, db.sessions() as session:
+        return _part(session, job, lo, hi)
+
+
+def _part(session: Session, job: _Job, lo: int, hi: int) -> _Part:
+    """The history of candidate rows ``lo:hi``."""
+    n_ticks = len(job.clore)
+    query_ids = job.ids[lo:hi] if job.by_id else None
+    states = state_intervals(session, None, None, query_ids, snapshots=job.snapshots)
+    state_stream = _state_stream(states, job.ids, n_ticks)
+    bids = bid_intervals(session, None, None, query_ids, snapshots=job.snapshots)
+    b_row = _row_of(job.ids, bids.machine_id)
+    rival = (b_row >= 0) & ~np.isin(bids.owner, np.array(job.my_ids, dtype=np.int64))
+    rival &= np.array([c == CLORE for c in bids.currencies], dtype=bool)[bids.currency] \
+        if len(bids.currencies) else np.zeros(len(b_row), dtype=bool)
+    v = np.flatnonzero(rival)
+    versions = _Versions(row=b_row[v], first=bids.first[v], last=bids.last[v],
+                         price=bids.price[v], pl=bids.pl[v], bid_id=bids.bid_id[v],
+                         birth=_per_key(bids.bid_id[v], bids.first[v], np.minimum),
+                         cap_hint=_per_key(bids.bid_id[v], bids.price[v], np.maximum))
+    tick, row, values = _best_rivals(versions, n_ticks, lo, hi, state_stream, job.facts,
+                                     job.clore, job.allocation)
+    gpus_now = _final(job.facts)["gpus"]
+    active = bids.active[v]
+    wins = WinVersions(versions.row[active], versions.first[active], versions.last[active],
+                       versions.price[active] / np.maximum(gpus_now[versions.row[active]], 1))
+    return _Part(states, tick, row, values, wins)
+
+
+def _state_stream(states: StateIntervals, ids: np.ndarray, n_ticks: int) -> EventStream:
+    """Machine states on the tick grid; a machine that leaves the snapshot cannot be won."""
+    n = len(ids)
     s_row = _row_of(ids, states.machine_id)
     keep = s_row >= 0
     k = int(keep.sum())
@@ -284,41 +392,30 @@ def _gigaspot(session: Session, snaps, time: np.ndarray, clore: np.ndarray,
               f"{FLOOR}{CLORE}": states.min_bid[keep]}
     gone = {**_offline_values(k, [CLORE]), "reliability": np.full(k, np.nan),
             "energy_price": np.full(k, np.nan)}
-    state_stream = EventStream.build(
+    return EventStream.build(
         n_ticks, np.concatenate([states.last[keep] + 1, states.first[keep]]),
         np.concatenate([s_row[keep], s_row[keep]]),
         {c: np.concatenate([gone[c], listed[c]]) for c in listed},
         {**_offline_values(n, [CLORE]), "reliability": np.full(n, np.nan),
          "energy_price": np.full(n, np.nan)})
 
-    bids = bid_intervals(session, start, end, query_ids)
-    b_row = _row_of(ids, bids.machine_id)
-    rival = (b_row >= 0) & ~np.isin(bids.owner, np.array(my_ids, dtype=np.int64))
-    rival &= np.array([c == CLORE for c in bids.currencies], dtype=bool)[bids.currency] \
-        if len(bids.currencies) else np.zeros(len(b_row), dtype=bool)
-    v = np.flatnonzero(rival)
-    versions = _Versions(row=b_row[v], first=bids.first[v], last=bids.last[v],
-                         price=bids.price[v], pl=bids.pl[v], bid_id=bids.bid_id[v],
-                         birth=_per_key(bids.bid_id[v], bids.first[v], np.minimum),
-                         cap_hint=_per_key(bids.bid_id[v], bids.price[v], np.maximum))
-    rivals = _best_rivals(versions, n_ticks, n, state_stream, fact_stream, clore, allocation)
-    gpus_now = _final(fact_stream)["gpus"]
-    active = bids.active[v]
-    wins = WinVersions(versions.row[active], versions.first[active], versions.last[active],
-                       versions.price[active] / np.maximum(gpus_now[versions.row[active]], 1))
-    return MarketHistory("gigaspot", ids, fact_stream, state_stream, rivals, wins)
+
+def _joined_states(lower: StateIntervals, upper: StateIntervals) -> StateIntervals:
+    """Two reads of disjoint machines as one."""
+    return StateIntervals(snapshots=lower.snapshots, **{
+        f.name: np.concatenate([getattr(lower, f.name), getattr(upper, f.name)])
+        for f in fields(StateIntervals) if f.name != "snapshots"})
 
 
 def _final(stream: EventStream) -> dict[str, np.ndarray]:
-    columns = stream.current()
-    for tick in range(stream.n_ticks):
-        stream.apply(tick, columns)
-    return columns
+    """Every column as it is after the last tick."""
+    n = len(next(iter(stream.initial.values())))
+    return stream.at(np.arange(n), np.full(n, stream.n_ticks - 1))
 
 
 @dataclass(frozen=True, slots=True)
 class _Versions:
-    """Rival bid versions on candidate rows, with inclusive tick spans."""
+    """Rival bid versions on candidate rows (sorted by row), with inclusive tick spans."""
 
     row: np.ndarray
     first: np.ndarray
@@ -330,57 +427,185 @@ class _Versions:
     cap_hint: np.ndarray
 
 
-def _best_rivals(v: _Versions, n_ticks: int, n: int, state: EventStream, facts: EventStream,
-                 clore: np.ndarray, allocation: str) -> EventStream:
-    """The best rival per server and tick, in blocks of ticks, kept as its changes."""
-    block = max(1, CHUNK_CELLS // max(n, 1))
-    state_carry, facts_carry = dict(state.initial), dict(facts.initial)
-    previous = _empty_rival_initial(n)
-    ticks, rows, values = [], [], {c: [] for c in previous}
-    for lo in range(0, n_ticks, block):
-        hi = min(n_ticks, lo + block)
-        s = state.dense(lo, hi, state_carry)
-        f = facts.dense(lo, hi, facts_carry)
-        state_carry, facts_carry = carry_after(s), carry_after(f)
-        best = _best_in_block(v, lo, hi, n, s, f, clore[lo:hi], allocation)
-        prev = {c: np.concatenate([previous[c][None, :], best[c][:-1]]) for c in best}
-        same_price = (best["price"] == prev["price"]) | (np.isnan(best["price"])
-                                                          & np.isnan(prev["price"]))
-        changed = ~same_price | (best["bid_id"] != prev["bid_id"]) | \
-            ~((best["pl"] == prev["pl"]) | (np.isnan(best["pl"]) & np.isnan(prev["pl"])))
-        t, r = np.nonzero(changed)
-        ticks.append(t + lo)
-        rows.append(r)
-        for c in values:
-            values[c].append(best[c][t, r])
-        previous = {c: best[c][-1] for c in best}
-    return EventStream.build(n_ticks, np.concatenate(ticks) if ticks else np.empty(0, np.int64),
-                             np.concatenate(rows) if rows else np.empty(0, np.int64),
-                             {c: np.concatenate(x) if x else _empty_rival_initial(0)[c]
-                              for c, x in values.items()}, _empty_rival_initial(n))
+@dataclass(frozen=True, slots=True)
+class _Segments:
+    """Spans of ticks of one server in which the same rival versions compete under the same floor,
+    energy price, GPU count and known-ness of the CLORE rate; sorted by (row, start)."""
+
+    key: np.ndarray
+    """int64: ``row x n_ticks + start``"""
+    row: np.ndarray
+    start: np.ndarray
+    end: np.ndarray
+    """int64: exclusive"""
+    floor: np.ndarray
+    energy: np.ndarray
+    gpus: np.ndarray
+    clore_lo: np.ndarray
+    """float64: the lowest CLORE rate in the span (NaN: unknown throughout)"""
+    clore_hi: np.ndarray
+
+    @classmethod
+    def build(cls, v: _Versions, n_ticks: int, lo: int, hi: int, state: EventStream,
+              facts: EventStream, clore: np.ndarray) -> _Segments:
+        """The segments of rows ``lo:hi`` (``v``: their versions)."""
+        rows = np.arange(lo, hi, dtype=np.int64)
+        unknown = np.isnan(clore)
+        toggles = np.flatnonzero(unknown[1:] != unknown[:-1]) + 1
+        ends = v.last + 1
+        events = [(s.row, s.ticks()) for s in (state, facts)]
+        key = np.sort(np.concatenate([
+            rows * n_ticks, (rows[:, None] * n_ticks + toggles).ravel(),
+            v.row * n_ticks + v.first, (v.row * n_ticks + ends)[ends < n_ticks],
+            *((row * n_ticks + tick)[(row >= lo) & (row < hi)] for row, tick in events)]))
+        key = key[_run_starts(key)]
+        row, start = np.divmod(key, n_ticks)
+        last_of_row = np.append(row[1:] != row[:-1], True)
+        end = np.where(last_of_row, n_ticks, np.append(start[1:], n_ticks))
+        at_start = state.at(row, start, (f"{FLOOR}{CLORE}", "energy_price"))
+        # per span, min and max of the rate: reductions over [start, end) (every other result)
+        bounds = np.ravel(np.column_stack([start, end]))
+        padded = np.append(clore, 0.0)
+        return cls(key, row, start, end, at_start[f"{FLOOR}{CLORE}"], at_start["energy_price"],
+                   facts.at(row, start, ("gpus",))["gpus"],
+                   np.minimum.reduceat(padded, bounds)[::2],
+                   np.maximum.reduceat(padded, bounds)[::2])
+
+    def of(self, v: _Versions, n_ticks: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per version, the range [lo, hi) of the segments it spans. (A version that lasts to the
+        last tick ends where the next row's segments begin: ``(row, n_ticks)`` is that key.)"""
+        return (np.searchsorted(self.key, v.row * n_ticks + v.first),
+                np.searchsorted(self.key, v.row * n_ticks + v.last + 1))
 
 
-def _best_in_block(v: _Versions, lo: int, hi: int, n: int, state: dict[str, np.ndarray],
-                   facts: dict[str, np.ndarray], clore: np.ndarray,
-                   allocation: str) -> dict[str, np.ndarray]:
-    """(hi - lo, n) arrays of the best rival's columns (price NaN where none)."""
-    out = {c: np.repeat(x[None, :], hi - lo, axis=0) for c, x in _empty_rival_initial(n).items()}
-    inside = np.flatnonzero((v.first < hi) & (v.last >= lo))
-    version, tick = expand(np.maximum(v.first[inside], lo), np.minimum(v.last[inside], hi - 1))
-    version = inside[version]
-    cell = (tick - lo) * n + v.row[version]
-    price = v.price[version]
-    ok = price >= np.nan_to_num(state[f"{FLOOR}{CLORE}"].ravel()[cell], nan=np.inf)
-    version, tick, cell, price = version[ok], tick[ok], cell[ok], price[ok]
-    score = bid_scores(allocation, price, v.pl[version], facts["gpus"].ravel()[cell],
-                       state["energy_price"].ravel()[cell], clore[tick - lo])  # type: ignore[arg-type]
-    rank = np.where(np.isnan(score), price, score)
-    top = _best_per_group(cell, rank, v.bid_id[version])
-    top_cell, top_version = cell[top], version[top]
-    for c, column in (("price", v.price), ("pl", v.pl), ("bid_id", v.bid_id),
-                      ("birth", v.birth), ("cap_hint", v.cap_hint)):
-        out[c].ravel()[top_cell] = column[top_version]
+def _rank(allocation: str, price: np.ndarray, pl: np.ndarray, gpus: np.ndarray,
+          energy: np.ndarray, clore: np.ndarray) -> np.ndarray:
+    """A bid's allocation score, or its price where the score is unknown."""
+    score = bid_scores(allocation, price, pl, gpus, energy, clore)  # type: ignore[arg-type]
+    return np.where(np.isnan(score), price, score)
+
+
+def _best_of_groups(group: np.ndarray, n_groups: int, rank: np.ndarray,
+                    bid_id: np.ndarray) -> np.ndarray:
+    """Per group, the index of its best entry: highest ``rank``, ties to the lowest ``bid_id``
+    (``bidder.allocation.winning_bids``' rule; the first entry if a bid id repeats); -1 when
+    the group has no entry."""
+    best = np.full(n_groups, -np.inf)
+    np.maximum.at(best, group, rank)
+    top = rank == best[group]
+    lowest = np.full(n_groups, np.iinfo(np.int64).max)
+    np.minimum.at(lowest, group[top], bid_id[top])
+    win = np.flatnonzero(top & (bid_id == lowest[group]))[::-1]
+    out = np.full(n_groups, -1, dtype=np.int64)
+    out[group[win]] = win
     return out
+
+
+def _best_rivals(v: _Versions, n_ticks: int, lo: int, hi: int, state: EventStream,
+                 facts: EventStream, clore: np.ndarray, allocation: str
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The best rival of candidate rows ``lo:hi`` at every tick, as its changes: (tick, row,
+    columns) of each, for the best-rival ``EventStream``.
+
+    Within one of a server's ``_Segments`` each competing bid's rank is an affine function of the
+    CLORE rate (constant under ``highest_price`` or an unknown rate), so the bid that wins at the
+    span's lowest and at its highest rate wins throughout. Spans where another bid comes within
+    ``RANK_TOLERANCE`` of the winner at either end (rounding could matter) are ranked tick by
+    tick instead. This touches every (version, span) pair once instead of every bid at every tick.
+    Rows are taken in blocks of about ``CHUNK_CELLS`` pairs to bound memory.
+    """
+    if hi == lo:
+        return np.empty(0, np.int64), np.empty(0, np.int64), _empty_rival_initial(0)
+    seg = _Segments.build(v, n_ticks, lo, hi, state, facts, clore)
+    first, last = seg.of(v, n_ticks)
+    per_row = np.bincount(v.row - lo, weights=last - first, minlength=hi - lo)
+    rows, ticks, versions = ([np.empty(0, np.int64)] for _ in range(3))
+    for r0, r1 in _row_blocks(per_row, CHUNK_CELLS):
+        va, vb = np.searchsorted(v.row, [lo + r0, lo + r1])
+        sa, sb = np.searchsorted(seg.row, [lo + r0, lo + r1])
+        pair, at = expand(first[va:vb], last[va:vb] - 1)
+        entry_seg, entry_tick, entry_version = _winners(v, seg, pair + va, at, sa, sb, allocation,
+                                                        clore)
+        rows.append(seg.row[entry_seg])
+        ticks.append(entry_tick)
+        versions.append(entry_version)
+    return _rival_changes(v, np.concatenate(rows), np.concatenate(ticks),
+                          np.concatenate(versions))
+
+
+def _row_blocks(weight: np.ndarray, limit: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges [r0, r1) weighing at most ``limit`` each (or one row)."""
+    blocks, first, total = [], 0, 0.0
+    for r, w in enumerate(weight.tolist()):
+        if r > first and total + w > limit:
+            blocks.append((first, r))
+            first, total = r, 0.0
+        total += w
+    blocks.append((first, len(weight)))
+    return blocks
+
+
+def _winners(v: _Versions, seg: _Segments, version: np.ndarray, at: np.ndarray, sa: int, sb: int,
+             allocation: str, clore: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The winning version (-1: none) of segments ``sa:sb`` from their (``version``, segment
+    ``at``) pairs: one entry per segment, or one per tick for the spans ranked tick by tick.
+    Returns (segment, tick, version) per entry, in (row, tick) order."""
+    price = v.price[version]
+    ok = price >= np.nan_to_num(seg.floor[at], nan=np.inf)
+    version, at, price = version[ok], at[ok], price[ok]
+    group, pl, bid_id = at - sa, v.pl[version], v.bid_id[version]
+    gpus, energy = seg.gpus[at], seg.energy[at]
+    rank_lo = _rank(allocation, price, pl, gpus, energy, seg.clore_lo[at])
+    best = _best_of_groups(group, sb - sa, rank_lo, bid_id)
+    by_tick = np.zeros(sb - sa, dtype=bool)
+    if allocation != "highest_price":
+        rank_hi = _rank(allocation, price, pl, gpus, energy, seg.clore_hi[at])
+        by_tick[_best_of_groups(group, sb - sa, rank_hi, bid_id) != best] = True
+        w = best[group]
+        size = np.abs(price) * (1.0 + np.nan_to_num(seg.clore_hi[at])) + \
+            np.nan_to_num(np.abs(power_cost_usd_per_day(pl, gpus, energy)))
+        tol = RANK_TOLERANCE * (size + size[w])
+        tie = (price == price[w]) & (pl == pl[w])  # the same score at every rate
+        close = ~tie & ((rank_lo[w] - rank_lo <= tol) | (rank_hi[w] - rank_hi <= tol))
+        by_tick[group[close]] = True
+        by_tick &= seg.clore_hi[sa:sb] > seg.clore_lo[sa:sb]  # the rate moves within the span
+
+    start = seg.start[sa:sb]
+    count = np.where(by_tick, seg.end[sa:sb] - start, 1)
+    entry_seg, entry_tick = expand(start, start + count - 1)
+    entry_version = np.append(version, -1)[best][entry_seg]  # best -1 picks the appended -1
+    if by_tick.any():  # one cell per (segment, tick) of those spans
+        pick = np.flatnonzero(by_tick[group])
+        pair, tick = expand(start[group[pick]], seg.end[at[pick]] - 1)
+        pair = pick[pair]
+        cell = (np.cumsum(count) - count)[group[pair]] + tick - start[group[pair]]
+        in_cell = _best_of_groups(cell, len(entry_seg), _rank(
+            allocation, price[pair], pl[pair], gpus[pair], energy[pair], clore[tick]),
+            bid_id[pair])
+        dense = by_tick[entry_seg]
+        entry_version[dense] = np.append(version[pair], -1)[in_cell[dense]]
+    return entry_seg + sa, entry_tick, entry_version
+
+
+def _rival_changes(v: _Versions, row: np.ndarray, tick: np.ndarray, version: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Best-rival events from the winning ``version`` (-1: none) of each (``row``, ``tick``)
+    entry, in (row, tick) order: one wherever the price, power limit or bid id changes."""
+    none = _empty_rival_initial(1)
+    values = {c: np.append(column, none[c])[version] for c, column in  # -1: none
+              (("price", v.price), ("pl", v.pl), ("bid_id", v.bid_id), ("birth", v.birth),
+               ("cap_hint", v.cap_hint))}
+    first = np.ones(len(row), dtype=bool)
+    first[1:] = row[1:] != row[:-1]
+    changed = np.zeros(len(row), dtype=bool)
+    for c in ("price", "pl", "bid_id"):
+        now = values[c]
+        before = np.where(first, none[c][0], np.roll(now, 1))
+        same = now == before
+        if now.dtype.kind == "f":
+            same |= np.isnan(now) & np.isnan(before)
+        changed |= ~same
+    return tick[changed], row[changed], {c: x[changed] for c, x in values.items()}
 
 
 # --- spot ---------------------------------------------------------------------------------------
@@ -497,7 +722,8 @@ def _spot_rivals(session: Session, polls: _Polls, keep: np.ndarray, p_row: np.nd
     o_tick = poll_tick[o_pos]
     birth = _per_key(o_id, o_tick, np.minimum)
     cap_hint = _per_key(o_id, o_bid, np.maximum)
-    top = _best_per_group(o_pos, o_bid, o_id)
+    top = _best_of_groups(o_pos, len(keep), o_bid, o_id)
+    top = top[top >= 0]
     k = len(keep)
     best = _empty_rival_initial(k)
     best["price"][o_pos[top]] = o_bid[top]

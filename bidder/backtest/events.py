@@ -9,7 +9,7 @@ grows with the number of changes, not with ticks x servers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +43,9 @@ class EventStream:
         row = np.asarray(row, dtype=np.int64)
         inside = (tick >= 0) & (tick < n_ticks)
         order = np.flatnonzero(inside)
-        order = order[np.lexsort((order, row[order], tick[order]))]
+        # by (tick, row), ties in the order given: one stable sort of a combined key
+        span = int(row.max(initial=0)) + 1
+        order = order[np.argsort(tick[order] * span + row[order], kind="stable")]
         tick, row = tick[order], row[order]
         last = np.ones(len(order), dtype=bool)
         last[:-1] = (tick[1:] != tick[:-1]) | (row[1:] != row[:-1])
@@ -77,9 +79,36 @@ class EventStream:
         """The rows tick ``tick``'s events change."""
         return self.row[self.start[tick]:self.start[tick + 1]]
 
-    def dense(self, lo: int, hi: int, carry: Mapping[str, np.ndarray]) -> Columns:
-        """Every column at every tick of ``lo:hi`` as (hi - lo, n) arrays; ``carry`` is the columns
-        as they were before tick ``lo`` (the last row of the previous block, or ``initial``)."""
+    def ticks(self) -> np.ndarray:
+        """The tick of every event (int64, length E)."""
+        return np.repeat(np.arange(self.n_ticks, dtype=np.int64), np.diff(self.start))
+
+    def at(self, rows: np.ndarray, ticks: np.ndarray,
+           columns: Iterable[str] | None = None) -> Columns:
+        """Every column's (or the named ``columns``') value at each (``rows[i]``, ``ticks[i]``): the
+        row's latest event at or before that tick, else its initial value. For the loader's many
+        point look-ups."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = {name: np.asarray(self.initial[name])[rows]
+               for name in (self.initial if columns is None else columns)}
+        if not len(self.row):
+            return out
+        span = self.n_ticks + 1
+        key = self.row * span + self.ticks()
+        order = np.argsort(key, kind="stable")
+        found = np.searchsorted(key[order], rows * span + np.asarray(ticks, dtype=np.int64),
+                                side="right") - 1
+        event = order[np.maximum(found, 0)]
+        hit = (found >= 0) & (self.row[event] == rows)
+        for name, column in out.items():
+            column[hit] = self.values[name][event[hit]]
+        return out
+
+    def dense(self, lo: int, hi: int, carry: Mapping[str, np.ndarray],
+              columns: Iterable[str] | None = None) -> Columns:
+        """Every column (or the named ``columns``) at every tick of ``lo:hi`` as (hi - lo, n)
+        arrays; ``carry`` is the columns as they were before tick ``lo`` (the last row of the
+        previous block, or ``initial``)."""
         n = len(next(iter(self.initial.values())))
         a, b = self.start[lo], self.start[hi]
         ticks = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(self.start[lo:hi + 1]))
@@ -89,7 +118,8 @@ class EventStream:
         has = latest >= 0
         index = np.where(has, latest, 0)
         out: Columns = {}
-        for name, values in self.values.items():
+        for name in self.values if columns is None else columns:
+            values = self.values[name]
             before = np.broadcast_to(carry[name], (hi - lo, n))
             out[name] = np.where(has, values[index], before) if len(values) else before.copy()
         return out

@@ -126,6 +126,7 @@ class EmulatedExchange:
         self.version = 0
         """Changes whenever an order is created, repriced, ended, wins or loses its server."""
         self._own: dict[str, tuple[int, list[OwnOrder]]] = {}
+        self._own_of: dict[int, tuple[tuple[object, ...], OwnOrder]] = {}
 
     def counters(self, target: str) -> Counters:
         return self._targets[target].counters
@@ -138,14 +139,24 @@ class EmulatedExchange:
         if cached is not None and cached[0] == self.version:
             return cached[1]
         fraction = self.markets.rules(self._targets[target].market).initial_step_fraction
-        orders = [OwnOrder(o.server_id, o.price, o.gpus, "winning" if o.winning else "outbid",
-                         o.created_at, order_id=o.order_id, last_lowered_at=o.bot_lowered_at,
-                         next_lower_at=o.not_before,
-                         lowest_allowed=None if o.knowledge is None
-                         else lowest_allowed(o.price, o.knowledge, fraction))
-                  for o in self.orders.values() if o.target == target]
+        orders = [self._own_order(o, fraction) for o in self.orders.values() if o.target == target]
         self._own[target] = (self.version, orders)
         return orders
+
+    def _own_order(self, o: EmulatedOrder, fraction: float) -> OwnOrder:
+        """``o`` as the bot sees it, made again only when that changed (most of the orders stay
+        the same when one of them changes)."""
+        state = (o.price, o.winning, o.bot_lowered_at, o.not_before, o.knowledge)
+        made = self._own_of.get(o.order_id)
+        if made is not None and made[0] == state:
+            return made[1]
+        own = OwnOrder(o.server_id, o.price, o.gpus, "winning" if o.winning else "outbid",
+                       o.created_at, order_id=o.order_id, last_lowered_at=o.bot_lowered_at,
+                       next_lower_at=o.not_before,
+                       lowest_allowed=None if o.knowledge is None
+                       else lowest_allowed(o.price, o.knowledge, fraction))
+        self._own_of[o.order_id] = (state, own)
+        return own
 
     def set_winning(self, order: EmulatedOrder, winning: bool) -> None:
         """What the fill model says about the order now (the bot sees it as winning/outbid)."""
@@ -206,6 +217,7 @@ class EmulatedExchange:
             counters.creation_fees += rules.creation_fee
             counters.creation_fee_orders += 1
         del self.orders[order.order_id]
+        self._own_of.pop(order.order_id, None)
         self.version += 1
 
     def end_all(self, now: float) -> None:

@@ -14,11 +14,11 @@ Everything here is vectorised over our orders.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from bidder.allocation import bid_scores, power_cost_usd_per_day
+from bidder.allocation import bid_scores, power_cost_usd_per_day, price_for_score
 
 PAYMENTS = ("pay_your_bid", "second_price")
 
@@ -51,16 +51,6 @@ class Fill:
     """float64: price per day paid while holding (0 where not holding)"""
 
 
-def price_for_score(rule: str, score: np.ndarray, pl: np.ndarray | float, gpus: np.ndarray,
-                    energy_price: np.ndarray, clore_usd: float) -> np.ndarray:
-    """The price at which a bid with power limit ``pl`` scores ``score`` (inverse of
-    ``bid_scores``)."""
-    if rule == "highest_price":
-        return np.asarray(score, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (score + power_cost_usd_per_day(pl, gpus, energy_price)) / clore_usd
-
-
 def threshold(rule: str, book: Book, our_pl: np.ndarray | float, clore_usd: float,
               rival_score: np.ndarray | None = None) -> np.ndarray:
     """The price at which our bid ties the best rival (0 where there is none)."""
@@ -83,15 +73,63 @@ def fill(rule: str, payment: str, book: Book, *, price: np.ndarray, birth: np.nd
          our_pl: np.ndarray | float, clore_usd: float) -> Fill:
     """Who wins each of our orders' servers now: us (``price``, created at tick ``birth``, power
     limit ``our_pl``: NaN on spot) or the best rival; and what we pay per day while we hold."""
+    return contest(rule, payment, book, price=price, birth=birth, our_pl=our_pl).at(clore_usd)
+
+
+def contest(rule: str, payment: str, book: Book, *, price: np.ndarray, birth: np.ndarray,
+            our_pl: np.ndarray | float) -> Contest:
+    """Our orders against their books (see ``fill``), as far as the CLORE rate does not matter."""
     if payment not in PAYMENTS:
         raise ValueError(f"unknown payment rule {payment!r}; expected one of {PAYMENTS}")
-    ours = bid_scores(rule, price, our_pl, book.gpus, book.energy_price, clore_usd)  # type: ignore[arg-type]
-    theirs = bid_scores(rule, book.rival_price, book.rival_pl, book.gpus, book.energy_price,
-                        clore_usd)
-    # NaN comparisons are False: no floor, no rival or an unknown score never wins
-    rival = book.rival_price >= book.floor
-    beats = (ours > theirs) | ((ours == theirs) & (book.rival_birth > birth))
-    win = book.can_win & (price >= book.floor) & (ours == ours) & (~rival | beats)
-    marginal = marginal_price(rule, book, our_pl, clore_usd, theirs)
-    charged = price if payment == "pay_your_bid" else np.minimum(price, marginal)
-    return Fill(win, marginal, np.where(win, charged, 0.0))
+    gpus, energy = book.gpus, book.energy_price
+    return Contest(rule, payment, book, our_pl,
+                   np.asarray(power_cost_usd_per_day(our_pl, gpus, energy)),
+                   np.asarray(power_cost_usd_per_day(book.rival_pl, gpus, energy)),
+                   book.rival_price >= book.floor, price, book.can_win & (price >= book.floor),
+                   book.rival_birth > birth)
+
+
+@dataclass(frozen=True, slots=True)
+class Contest:
+    """All of a fill that does not change with the CLORE rate: ``at(rate)`` fills at one rate
+    with a few vector operations. Under ``host_profit`` the rate moves every tick while our
+    orders and their servers mostly stand still, so a run works the rest out only when they move
+    (``priced`` when only our prices did)."""
+
+    rule: str
+    payment: str
+    book: Book
+    our_pl: np.ndarray | float
+    our_power: np.ndarray
+    """What powering our bids costs the host per day (``host_profit``; NaN on spot)"""
+    rival_power: np.ndarray
+    rival: np.ndarray
+    """bool: the best rival competes (it bids at least the floor)"""
+    price: np.ndarray
+    open: np.ndarray
+    """bool: the server can be won now, at our price"""
+    later: np.ndarray
+    """bool: the rival came after our order, so an equal score goes to us"""
+
+    def priced(self, price: np.ndarray, birth: np.ndarray) -> Contest:
+        """The same orders on the same servers at other prices (and creation ticks)."""
+        b = self.book
+        return replace(self, price=price, open=b.can_win & (price >= b.floor),
+                       later=b.rival_birth > birth)
+
+    def at(self, clore_usd: float) -> Fill:
+        b = self.book
+        ours = bid_scores(self.rule, self.price, self.our_pl,  # type: ignore[arg-type]
+                          b.gpus, b.energy_price, clore_usd, power=self.our_power)
+        theirs = bid_scores(self.rule, b.rival_price, b.rival_pl, b.gpus, b.energy_price,
+                            clore_usd, power=self.rival_power)
+        # NaN comparisons are False: no floor, no rival or an unknown score never wins
+        beats = (ours > theirs) | ((ours == theirs) & self.later)
+        win = self.open & (ours == ours) & (~self.rival | beats)
+        tie = price_for_score(self.rule, theirs, self.our_pl, b.gpus, b.energy_price, clore_usd,
+                              power=self.our_power)
+        marginal = np.where(b.can_win, np.maximum(b.floor, np.where(self.rival, tie, 0.0)),
+                            np.nan)
+        charged = self.price if self.payment == "pay_your_bid" else \
+            np.minimum(self.price, marginal)
+        return Fill(win, marginal, np.where(win, charged, 0.0))

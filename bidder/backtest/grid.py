@@ -1,29 +1,38 @@
 """Many variants at once: parameter grids, one process per run on every core, then the oracle.
 
 History is loaded once, before the worker processes are forked, so every worker reads the same
-arrays without copying or pickling them (copy-on-write pages). Each (variant, mode) pair is one
-job; workers report their steps through shared counters so the parent can draw a progress bar.
-The oracle runs once per target in the parent, over every run's holdings at once.
+arrays without copying or pickling them (copy-on-write pages; the collector is kept off them).
+Each (variant, mode) pair is one job; workers report their steps through shared counters so the
+parent can draw a progress bar. The oracle's market side (``oracle.covers``) needs nothing of
+the runs: a forked process works it out while they go on, and the parent then bounds every
+run's holdings with it.
 """
 
 from __future__ import annotations
 
+import gc
 import itertools
 import multiprocessing as mp
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
-
-import numpy as np
 
 from bidder.backtest.data import History
 from bidder.backtest.exchange import StartingOrder
 from bidder.backtest.metrics import target_metrics, totals
-from bidder.backtest.oracle import OracleResult, oracle
-from bidder.backtest.runner import RunRecord, RunSettings, Variant, run_variant
+from bidder.backtest.oracle import Covers, OracleResult, bounds, covers, oracle
+from bidder.backtest.runner import (
+    RunRecord,
+    RunSettings,
+    Variant,
+    run_variant,
+    step_durations,
+    steps,
+)
 from bidder.config import Config, TargetConfig
 from strategies.registry import StrategyError, parse_strategy_arg
 
@@ -95,22 +104,61 @@ def run_backtest(history: History, config: Config, variants: Sequence[Variant],
     _SHARED.update(history=history, config=config, settings=settings, targets=list(targets),
                    jobs=jobs, decision_times=decision_times,
                    starting_orders=tuple(starting_orders))
-    steps_per_job = history.n_ticks if decision_times is None else \
-        len(np.union1d(history.time, decision_times))
+    step_time, step_tick, _ = steps(history, config.bot.decide_interval, decision_times)
+    _SHARED.update(step_tick=step_tick, step_dt=step_durations(step_time))
+    # what is loaded stays for the whole backtest: out of the collector's way, it is not walked
+    # at every full collection (nor are its pages touched, and so copied, in forked workers)
+    gc.freeze()
     try:
-        if workers <= 1 or len(jobs) == 1:
-            _SHARED["done"] = [0] * len(jobs)
-            runs = []
-            for i in range(len(jobs)):
-                runs.append(_work(i))
-                if progress is not None:
-                    progress((i + 1) / len(jobs))
-        else:
-            runs = _in_pool(len(jobs), min(workers, len(jobs)), steps_per_job, progress)
+        with _covers_meanwhile(bool(jobs)) as all_covers:
+            if workers <= 1 or len(jobs) == 1:
+                _SHARED["done"] = [0] * len(jobs)
+                runs = []
+                for i in range(len(jobs)):
+                    runs.append(_work(i))
+                    if progress is not None:
+                        progress((i + 1) / len(jobs))
+            else:
+                runs = _in_pool(len(jobs), min(workers, len(jobs)), len(step_tick), progress)
+            covers_by_target = all_covers()
     finally:
         _SHARED.clear()
-    oracles, metrics = _score(history, config, targets, runs, starting_orders)
+        gc.unfreeze()
+    oracles, metrics = _score(history, config, targets, runs, starting_orders, covers_by_target)
     return BacktestResult(runs, metrics, oracles)
+
+
+@contextmanager
+def _covers_meanwhile(needed: bool) -> Iterator[Callable[[], dict[str, Covers]]]:
+    """The oracle's market side (``oracle.covers``) of every target, computed by a forked process
+    while the runs go on: it needs nothing of them, and would otherwise come after them."""
+    if not needed or "fork" not in mp.get_all_start_methods():
+        yield _all_covers if needed else dict
+        return
+    with mp.get_context("fork").Pool(1) as pool:
+        pending = pool.apply_async(_all_covers)
+        yield pending.get
+
+
+def _all_covers() -> dict[str, Covers]:
+    shared = _SHARED
+    history: History = shared["history"]
+    starting: tuple[StartingOrder, ...] = shared["starting_orders"]
+    return {t.name: covers(history, shared["config"], t, step_tick=shared["step_tick"],
+                           step_dt=shared["step_dt"], most=_most_held(history, t),
+                           starting={o.server_id: o.price for o in starting
+                                     if o.target == t.name})
+            for t in shared["targets"]}
+
+
+def _most_held(history: History, target: TargetConfig) -> int:
+    """Units a run of ``target`` holds at most, short of a strategy that wants more than it
+    asks for: the count, plus what a cover overshoots by (less than one server)."""
+    if target.unit == "servers":
+        return target.count + 1
+    facts = history.markets[target.market].facts
+    return target.count + int(max(facts.initial["gpus"].max(initial=0),
+                                  facts.values["gpus"].max(initial=0)))
 
 
 def _in_pool(n_jobs: int, workers: int, steps_per_job: int,
@@ -131,7 +179,8 @@ def _in_pool(n_jobs: int, workers: int, steps_per_job: int,
 
 
 def _score(history: History, config: Config, targets: Sequence[TargetConfig],
-           runs: Sequence[RunRecord], starting_orders: Sequence[StartingOrder]
+           runs: Sequence[RunRecord], starting_orders: Sequence[StartingOrder],
+           covers_by_target: Mapping[str, Covers]
            ) -> tuple[dict[str, OracleResult], list[dict[str, Any]]]:
     oracles: dict[str, OracleResult] = {}
     like: dict[tuple[int, str], float] = {}
@@ -139,11 +188,14 @@ def _score(history: History, config: Config, targets: Sequence[TargetConfig],
         return oracles, []
     first = runs[0]
     for target in targets:
-        starting = {o.server_id: o.price for o in starting_orders if o.target == target.name}
-        result = oracle(history, config, target, step_tick=first.step_tick,
-                        step_dt=first.step_dt,
-                        held=[r.targets[target.name].held_units for r in runs],
-                        starting=starting)
+        held = [r.targets[target.name].held_units for r in runs]
+        target_covers = covers_by_target[target.name]
+        if max(int(h.max(initial=0)) for h in held) <= target_covers.most:
+            result = bounds(target_covers, held)
+        else:  # a strategy held more than covers reach: the oracle again, as far as needed
+            starting = {o.server_id: o.price for o in starting_orders if o.target == target.name}
+            result = oracle(history, config, target, step_tick=first.step_tick,
+                            step_dt=first.step_dt, held=held, starting=starting)
         oracles[target.name] = result
         for k, cost in enumerate(result.like_for_like):
             like[(k, target.name)] = cost

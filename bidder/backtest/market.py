@@ -40,10 +40,11 @@ class ReplayMarket:
         n = market.n_servers
         self.changed_at = np.full(n, -1, dtype=np.int64)
         """Per server: the last tick its recorded data changed."""
-        self.rivals_changed_at = -1
-        """The last tick any best rival changed."""
-        self._bids: tuple[object, dict[str, np.ndarray]] | None = None
+        self._one_each = np.arange(n + 1, dtype=np.int64)
+        self._no_owner = np.full(n, -1, dtype=np.int64)
+        self._false = np.zeros(n, dtype=bool)
         self._index = {int(s): i for i, s in enumerate(market.server_id.tolist())}
+        self._clore_usd: list[float] = history.clore_usd.tolist()
         self._nan = np.full(n, np.nan)
         self._currencies = [c[len(FLOOR):] for c in self.state if c.startswith(FLOOR)]
 
@@ -56,11 +57,13 @@ class ReplayMarket:
                                     (self.data.rivals, self.rivals)):
                 if stream.apply(t, columns):
                     self.changed_at[stream.rows_at(t)] = t
-                    if stream is self.data.rivals:
-                        self.rivals_changed_at = t
         self.tick = max(self.tick, tick)
 
     # --- columns ---------------------------------------------------------------------------------
+
+    def row(self, server_id: int) -> int | None:
+        """Row of a candidate server; None for any other."""
+        return self._index.get(server_id)
 
     def floor(self, currency: str) -> np.ndarray:
         return self.state.get(f"{FLOOR}{currency}", self._nan)
@@ -79,16 +82,18 @@ class ReplayMarket:
         return self.state.get("energy_price", self._nan)
 
     def clore_usd(self) -> float:
-        return float(self.history.clore_usd[self.tick])
+        return self._clore_usd[self.tick]
 
     def rates(self) -> Mapping[str, float]:
         return self.history.rates_at(self.tick)
 
-    def frame(self, now: float, rival_price: np.ndarray, version: object) -> MarketFrame:
-        """The market at the current tick as the view builder reads it; ``rival_price`` is the
-        best rival's price per server (the recorded one, or as reactive rivals moved it), and
-        ``version`` changes whenever it may have changed."""
-        bids = self._bid_columns(rival_price, version)
+    def frame(self, now: float, rival_price: np.ndarray) -> MarketFrame:
+        """The market at the current tick as the view builder reads it.
+
+        Each server's only bid is its best rival (``rival_price``: as recorded, or as reactive
+        rivals moved it), a NaN price where there is none: a bid under every floor, which never
+        competes. One bid per server whatever happens keeps the bid block the current columns
+        themselves, with nothing to rebuild per tick."""
         facts, state = self.facts, self.state
         observed = state.get("observed_at")
         return _ReplayFrame(
@@ -100,22 +105,9 @@ class ReplayMarket:
             pl_max=facts.get("pl_max", self._nan),
             observed_at=observed if observed is not None else np.full(len(self._nan), now),
             floors={c: state[f"{FLOOR}{c}"] for c in self._currencies}, index=self._index,
-            **bids)
-
-    def _bid_columns(self, rival_price: np.ndarray, version: object) -> dict[str, np.ndarray]:
-        """The frame's bid block: each server's best rival (kept while ``version`` holds)."""
-        if self._bids is not None and self._bids[0] == version:
-            return self._bids[1]
-        has = np.isfinite(rival_price)
-        bid_start = np.zeros(len(has) + 1, dtype=np.int64)
-        np.cumsum(has, out=bid_start[1:])
-        k = int(bid_start[-1])
-        bids = {"bid_start": bid_start, "bid_id": self.rivals["bid_id"][has],
-                "bid_owner": np.full(k, -1, dtype=np.int64), "bid_price": rival_price[has],
-                "bid_pl": self.rivals["pl"][has], "bid_active": np.zeros(k, dtype=bool),
-                "bid_mine": np.zeros(k, dtype=bool)}
-        self._bids = (version, bids)
-        return bids
+            bid_start=self._one_each, bid_id=self.rivals["bid_id"], bid_owner=self._no_owner,
+            bid_price=rival_price, bid_pl=self.rivals["pl"], bid_active=self._false,
+            bid_mine=self._false)
 
     def book(self, rows: np.ndarray, currency: str | np.ndarray,
              rival_price: np.ndarray) -> Book:

@@ -127,6 +127,43 @@ def oracle(history: History, config: Config, target: TargetConfig, *, step_tick:
            starting: Mapping[int, float] | None = None) -> OracleResult:
     """The bounds for ``target`` over the steps (``step_tick``, ``step_dt``), for each series of
     units ``held`` per step. ``starting``: server id -> price of starting orders."""
+    most = max([target.count, *(int(series.max(initial=0)) for series in held)])
+    return bounds(covers(history, config, target, step_tick=step_tick, step_dt=step_dt,
+                         most=most, starting=starting), held)
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """The cheapest servers of the steps ``first:last``, cheapest first (a cover's inputs)."""
+
+    first: int
+    last: int
+    unit_cost: np.ndarray
+    c_units: np.ndarray
+    c_cost: np.ndarray
+    available: np.ndarray
+    dt: np.ndarray
+    """Step durations in days, times the fee factor"""
+
+
+@dataclass(frozen=True, slots=True)
+class Covers:
+    """A target's cheapest covers step by step, for holdings of up to ``most`` units: all the
+    oracle needs of the market. Apart from the holdings, so a backtest computes them once, while
+    its runs go on, and then bounds every run with them (``bounds``)."""
+
+    most: int
+    blocks: tuple[_Block, ...]
+    full: float
+    full_availability: float
+    full_per_unit: np.ndarray
+
+
+def covers(history: History, config: Config, target: TargetConfig, *, step_tick: np.ndarray,
+           step_dt: np.ndarray, most: int,
+           starting: Mapping[int, float] | None = None) -> Covers:
+    """The cheapest covers of up to ``most`` units of ``target`` at each step, and the bound for
+    holding the whole target. ``starting``: server id -> price of starting orders."""
     data = history.markets[target.market]
     rule = config.markets.gigaspot.allocation if target.market == "gigaspot" else "highest_price"
     fee = 1.0 + config.markets.rules(target.market).fee_fraction
@@ -134,16 +171,21 @@ def oracle(history: History, config: Config, target: TargetConfig, *, step_tick:
     can_hold = _can_hold(history, target)
     bound = _cap_bound(history, target, target.currency, starting or {})
     n = data.n_servers
-    like = [0.0] * len(held)
+    blocks = []
     full = 0.0
     covered = 0.0
     per_unit = np.full(len(step_tick), np.nan)
     block = max(1, CHUNK_CELLS // max(n, 1))
-    carries = [dict(s.initial) for s in (data.facts, data.state, data.rivals)]
+    streams = (data.facts, data.state, data.rivals)
+    wanted = [[c for c in names if c in stream.initial] for stream, names in zip(streams, (
+        ("gpus", "rented"),
+        ("online", "rentable", "energy_price", f"{FLOOR}{target.currency}"),
+        ("price", "pl", "birth")))]
+    carries = [{c: s.initial[c] for c in names} for s, names in zip(streams, wanted)]
     for lo in range(0, history.n_ticks, block):
         hi = min(history.n_ticks, lo + block)
-        facts, state, rivals = (s.dense(lo, hi, c) for s, c in
-                                zip((data.facts, data.state, data.rivals), carries))
+        facts, state, rivals = (s.dense(lo, hi, c, names) for s, c, names in
+                                zip(streams, carries, wanted))
         carries = [carry_after(x) for x in (facts, state, rivals)]
         first, last = np.searchsorted(step_tick, [lo, hi], side="left")
         if first == last:
@@ -159,30 +201,65 @@ def oracle(history: History, config: Config, target: TargetConfig, *, step_tick:
         units = (facts["gpus"] if target.unit == "gpus" else np.ones_like(facts["gpus"]))[rows]
         ok = can_hold & np.isfinite(m) & (m <= bound) & (units > 0)
         unit_cost = np.where(ok, m / np.maximum(units, 1), np.inf)
-        order = np.argsort(unit_cost, axis=1, kind="stable")
+        weight = np.where(ok, units, 0)
+        order = _cheapest_first(unit_cost, most + 1)[:, :most + 1]
         u = np.take_along_axis(unit_cost, order, axis=1)
-        w = np.take_along_axis(np.where(ok, units, 0), order, axis=1).astype(np.float64)
+        w = np.take_along_axis(weight, order, axis=1).astype(np.float64)
         c_units = np.cumsum(w, axis=1)
         with np.errstate(invalid="ignore"):
             c_cost = np.cumsum(np.where(w > 0, u * w, 0.0), axis=1)
-        dt = step_dt[first:last] * fee / DAY
-        for k, series in enumerate(held):
-            like[k] += float(np.sum(_cover(series[first:last], u, c_units, c_cost) * dt))
+        available = weight.sum(axis=1).astype(np.float64)
+        b = _Block(int(first), int(last), u, c_units, c_cost, available,
+                   step_dt[first:last] * fee / DAY)
+        blocks.append(b)
         goal = np.full(last - first, float(target.count))
-        cost = _cover(goal, u, c_units, c_cost)
-        full += float(np.sum(cost * dt))
-        reachable = np.minimum(goal, c_units[:, -1])
+        cost = _cover(goal, b)
+        full += float(np.sum(cost * b.dt))
+        reachable = np.minimum(goal, available)
         with np.errstate(invalid="ignore", divide="ignore"):
             per_unit[first:last] = np.where(reachable > 0, cost / reachable, np.nan)
         covered += float(np.sum(reachable / goal * step_dt[first:last]))
     total = float(step_dt.sum())
-    return OracleResult(like, full, covered / total if total > 0 else float("nan"), per_unit)
+    return Covers(most, tuple(blocks), full, covered / total if total > 0 else float("nan"),
+                  per_unit)
 
 
-def _cover(goal: np.ndarray, unit_cost: np.ndarray, c_units: np.ndarray,
-           c_cost: np.ndarray) -> np.ndarray:
-    """Per row, the cheapest fractional cover of ``goal`` units (at most all there is)."""
-    goal = np.minimum(np.asarray(goal, dtype=np.float64), c_units[:, -1])
+def bounds(covers: Covers, held: Sequence[np.ndarray]) -> OracleResult:
+    """The oracle's bounds for each series of units ``held`` per step (at most ``covers.most``
+    units: ``ValueError`` otherwise)."""
+    most = max((int(series.max(initial=0)) for series in held), default=0)
+    if most > covers.most:
+        raise ValueError(f"a holding of {most} units exceeds the covers, made for up to "
+                         f"{covers.most}")
+    like = [0.0] * len(held)
+    for b in covers.blocks:
+        for k, series in enumerate(held):
+            like[k] += float(np.sum(_cover(series[b.first:b.last], b) * b.dt))
+    return OracleResult(like, covers.full, covers.full_availability, covers.full_per_unit)
+
+
+def _cheapest_first(unit_cost: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the column indices of the ``k`` cheapest entries in the order of a stable sort
+    (ties to the lower column). A cover of at most ``k - 1`` units never looks further, since every
+    server that can be held gives at least one unit, so only those are sorted."""
+    n = unit_cost.shape[1]
+    if k >= n // 2:
+        return np.argsort(unit_cost, axis=1, kind="stable")
+    kth = np.partition(unit_cost, k - 1, axis=1)[:, k - 1:k]
+    below = unit_cost < kth
+    at = unit_cost == kth
+    # of the entries tied with the k-th, the lowest columns, as many as are missing
+    take = below | (at & (np.cumsum(at, axis=1) <= k - below.sum(axis=1, keepdims=True)))
+    columns = np.nonzero(take)[1].reshape(len(unit_cost), k)
+    ranked = np.argsort(np.take_along_axis(unit_cost, columns, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(columns, ranked, axis=1)
+
+
+def _cover(goal: np.ndarray, block: _Block) -> np.ndarray:
+    """Per step of ``block``, the cheapest fractional cover of ``goal`` units (at most the
+    available ones)."""
+    unit_cost, c_units, c_cost = block.unit_cost, block.c_units, block.c_cost
+    goal = np.minimum(np.asarray(goal, dtype=np.float64), block.available)
     full = (c_units <= goal[:, None]).sum(axis=1)  # servers taken whole
     idx = np.arange(len(goal))
     prev_units = np.where(full > 0, c_units[idx, np.maximum(full - 1, 0)], 0.0)

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bidder.backtest.fills import price_for_score
-from bidder.allocation import bid_scores
+from bidder.allocation import bid_scores, price_for_score
 from bidder.sim.agents import outbid_price
 
 

@@ -29,7 +29,7 @@ from bidder.backtest.exchange import (
     ExchangeRules,
     StartingOrder,
 )
-from bidder.backtest.fills import fill
+from bidder.backtest.fills import Book, Contest, contest
 from bidder.backtest.market import ReplayMarket
 from bidder.backtest.reactive import ReactiveRivals, ReactiveSettings
 from bidder.config import Config, TargetConfig
@@ -115,9 +115,9 @@ def decision_mask(time: np.ndarray, interval: float) -> np.ndarray:
     return mask
 
 
-def _steps(history: History, interval: float, decision_times: Sequence[float] | None
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(time, tick, decide) of every step."""
+def steps(history: History, interval: float, decision_times: Sequence[float] | None
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(time, tick, decide) of every step of a run (see the module docstring)."""
     time = history.time
     if decision_times is None:
         return time, np.arange(len(time), dtype=np.int64), decision_mask(time, interval)
@@ -149,18 +149,28 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     if missing:
         raise ValueError(f"the history was loaded without the {', '.join(missing)} market")
     run = _Run(history, config, variant, settings, mode, targets, keep_trace)
-    step_time, step_tick, decide = _steps(history, config.bot.decide_interval, decision_times)
-    step_dt = np.append(np.diff(step_time), 0.0)
+    step_time, step_tick, decide = steps(history, config.bot.decide_interval, decision_times)
+    step_dt = step_durations(step_time)
     run.start(starting_orders, step_time[0], len(step_time))
-    for s in range(len(step_time)):
-        run.step(s, float(step_time[s]), int(step_tick[s]), bool(decide[s]), float(step_dt[s]))
+    for s, step in enumerate(zip(step_time.tolist(), step_tick.tolist(), decide.tolist(),
+                                 step_dt.tolist())):
+        run.step(s, *step)
         if progress is not None and (s + 1) % PROGRESS_EVERY == 0:
             progress(s + 1)
     run.exchange.end_all(float(step_time[-1]))
+    for record in run.records.values():  # one array each, not one per step: cheap to send back
+        record.overpay = [np.concatenate(record.overpay)] if record.overpay else []
+        record.overpay_weight = [np.concatenate(record.overpay_weight)] \
+            if record.overpay_weight else []
     if progress is not None:
         progress(len(step_time))
     return RunRecord(variant, mode, step_time, step_tick, step_dt, run.records,
                      sum(r.raises for r in run.reactive.values()), run.trace)
+
+
+def step_durations(step_time: np.ndarray) -> np.ndarray:
+    """How long each step lasts (the last one: 0)."""
+    return np.append(np.diff(step_time), 0.0)
 
 
 class _Run:
@@ -182,6 +192,9 @@ class _Run:
         self.exchange = EmulatedExchange(settings.exchange, config.markets,
                                          [(t.name, t.market, t.currency) for t in targets],
                                          self._server_info)
+        self._rules = {m: config.markets.gigaspot.allocation if m == "gigaspot" else
+                       "highest_price" for m in self.markets}
+        """Each market's allocation rule."""
         self.target_index = {t.name: k for k, t in enumerate(targets)}
         currencies = {m: {t.currency for t in targets if t.market == m} for m in self.markets}
         self._currency = {m: c.pop() if len(c) == 1 else None for m, c in currencies.items()}
@@ -197,8 +210,8 @@ class _Run:
 
     def _server_info(self, market: str, server_id: int, currency: str) -> tuple[int, int, float]:
         rm = self.markets[market]
-        row = int(rm.data.rows_of([server_id])[0])
-        if row < 0:
+        row = rm.row(server_id)
+        if row is None:
             return -1, 0, np.nan
         return row, int(rm.facts["gpus"][row]), float(rm.floor(currency)[row])
 
@@ -254,17 +267,11 @@ class _Run:
                     self.records[orders[index].target].preemptions += 1
         return agents.effective(recorded, rm.rivals["bid_id"])
 
-    def _rivals_version(self, market: str) -> tuple[int, int]:
-        """Changes whenever the best rivals' prices may have changed."""
-        agents = self.reactive.get(market)
-        return self.markets[market].rivals_changed_at, -1 if agents is None else agents.version
-
     def _rule(self, market: str) -> str:
-        return self.config.markets.gigaspot.allocation if market == "gigaspot" else "highest_price"
+        return self._rules[market]
 
     def _decide(self, now: float, tick: int, rivals: Mapping[str, np.ndarray]) -> None:
-        frames = {name: m.frame(now, rivals[name], self._rivals_version(name))
-                  for name, m in self.markets.items()}
+        frames = {name: m.frame(now, rivals[name]) for name, m in self.markets.items()}
         decisions = []
         for target in self.targets:
             frame = frames[target.market]
@@ -319,43 +326,62 @@ class _Run:
         return orders, arrays
 
     def _fill(self, market: str, s: int, now: float, dt: float, rival_price: np.ndarray) -> None:
-        """Who holds what during this step; recomputed only when our orders or their servers'
-        market changed since the last step (most steps change neither)."""
+        """Who holds what during this step; recomputed only when our orders, their servers'
+        market or (``host_profit``) the CLORE rate changed since the last step, and the book of
+        our servers only when the servers or their market did."""
         orders, a = self._orders(market)
         if not orders:
             return
         rm = self.markets[market]
         held = self._held.get(market)
-        if held is None or held.key != self._fill_key(market) \
-                or (rm.changed_at[a["row"]] > held.tick).any():
-            held = self._settle(market, now, orders, a, rival_price)
+        key = self._fill_key(market)
+        rows = a["row"]
+        book_key = (key[1], rows.tobytes(), a["pl"].tobytes())
+        same_book = held is not None and held.book_key == book_key \
+            and rm.changed_at[rows].max() <= held.tick
+        if held is None or not same_book or held.key != key:
+            if held is None or not same_book:
+                book = self._book(market, orders, a, rival_price)
+                bout = contest(self._rule(market), self.settings.exchange.payment, book,
+                               price=a["price"], birth=a["birth"], our_pl=a["pl"])
+            elif held.key[0] != key[0]:  # the same servers: only our prices may have moved
+                bout = held.contest.priced(a["price"], a["birth"])
+            else:
+                bout = held.contest
+            held = self._settle(market, now, orders, a, rival_price, bout, key, book_key)
             self._held[market] = held
         for k, target_index in enumerate(held.targets):
             record = self.records[self.targets[target_index].name]
+            paid = held.paid[k]
             record.held_units[s] = held.units[k]
             record.held_gpus[s] = held.gpus[k]
-            record.paid_per_day[s] = held.paid[k]
+            record.paid_per_day[s] = paid
             record.marginal_per_day[s] = held.marginal[k]
-            record.price_cost += held.paid[k] * dt / DAY
-            record.fee_cost += held.paid[k] * self.fee[target_index] * dt / DAY
+            record.price_cost += paid * dt / DAY
+            record.fee_cost += paid * self.fee[target_index] * dt / DAY
             if dt > 0:
                 record.overpay.append(held.overpay[k])
                 record.overpay_weight.append(held.overpay_gpus[k] * dt)
 
     def _fill_key(self, market: str) -> tuple[object, ...]:
-        """What, besides the recorded data of our orders' servers, a fill depends on."""
+        """What, besides the recorded data of our orders' servers, a fill depends on: our orders,
+        the reactive rivals (the first two make the book), the CLORE rate under ``host_profit``."""
         agents = self.reactive.get(market)
         clore = self.markets[market].clore_usd() if self._rule(market) == "host_profit" else None
         return self.exchange.version, -1 if agents is None else agents.version, clore
 
-    def _settle(self, market: str, now: float, orders: list[EmulatedOrder],
-                a: dict[str, np.ndarray], rival_price: np.ndarray) -> _Held:
-        rm = self.markets[market]
+    def _book(self, market: str, orders: list[EmulatedOrder], a: dict[str, np.ndarray],
+              rival_price: np.ndarray) -> Book:
         currency = self._currency[market]
-        book = rm.book(a["row"], currency if currency is not None else
-                       np.array([o.currency for o in orders], dtype=object), rival_price)
-        result = fill(self._rule(market), self.settings.exchange.payment, book, price=a["price"],
-                      birth=a["birth"], our_pl=a["pl"], clore_usd=rm.clore_usd())
+        return self.markets[market].book(
+            a["row"], currency if currency is not None else
+            np.array([o.currency for o in orders], dtype=object), rival_price)
+
+    def _settle(self, market: str, now: float, orders: list[EmulatedOrder],
+                a: dict[str, np.ndarray], rival_price: np.ndarray, bout: Contest,
+                key: tuple[object, ...], book_key: tuple[object, ...]) -> _Held:
+        rm = self.markets[market]
+        result = bout.at(rm.clore_usd())
         win, was = result.win, a["winning"]
         if (win != was).any():
             for k in np.flatnonzero(win != was).tolist():
@@ -368,18 +394,22 @@ class _Run:
                 rows = a["row"][taken]
                 agents.taken(rows, now, rm.rivals["bid_id"][rows], rival_price[rows],
                              rm.rivals["cap_hint"][rows])
-        tidx = a["target"]
-        gpus = book.gpus.astype(np.int64)
-        units = np.where(self.units_per_gpu[tidx], gpus, 1)
-        overpay = (result.paid - result.marginal) / np.maximum(gpus, 1)
-        held = _Held(self._fill_key(market), rm.tick)
-        for k in sorted(set(tidx[win].tolist())):
-            mine = win & (tidx == k)
+        held = _Held(key, rm.tick, bout, book_key)
+        won = win.nonzero()[0]
+        if not len(won):
+            return held
+        tidx = a["target"][won]
+        gpus = bout.book.gpus[won].astype(np.int64)
+        paid, marginal = result.paid[won], result.marginal[won]
+        overpay = (paid - marginal) / np.maximum(gpus, 1)
+        targets = sorted(set(tidx.tolist()))
+        for k in targets:
+            mine = slice(None) if len(targets) == 1 else tidx == k
             held.targets.append(k)
-            held.units.append(int(units[mine].sum()))
             held.gpus.append(int(gpus[mine].sum()))
-            held.paid.append(float(result.paid[mine].sum()))
-            held.marginal.append(float(result.marginal[mine].sum()))
+            held.units.append(held.gpus[-1] if self.units_per_gpu[k] else len(gpus[mine]))
+            held.paid.append(float(paid[mine].sum()))
+            held.marginal.append(float(marginal[mine].sum()))
             held.overpay.append(overpay[mine])
             held.overpay_gpus.append(gpus[mine])
         return held
@@ -393,6 +423,11 @@ class _Held:
     key: tuple[object, ...]
     """``_Run._fill_key`` when it was computed"""
     tick: int
+    contest: Contest
+    """Our orders against the market around their servers (its ``book``), which holds while the
+    reactive rivals stand still, we hold the same servers at the same power limits
+    (``book_key``), and those servers see no recorded change"""
+    book_key: tuple[object, ...]
     targets: list[int] = field(default_factory=list)
     units: list[int] = field(default_factory=list)
     gpus: list[int] = field(default_factory=list)

@@ -5,6 +5,7 @@ import pytest
 
 from bidder.backtest.exchange import ExchangeRules
 from bidder.backtest.grid import expand_grid, run_backtest
+from bidder.backtest.oracle import _cheapest_first, oracle
 from bidder.backtest.runner import RunSettings
 
 from bt_helpers import config, history
@@ -76,3 +77,32 @@ def test_the_oracle_is_the_same_computed_in_blocks_of_ticks(monkeypatch):
         assert a["targets"][0]["regret"] == pytest.approx(b["targets"][0]["regret"])
     assert np.allclose(whole.oracles["t"].full_per_unit, blocks.oracles["t"].full_per_unit,
                        equal_nan=True)
+
+
+def test_only_the_cheapest_are_sorted_and_in_the_order_of_a_full_stable_sort():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        rows, n, k = int(rng.integers(1, 30)), int(rng.integers(2, 80)), int(rng.integers(1, 12))
+        cost = rng.choice([1.0, 2.0, 2.5, np.inf], (rows, n)) if rng.random() < 0.5 else \
+            np.where(rng.random((rows, n)) < 0.3, np.inf, rng.uniform(0, 9, (rows, n)))
+        k = min(k, n)
+        got = _cheapest_first(cost, k)[:, :k]
+        np.testing.assert_array_equal(got, np.argsort(cost, axis=1, kind="stable")[:, :k])
+
+
+@pytest.mark.parametrize("most", [None, 0])
+def test_the_bounds_from_the_covers_made_during_the_runs_are_the_oracle(monkeypatch, most):
+    """``run_backtest`` bounds each run with covers made while the runs go on; a run holding
+    more than those reach (``most`` 0: any) is bounded by the oracle run again."""
+    h, cfg = random_market(2, "host_profit")
+    if most is not None:
+        monkeypatch.setattr("bidder.backtest.grid._most_held", lambda history, target: most)
+    result = run_backtest(h, cfg, VARIANTS[:4], RunSettings(), modes=["replay"],
+                          targets=cfg.targets)
+    first = result.runs[0]
+    direct = oracle(h, cfg, cfg.targets[0], step_tick=first.step_tick, step_dt=first.step_dt,
+                    held=[r.targets["t"].held_units for r in result.runs])
+    assert any(r.targets["t"].held_units.any() for r in result.runs)
+    assert [m["targets"][0]["oracle_like_for_like_cost"] for m in result.metrics] == \
+        direct.like_for_like
+    assert result.oracles["t"].full == direct.full

@@ -102,3 +102,30 @@ def test_rival_under_the_floor_cannot_win_and_is_ignored():
                                  floor=np.array([11.0, 1.0]), **args)
     assert thr_all[0] > 0
     assert thr.tolist() == [0.0, 0.0] and np.isnan(rival).all()
+
+
+@pytest.mark.parametrize("rule", ["highest_price", "host_profit"])
+@pytest.mark.parametrize("seed", range(5))
+def test_one_bid_per_server_gives_what_the_general_path_gives(rule, seed):
+    """Servers with one bid each take a shortcut; adding one of our own bids (never a rival)
+    forces the general per-server reductions, which must agree bit for bit."""
+    rng = np.random.default_rng(seed)
+    n = 40
+    has = rng.random(n) < (0.7 if seed % 2 else 1.0)  # some servers without a bid, or none
+    k = int(has.sum())
+    one = dict(bid_start=np.concatenate([[0], np.cumsum(has)]), bid_price=rng.uniform(1, 20, k),
+               bid_pl=rng.choice([150.0, 250.0, np.nan], k), bid_mine=rng.random(k) < 0.1,
+               gpus=rng.choice([1, 2, 8], n), energy_price=rng.choice([0.05, 0.2, np.nan], n))
+    floor = np.where(rng.random(n) < 0.1, np.nan, rng.uniform(1, 15, n))
+    clore = float(rng.choice([0.03, np.nan]))
+    extra = int(np.flatnonzero(has)[0])  # the server that gets our extra bid
+    at = int(one["bid_start"][extra])
+    forced = dict(one, bid_start=one["bid_start"] + (np.arange(n + 1) > extra),
+                  bid_price=np.insert(one["bid_price"], at, 99.0),
+                  bid_pl=np.insert(one["bid_pl"], at, 300.0),
+                  bid_mine=np.insert(one["bid_mine"], at, True))
+    for kw in (dict(floor=floor), {}):
+        fast = rival_threshold(rule, clore_usd=clore, our_pl=200.0, **one, **kw)
+        general = rival_threshold(rule, clore_usd=clore, our_pl=200.0, **forced, **kw)
+        for a, b in zip(fast, general):
+            np.testing.assert_array_equal(a, b)
