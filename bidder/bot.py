@@ -39,12 +39,11 @@ _GIGASPOT_CURRENT = ("recorded", "unchanged", "already_recorded")
 
 
 def public_config(config: Config) -> dict[str, Any]:
-    """What a run records about its config: targets (without secrets or env values), budget,
-    market rules and bot settings. No key, no SSH credentials, no tokens."""
-    targets = [t.model_dump(mode="json", include={
-        "name", "market", "gpu_model", "unit", "count", "min_gpus_per_server",
-        "max_gpus_per_server", "min_reliability", "countries", "max_price_per_gpu_day",
-        "cap_currency", "currency", "strategy", "strategy_params"}) for t in config.targets]
+    """What a run records about its config: everything that shapes its decisions (targets, budget,
+    market rules, bot settings), so ``bidder backtest --replay-diff`` can replay them. No key, no
+    SSH credentials, no tokens, no environment values."""
+    targets = [t.model_dump(mode="json", exclude={"env", "ssh_key", "ssh_password",
+                                                  "jupyter_token"}) for t in config.targets]
     return {"targets": targets, "budget": config.budget.model_dump(mode="json"),
             "markets": config.markets.model_dump(mode="json"),
             "bot": config.bot.model_dump(mode="json"),

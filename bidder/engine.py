@@ -46,7 +46,7 @@ from bidder.orders import (
     update_market_states,
 )
 from bidder.reconcile import in_flight
-from bidder.rules import Action, Cancel, Create, Plan, TargetDecision, plan
+from bidder.rules import Plan, TargetDecision, action_json, plan
 from bidder.view import StaticMatchCache, build_target_view
 from storage.frames import MarketFrame
 from storage.history import bid_intervals
@@ -97,19 +97,22 @@ def idle_spot_servers(frame: MarketFrame) -> set[int]:
 def recent_wins(session: Session, market: str, server_id: np.ndarray, gpus: np.ndarray,
                 since: float, until: float) -> np.ndarray:
     """Winning prices per GPU-day recorded on ``server_id`` between ``since`` and ``until``: every
-    version of an active GigaSPOT bid, every active offer of a spot poll."""
+    version of an active GigaSPOT bid, every active offer of a spot poll; ours left out (what we
+    paid says nothing about what the market asks), as the backtester leaves them out."""
     if not len(server_id):
         return np.empty(0)
     size = dict(zip(server_id.tolist(), np.maximum(gpus, 1).tolist()))
     if market == "gigaspot":
         bids = bid_intervals(session, since, until, machine_ids=size)
-        won = bids.active
+        mine = bids.snapshots.my_user_id
+        won = bids.active & ~np.isin(bids.owner, mine[mine >= 0])
         per_gpu = np.array([size[m] for m in bids.machine_id[won].tolist()], dtype=np.float64)
         return bids.price[won] / per_gpu if len(per_gpu) else np.empty(0)
     rows = session.execute(
         select(SpotPoll.server_id, SpotOffer.bid).join(SpotPoll, SpotPoll.id == SpotOffer.poll_id)
         .where(SpotOffer.active.is_(True), SpotPoll.polled_at >= since,
-               SpotPoll.polled_at <= until, SpotPoll.server_id.in_(list(size)))).all()
+               SpotOffer.my.is_(False), SpotPoll.polled_at <= until,
+               SpotPoll.server_id.in_(list(size)))).all()
     return np.array([bid / size[sid] for sid, bid in rows], dtype=np.float64)
 
 
@@ -132,16 +135,6 @@ def budget_left(config: Config, unmanaged: Sequence[BotOrder],
                * (1.0 if o.currency == budget.currency else usd(o.currency) / usd(budget.currency))
                for o in unmanaged)
     return budget.model_copy(update={"max_per_day": budget.max_per_day - cost})
-
-
-def action_json(action: Action) -> dict[str, Any]:
-    if isinstance(action, Create):
-        kind = "create"
-    elif isinstance(action, Cancel):
-        kind = "cancel"
-    else:
-        kind = "raise" if action.is_raise else "lower"
-    return {"kind": kind, **asdict(action)}
 
 
 def _finite(value: float | None) -> float | None:

@@ -210,10 +210,18 @@ class Reconciler:
         demand, offline, expired): bidding there again at once would only wait."""
 
     def reconcile(self) -> ReconcileReport:
-        """One reconciliation. Raises the client's errors (nothing is changed then)."""
-        reply = self._client.my_orders()
+        """One reconciliation. Raises the client's errors (nothing is changed then).
+
+        Completed orders are asked for only while one of ours ended without its final spend:
+        the spend stored at its last sync misses the time since, and costs (``bidder status``,
+        ``--replay-diff``) would come out too low."""
+        with self._sessions() as session:
+            unsettled = awaiting_final_spend(session, self._clock.now())
+        reply = self._client.my_orders(return_completed=bool(unsettled))
         now = self._clock.now()
         with self._sessions.begin() as session:
+            if unsettled:
+                settle_final_spend(session, reply, now)
             placement = load_placement(session, self._targets)
             seen = seen_orders(reply, placement.gigaspot)
             orders = open_orders(session, dry_run=False)
@@ -249,6 +257,33 @@ class Reconciler:
                               placement, now)
         return ReconcileReport(len(m.present), len(m.found), len(m.gone), len(m.given_up),
                                len(m.adopt), len(m.not_found))
+
+
+FINAL_SPEND_WINDOW = 2 * 86_400.0
+"""Seconds after an order ended that its final spend is still asked for (the exchange may stop
+listing old completed orders)."""
+
+
+def awaiting_final_spend(session: Session, now: float) -> list[int]:
+    """Exchange ids of our orders that ended lately and whose final spend is not recorded yet."""
+    settled = select(BotOrderEvent.order_ref).where(BotOrderEvent.kind == "final_spend")
+    return list(session.scalars(select(BotOrder.order_id).where(
+        BotOrder.state.in_(("closed", "failed")), BotOrder.order_id.is_not(None),
+        BotOrder.dry_run.is_(False), BotOrder.closed_at >= now - FINAL_SPEND_WINDOW,
+        BotOrder.id.not_in(settled))))
+
+
+def settle_final_spend(session: Session, reply: MyOrdersReply, now: float) -> None:
+    """Record the final spend of our ended orders that ``reply`` lists as completed."""
+    final = {o.id: o.spend for o in reply.orders if o.expired and o.spend is not None}
+    if not final:
+        return
+    for order in session.scalars(select(BotOrder).where(
+            BotOrder.order_id.in_(awaiting_final_spend(session, now)))):
+        spend = final.get(order.order_id)
+        if spend is not None:
+            order.spend = spend
+            add_event(session, order, "final_spend", now, order.price, spend=spend)
 
 
 def _sync(session: Session, order: BotOrder, hit: SeenOrder, now: float) -> None:

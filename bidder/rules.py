@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from bidder.config import BudgetConfig, MarketRules, MarketsConfig
 from strategies.base import DesiredBid, OwnOrder, TargetView
@@ -78,6 +78,17 @@ class Cancel:
 
 
 Action = Create | ChangePrice | Cancel
+
+
+def action_json(action: Action) -> dict[str, Any]:
+    """An action as the bot records it (``bot_decision.actions``) and a replay compares it."""
+    if isinstance(action, Create):
+        kind = "create"
+    elif isinstance(action, Cancel):
+        kind = "cancel"
+    else:
+        kind = "raise" if action.is_raise else "lower"
+    return {"kind": kind, **asdict(action)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ from bidder.backtest.runner import (
     steps,
 )
 from bidder.config import Config, TargetConfig
-from strategies.registry import StrategyError, parse_strategy_arg
+from strategies.registry import StrategyError, load_strategy, parse_strategy_arg
 
 GRID_SEPARATOR = "|"
 
@@ -54,7 +54,7 @@ def expand_grid(arg: str) -> list[Variant]:
         label = f"{name}:{','.join(combo)}" if combo else name
         strategy, params = parse_strategy_arg(label)
         variant = Variant(label, strategy, params)
-        variant.instance()  # refuses an unknown strategy or a bad parameter now, not mid-run
+        load_strategy(strategy, params)  # refuses an unknown strategy or a bad parameter now
         variants.append(variant)
     if not variants:
         raise StrategyError(f"strategy argument {arg!r} names no variant")

@@ -50,14 +50,20 @@ log = logging.getLogger("bidder.backtest")
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """A strategy with its parameters, applied to every target of the run."""
+    """A strategy with its parameters, applied to every target of the run; ``strategy`` None:
+    each target's own configured strategy (what a live session ran)."""
 
     label: str
-    strategy: str
+    strategy: str | None
     params: Mapping[str, Any] = field(default_factory=dict)
 
-    def instance(self) -> Strategy:
+    def instance(self, target: TargetConfig) -> Strategy:
+        if self.strategy is None:
+            return load_strategy(target.strategy, dict(target.strategy_params))
         return load_strategy(self.strategy, dict(self.params))
+
+
+AS_CONFIGURED = Variant("as configured", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,31 +121,60 @@ def decision_mask(time: np.ndarray, interval: float) -> np.ndarray:
     return mask
 
 
-def steps(history: History, interval: float, decision_times: Sequence[float] | None
+def steps(history: History, interval: float, decision_times: Sequence[float] | None,
+          seen_at: Sequence[float] | None = None, end: float | None = None
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(time, tick, decide) of every step of a run (see the module docstring)."""
+    """(time, tick, decide) of every step of a run (see the module docstring).
+
+    With ``decision_times`` (non-decreasing; two decisions may share a time) every recorded tick
+    is a step and so is every decision; decision ``k`` sees the newest tick at or before
+    ``seen_at[k]`` (default: its own time), as a live cycle sees the newest market data it has
+    fetched. Ticks never go back: a step before a decision that saw older data sees that data too.
+    ``end`` past the last step adds a last step there (fills count up to ``end``).
+    """
+    time, tick, decide = _steps(history, interval, decision_times, seen_at)
+    if end is not None and end > time[-1]:
+        time, tick = np.append(time, end), np.append(tick, tick[-1])
+        decide = np.append(decide, False)
+    return time, tick, decide
+
+
+def _steps(history: History, interval: float, decision_times: Sequence[float] | None,
+           seen_at: Sequence[float] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     time = history.time
     if decision_times is None:
         return time, np.arange(len(time), dtype=np.int64), decision_mask(time, interval)
-    wanted = np.asarray(sorted(decision_times), dtype=np.float64)
-    if len(wanted) and (wanted[0] < time[0] or wanted[-1] > time[-1]):
-        raise ValueError("decision times must lie within the recorded ticks "
-                         f"({time[0]:.0f}..{time[-1]:.0f})")
-    steps = np.union1d(time, wanted)
-    tick = np.searchsorted(time, steps, side="right").astype(np.int64) - 1
-    return steps, tick, np.isin(steps, wanted)
+    wanted = np.asarray(decision_times, dtype=np.float64)
+    seen = wanted if seen_at is None else np.asarray(seen_at, dtype=np.float64)
+    if len(seen) != len(wanted):
+        raise ValueError(f"{len(seen)} seen_at times for {len(wanted)} decision times")
+    if len(wanted) and (np.diff(wanted) < 0).any():
+        raise ValueError("decision times must not go back")
+    if len(wanted) and seen.min() < time[0]:
+        raise ValueError(f"a decision saw the market at {seen.min():.0f}, before the first "
+                         f"recorded tick ({time[0]:.0f})")
+    plain = ~np.isin(time, wanted)
+    step_time = np.concatenate([time[plain], wanted])
+    tick = np.concatenate([np.flatnonzero(plain),
+                           np.searchsorted(time, seen, side="right") - 1]).astype(np.int64)
+    decide = np.concatenate([np.zeros(int(plain.sum()), bool), np.ones(len(wanted), bool)])
+    order = np.argsort(step_time, kind="stable")
+    step_time, tick, decide = step_time[order], tick[order], decide[order]
+    return step_time, np.minimum.accumulate(tick[::-1])[::-1], decide
 
 
 def run_variant(history: History, config: Config, variant: Variant, settings: RunSettings,
                 mode: str, *, targets: Sequence[TargetConfig] | None = None,
                 decision_times: Sequence[float] | None = None,
+                seen_at: Sequence[float] | None = None, end: float | None = None,
                 starting_orders: Sequence[StartingOrder] = (),
                 progress: Callable[[int], None] | None = None,
                 keep_trace: bool = False) -> RunRecord:
     """Replay ``history`` with ``variant`` deciding for ``targets`` (default: every configured
     target), in ``mode`` ``replay`` (rivals as recorded) or ``reactive`` (the best rivals answer).
 
-    ``decision_times``/``starting_orders`` replay a live session (see the module docstring);
+    ``decision_times``/``seen_at``/``end``/``starting_orders`` replay a live session (see
+    ``steps`` and the module docstring);
     ``progress(steps_done)`` is called now and then; ``keep_trace`` keeps every step's plan.
     """
     if mode not in MODES:
@@ -149,7 +184,8 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     if missing:
         raise ValueError(f"the history was loaded without the {', '.join(missing)} market")
     run = _Run(history, config, variant, settings, mode, targets, keep_trace)
-    step_time, step_tick, decide = steps(history, config.bot.decide_interval, decision_times)
+    step_time, step_tick, decide = steps(history, config.bot.decide_interval, decision_times,
+                                   seen_at, end)
     step_dt = step_durations(step_time)
     run.start(starting_orders, step_time[0], len(step_time))
     for s, step in enumerate(zip(step_time.tolist(), step_tick.tolist(), decide.tolist(),
@@ -185,7 +221,7 @@ class _Run:
         self.markets = {m: ReplayMarket(history, history.markets[m])
                         for m in sorted({t.market for t in targets})}
         self.caches = {m: StaticMatchCache() for m in self.markets}
-        self.strategies = {t.name: variant.instance() for t in targets}
+        self.strategies = {t.name: variant.instance(t) for t in targets}
         self.started: set[str] = set()
         self.reactive = {m: ReactiveRivals(settings.reactive, history.markets[m].server_id)
                          for m in self.markets} if mode == "reactive" else {}

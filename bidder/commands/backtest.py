@@ -13,6 +13,8 @@ from bidder.backtest.exchange import ExchangeRules
 from bidder.backtest.grid import ProgressBar, default_workers, expand_grid, run_backtest
 from bidder.backtest.plot import PlotUnavailable, plot, require_matplotlib
 from bidder.backtest.reactive import ReactiveSettings
+from bidder.backtest.replay_diff import ReplayDiffError, describe, load_run, replay_diff
+from bidder.backtest.replay_diff import as_json as replay_json
 from bidder.backtest.report import as_json, table, write_json
 from bidder.backtest.runner import MODES, RunSettings
 from bidder.config import Config, load_config
@@ -36,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "built-in defaults, which have no targets)")
     parser.add_argument("--db", default=None,
                         help="database URL (default: the config's [storage] url or bidder.db)")
-    parser.add_argument("--strategy", action="append", required=True, metavar="NAME[:k=v,...]",
+    parser.add_argument("--strategy", action="append", default=None, metavar="NAME[:k=v,...]",
                         help="a strategy and its parameters, e.g. outbid:tick=0.05; repeat it to "
                              "compare strategies; 'a|b' in a value makes a grid "
                              "(outbid:tick=0.01|0.05)")
@@ -63,6 +65,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write a PNG of prices and holdings (needs matplotlib)")
     parser.add_argument("--progress", action="store_true",
                         help="show a progress bar even when stderr is not a terminal")
+    parser.add_argument("--replay-diff", action="store_true",
+                        help="instead of strategies: replay the period a bot run covered (its "
+                             "recorded config, cycle times and starting orders) and show where "
+                             "the replay's decisions and costs differ from what the bot did")
+    parser.add_argument("--run", type=int, default=None, metavar="ID",
+                        help="with --replay-diff: the bot run to replay (default: the newest)")
 
 
 def parse_time(text: str | None, name: str) -> float | None:
@@ -90,13 +98,50 @@ def _check_output(path: Path | None, option: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        return _run(args)
-    except (UsageError, StrategyError, HistoryError, StorageError, PlotUnavailable) as err:
+        return _replay_diff(args) if args.replay_diff else _run(args)
+    except (UsageError, StrategyError, HistoryError, StorageError, PlotUnavailable,
+            ReplayDiffError) as err:
         print(f"bidder backtest: {err}", file=sys.stderr)
         return 2
 
 
+def _exchange_settings(args: argparse.Namespace, config: Config) -> tuple[ExchangeRules, RunSettings]:
+    step_rule = args.step_rule or config.sim.step_rule
+    try:
+        StepRule.parse(step_rule)
+    except ValueError as err:
+        raise UsageError(f"--step-rule: {err}") from None
+    exchange = ExchangeRules(step_rule=step_rule, payment=args.payment or config.sim.payment)
+    return exchange, RunSettings(exchange, ReactiveSettings(
+        seed=config.sim.seed if args.seed is None else args.seed))
+
+
+def _replay_diff(args: argparse.Namespace) -> int:
+    misplaced = [name for name, given in (("--strategy", args.strategy), ("--target", args.target),
+                                          ("--from", args.start), ("--to", args.end),
+                                          ("--plot", args.plot)) if given]
+    if misplaced:
+        raise UsageError(f"--replay-diff replays a bot run as it was: {', '.join(misplaced)} "
+                         "cannot be used with it")
+    config = load_config(args.config) if args.config is not None else Config()
+    setup_logging(args.log_level)
+    _check_output(args.json, "--json")
+    _, settings = _exchange_settings(args, config)
+    url = args.db or config.storage_url()
+    with open_database(url, writer=False) as db, db.sessions() as session:
+        recorded = load_run(session, args.run)
+        diff = replay_diff(session, recorded, settings)
+    print(describe(diff, _iso_seconds))
+    if args.json is not None:
+        write_json(args.json, replay_json(diff))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if not args.strategy:
+        raise UsageError("give at least one --strategy (or --replay-diff)")
+    if args.run is not None:
+        raise UsageError("--run goes with --replay-diff")
     config = load_config(args.config) if args.config is not None else Config()
     setup_logging(args.log_level)
     if args.plot is not None:
@@ -113,14 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     start, end = parse_time(args.start, "--from"), parse_time(args.end, "--to")
     if start is not None and end is not None and start > end:
         raise UsageError(f"--from is after --to ({args.start} > {args.end}): the range is empty")
-    step_rule = args.step_rule or config.sim.step_rule
-    try:
-        StepRule.parse(step_rule)
-    except ValueError as err:
-        raise UsageError(f"--step-rule: {err}") from None
-    exchange = ExchangeRules(step_rule=step_rule, payment=args.payment or config.sim.payment)
-    settings = RunSettings(exchange, ReactiveSettings(seed=config.sim.seed if args.seed is None
-                                                      else args.seed))
+    exchange, settings = _exchange_settings(args, config)
     modes = MODES if args.mode == "both" else (args.mode,)
 
     url = args.db or config.storage_url()
@@ -160,6 +198,10 @@ def _targets(config: Config, names: list[str] | None) -> list[Any]:
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(float(t), tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _iso_seconds(t: float) -> str:
+    return datetime.fromtimestamp(float(t), tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _settings(history: Any, exchange: ExchangeRules, settings: RunSettings, targets: list[Any],

@@ -8,7 +8,7 @@ import pytest
 from bidder.backtest.exchange import ExchangeRules, StartingOrder
 from bidder.backtest.grid import run_backtest
 from bidder.backtest.reactive import ReactiveSettings
-from bidder.backtest.runner import RunSettings, Variant, run_variant
+from bidder.backtest.runner import AS_CONFIGURED, RunSettings, Variant, run_variant, steps
 from bidder.rules import ChangePrice, Create
 
 from bt_helpers import T0, config, history
@@ -158,3 +158,39 @@ def test_unit_servers_counts_servers_not_gpus():
     m = metrics(h, cfg, hold(5.0, server=1))
     assert m["availability"] == 1.0 and m["gpu_hours"] == pytest.approx(4 * 4 * 60 / 3600)
     assert math.isclose(m["cost_per_gpu_hour"], m["cost"] / m["gpu_hours"])
+
+
+def test_a_replayed_cycle_sees_the_data_it_saw_and_two_cycles_may_share_a_time():
+    h = history(np.full((6, 1), NONE))  # ticks every 60 s from T0
+    times = [T0 + 120.0, T0 + 120.0, T0 + 200.0]
+    seen = [T0 + 60.0, T0 + 120.0, T0 + 180.0]
+    step_time, step_tick, decide = steps(h, 60.0, times, seen, end=T0 + 400.0)
+    assert (step_time - T0).tolist() == [0.0, 60.0, 120.0, 120.0, 180.0, 200.0, 240.0, 300.0,
+                                         400.0]
+    assert step_tick.tolist() == [0, 1, 1, 2, 3, 3, 4, 5, 5]  # the first 120 s cycle saw tick 1
+    assert decide.tolist() == [False, False, True, True, False, True, False, False, False]
+
+
+def test_a_step_before_a_cycle_that_saw_older_data_never_runs_ahead_of_it():
+    h = history(np.full((4, 1), NONE))
+    _, step_tick, _ = steps(h, 60.0, [T0 + 130.0], [T0 + 30.0])
+    assert step_tick.tolist() == [0, 0, 0, 0, 3]  # ticks 60 and 120 wait for the cycle at 130
+
+
+@pytest.mark.parametrize("times, seen, message", [
+    ([T0 + 120.0, T0 + 60.0], None, "must not go back"),
+    ([T0 + 60.0], [T0 - 1.0], "before the first recorded tick"),
+    ([T0 + 60.0], [T0, T0], "2 seen_at times for 1 decision times"),
+])
+def test_bad_decision_times_are_refused(times, seen, message):
+    h = history(np.full((4, 1), NONE))
+    with pytest.raises(ValueError, match=message):
+        steps(h, 60.0, times, seen)
+
+
+def test_each_target_may_run_its_configured_strategy():
+    cfg = config()
+    cfg.targets[0].strategy, cfg.targets[0].strategy_params = "bt_helpers:Hold", {"price": 6.0}
+    run = run_variant(history(np.full((3, 1), NONE), floor=1.0), cfg, AS_CONFIGURED,
+                      RunSettings(), "replay", keep_trace=True)
+    assert run.trace[0][1].actions[0].price == 6.0

@@ -1,0 +1,324 @@
+"""``--replay-diff``: replay the period a bot run covered and show where the backtest parts from it.
+
+The backtest is only worth trusting if, fed what the bot saw, it does what the bot did and pays
+what the bot paid. This replays one recorded run (live, sim or dry-run) through the backtester with
+the run's own recorded config and strategies, deciding at the run's cycle times on the market data
+each cycle saw (``seen_at``), starting from the orders the run found open, and compares:
+
+- decisions: per decided cycle, the actions the bot planned against the actions the replay
+  planned (kind, server, price); after the first difference the two follow different books, so
+  that first difference is the one to read;
+- costs: per target, what the exchange billed the run's own orders (their ``spend`` from
+  ``my_orders``, final spend included) against what the replay's fill model charged over the same
+  time (price x time held, fees apart; a dry run's bill is its virtual fills'). Orders that were
+  already open when the run started are replayed but left out of the cost (their spend before
+  the start is unknown), and the report says how many.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bidder.backtest.data import HistoryError, load_history
+from bidder.backtest.exchange import StartingOrder
+from bidder.backtest.runner import AS_CONFIGURED, DAY, RunRecord, RunSettings, run_variant
+from bidder.config import Config, ConfigError, parse_config
+from bidder.rules import Plan, StepKnowledge, action_json
+from storage.models import ApiCall, BotCycle, BotDecision, BotOrder, BotOrderEvent, BotRun
+
+PRICE_TOLERANCE = 1e-9
+"""Relative: two planned prices this close are the same decision."""
+SHOWN_DIFFERENCES = 10
+
+
+class ReplayDiffError(ValueError):
+    """The database holds no run that can be replayed (the message says why)."""
+
+
+ActionKey = tuple[str, str, int, float]
+"""(target, kind, server id, price; 0 for a cancel)"""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedCycle:
+    at: float
+    seen_at: float
+    """The newest market data the cycle decided on."""
+    data_from: float
+    """The oldest of its markets' data (the replay's history starts there)."""
+    actions: tuple[ActionKey, ...]
+
+
+@dataclass(slots=True)
+class RecordedRun:
+    """What one bot run did, as the database recorded it."""
+
+    run_id: int
+    mode: str
+    config: Config
+    started_at: float
+    end: float
+    """Costs are compared up to here: the run's last ``my_orders`` sync (live, sim), else its last
+    cycle."""
+    cycles: list[RecordedCycle]
+    starting: list[StartingOrder]
+    billed: dict[str, float]
+    """Per target: what the exchange billed the orders the run created (price x time, no fees)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CycleDiff:
+    at: float
+    bot: tuple[ActionKey, ...]
+    replay: tuple[ActionKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CostDiff:
+    target: str
+    currency: str
+    bot: float
+    replay: float
+    comparable: bool
+    """False when the target had orders open at the start: the replay pays for them, the bot's
+    bill (its own orders' spend) cannot."""
+
+    @property
+    def gap(self) -> float:
+        """(replay - bot) / bot; NaN when not comparable or the bot paid nothing."""
+        return (self.replay - self.bot) / self.bot if self.comparable and self.bot > 0 \
+            else math.nan
+
+
+@dataclass(slots=True)
+class ReplayDiff:
+    run: RecordedRun
+    cycles: int
+    differences: list[CycleDiff] = field(default_factory=list)
+    costs: list[CostDiff] = field(default_factory=list)
+
+
+# --- reading the run ----------------------------------------------------------------------------
+
+
+def load_run(session: Session, run_id: int | None = None) -> RecordedRun:
+    """The run ``run_id`` (default: the newest) with its decided cycles, starting orders and bill."""
+    query = select(BotRun).order_by(BotRun.id.desc())
+    run = session.scalars(query.where(BotRun.id == run_id) if run_id is not None else query).first()
+    if run is None:
+        raise ReplayDiffError("no bot run recorded in this database" if run_id is None
+                              else f"no bot run with id {run_id} in this database")
+    try:
+        config = parse_config(run.config, f"the config recorded by run {run.id}")
+    except ConfigError as err:
+        raise ReplayDiffError(f"run {run.id} cannot be replayed: {err}") from None
+    cycles = _cycles(session, run.id)
+    if not cycles:
+        raise ReplayDiffError(f"run {run.id} ({run.mode}) never decided: nothing to replay")
+    orders = list(session.scalars(select(BotOrder).where(
+        BotOrder.target.is_not(None), BotOrder.state != "failed")))
+    start = cycles[0].at
+    end = _last_sync(session, run.started_at) if run.mode != "dry-run" else None
+    end = end if end is not None else cycles[-1].at
+    mine = [o for o in orders if run.started_at <= o.created_at <= end
+            and o.dry_run == (run.mode == "dry-run")]
+    starting = [o for o in orders if o.created_at < run.started_at
+                and (o.closed_at is None or o.closed_at > start)
+                and o.dry_run == (run.mode == "dry-run")]
+    billed: dict[str, float] = {t.name: 0.0 for t in config.targets}
+    for order in mine:
+        if order.target in billed:
+            billed[order.target] += (_virtual_bill(session, order, end) if order.dry_run
+                                     else order.spend or 0.0)
+    return RecordedRun(run.id, run.mode, config, run.started_at, end, cycles,
+                       [_starting(session, o, run.started_at) for o in starting], billed)
+
+
+def _cycles(session: Session, run_id: int) -> list[RecordedCycle]:
+    rows = session.execute(
+        select(BotCycle.id, BotCycle.at, BotCycle.gigaspot_frame_time, BotCycle.spot_frame_time)
+        .where(BotCycle.run_id == run_id, BotCycle.skipped.is_(None)).order_by(BotCycle.id)).all()
+    actions: dict[int, list[ActionKey]] = {}
+    for cycle_id, recorded in session.execute(
+            select(BotDecision.cycle_id, BotDecision.actions)
+            .join(BotCycle, BotCycle.id == BotDecision.cycle_id)
+            .where(BotCycle.run_id == run_id)):
+        actions.setdefault(cycle_id, []).extend(_key(a) for a in recorded)
+    out = []
+    for cycle_id, at, giga, spot in rows:
+        frames = [t for t in (giga, spot) if t is not None] or [at]
+        out.append(RecordedCycle(at, max(frames), min(frames),
+                                 tuple(sorted(actions.get(cycle_id, ())))))
+    return out
+
+
+def _key(action: dict[str, Any]) -> ActionKey:
+    return (str(action["target"]), str(action["kind"]), int(action["server_id"]),
+            float(action.get("price", 0.0)))
+
+
+def _last_sync(session: Session, since: float) -> float | None:
+    """When ``my_orders`` last answered (the spends stored are as of then)."""
+    return session.scalar(select(ApiCall.started_at).where(
+        ApiCall.endpoint == "my_orders", ApiCall.outcome == "ok", ApiCall.started_at >= since)
+        .order_by(ApiCall.started_at.desc()).limit(1))
+
+
+def _starting(session: Session, order: BotOrder, start: float) -> StartingOrder:
+    """``order`` as it stood when the run started (its row holds its state now): the price,
+    last lowering and step knowledge its events give up to ``start``."""
+    assert order.target is not None
+    price, lowered_at, knowledge = order.price, None, None
+    for at, kind, event_price, detail in session.execute(
+            select(BotOrderEvent.at, BotOrderEvent.kind, BotOrderEvent.price,
+                   BotOrderEvent.detail)
+            .where(BotOrderEvent.order_ref == order.id, BotOrderEvent.at < start)
+            .order_by(BotOrderEvent.id)):
+        if kind in ("created", "confirmed", "raised", "lowered", "adopted") \
+                and event_price is not None:
+            price = event_price
+        if kind == "lowered":
+            lowered_at = at
+        if kind == "step_learned" and detail and event_price is not None:
+            knowledge = StepKnowledge(event_price, float(detail["max_step"]))
+    return StartingOrder(order.target, order.server_id, price,
+                         order.confirmed_at or order.created_at, order.order_id, lowered_at,
+                         knowledge)
+
+
+def _virtual_bill(session: Session, order: BotOrder, end: float) -> float:
+    """What a dry-run order would have paid: its price over the time its virtual fill held.
+
+    A virtual fill is judged once a cycle; each judgement holds until the next, and the first
+    one from the order's creation on (the exchange would have judged it at once)."""
+    events = session.execute(select(BotOrderEvent.at, BotOrderEvent.kind, BotOrderEvent.price)
+                             .where(BotOrderEvent.order_ref == order.id)
+                             .order_by(BotOrderEvent.id)).all()
+    total, held_since, price, judged = 0.0, None, order.price, False
+    for at, kind, new_price in [*events, (end, "end", None)]:
+        at = min(at, end)
+        if held_since is not None:
+            total += price * (at - held_since) / DAY
+        if kind == "won":
+            held_since = at if judged else min(order.created_at, at)
+            total += price * (at - held_since) / DAY
+            held_since = at
+        elif kind in ("outbid", "closed", "end"):
+            held_since = None
+        elif held_since is not None:
+            held_since = at
+        judged |= kind in ("won", "outbid")
+        if new_price is not None:
+            price = new_price
+    return total
+
+
+# --- replaying it -------------------------------------------------------------------------------
+
+
+def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> ReplayDiff:
+    """Replay ``run`` on the market recorded in ``session`` and compare."""
+    config = run.config
+    first_seen = min(c.data_from for c in run.cycles)
+    extra: dict[str, list[int]] = {}
+    for order in run.starting:
+        market = next(t.market for t in config.targets if t.name == order.target)
+        extra.setdefault(market, []).append(order.server_id)
+    try:
+        history = load_history(session, config.targets, allocation=config.markets.gigaspot.allocation,
+                               start=first_seen, end=run.end, grid_interval=config.bot.decide_interval,
+                               extra_servers=extra)
+    except HistoryError as err:
+        raise ReplayDiffError(f"run {run.run_id}: {err}") from None
+    record = run_variant(history, config, AS_CONFIGURED, settings, "replay",
+                         decision_times=[c.at for c in run.cycles],
+                         seen_at=[c.seen_at for c in run.cycles], end=run.end,
+                         starting_orders=run.starting, keep_trace=True)
+    assert record.trace is not None
+    out = ReplayDiff(run, len(run.cycles))
+    for cycle, (_, the_plan) in zip(run.cycles, record.trace):
+        mine = _plan_keys(the_plan)
+        if not _same(cycle.actions, mine):
+            out.differences.append(CycleDiff(cycle.at, cycle.actions, mine))
+    carried = {o.target for o in run.starting}
+    for target in config.targets:
+        out.costs.append(CostDiff(target.name, target.currency, run.billed[target.name],
+                                  _cost_until(record, target.name, run.started_at, run.end),
+                                  target.name not in carried))
+    return out
+
+
+def _plan_keys(the_plan: Plan) -> tuple[ActionKey, ...]:
+    return tuple(sorted(_key(action_json(a)) for a in the_plan.actions))
+
+
+def _same(a: Sequence[ActionKey], b: Sequence[ActionKey]) -> bool:
+    if Counter(k[:3] for k in a) != Counter(k[:3] for k in b):
+        return False
+    return all(x[:3] == y[:3] and math.isclose(x[3], y[3], rel_tol=PRICE_TOLERANCE)
+               for x, y in zip(a, b))
+
+
+def _cost_until(record: RunRecord, target: str, start: float, end: float) -> float:
+    """What the replay's fill model charged ``target`` between ``start`` and ``end`` (no fees)."""
+    t = record.step_time
+    lo = np.clip(t, start, end)
+    hi = np.clip(t + record.step_dt, start, end)
+    return float(np.sum(record.targets[target].paid_per_day * (hi - lo)) / DAY)
+
+
+# --- showing it ---------------------------------------------------------------------------------
+
+
+def describe(diff: ReplayDiff, when: Any) -> str:
+    """The report for people; ``when(t)`` formats a time."""
+    run = diff.run
+    lines = [f"run {run.run_id} ({run.mode}): {diff.cycles} decided cycles from "
+             f"{when(run.cycles[0].at)} to {when(run.cycles[-1].at)} UTC; costs up to "
+             f"{when(run.end)}"]
+    if run.starting:
+        lines.append(f"{len(run.starting)} order(s) were open when the run started: replayed, but "
+                     "left out of the costs (their spend before the start is unknown)")
+    n = len(diff.differences)
+    lines.append(f"decisions: {n} of {diff.cycles} cycles differ"
+                 + (" (later ones may follow from the first: from there the replay's orders are "
+                    "not the bot's)" if n else ""))
+    for d in diff.differences[:SHOWN_DIFFERENCES]:
+        lines.append(f"  {when(d.at)}  bot:    {_actions_text(d.bot)}")
+        lines.append(f"  {' ' * len(when(d.at))}  replay: {_actions_text(d.replay)}")
+    if n > SHOWN_DIFFERENCES:
+        lines.append(f"  ... and {n - SHOWN_DIFFERENCES} more (--json has them all)")
+    lines.append(f"{'target':<16} {'bot paid':>12} {'replay paid':>12} {'gap':>8}  currency")
+    for c in diff.costs:
+        gap = "n/a" if math.isnan(c.gap) else f"{c.gap:+.2%}"
+        gap = gap if c.comparable else "carried"
+        lines.append(f"{c.target:<16} {c.bot:>12.4f} {c.replay:>12.4f} {gap:>8}  {c.currency}")
+    return "\n".join(lines)
+
+
+def _actions_text(actions: Sequence[ActionKey]) -> str:
+    if not actions:
+        return "nothing"
+    return ", ".join(f"{target}: {kind} {server}" + ("" if kind == "cancel" else f" @ {price:.6g}")
+                     for target, kind, server, price in actions)
+
+
+def as_json(diff: ReplayDiff) -> dict[str, Any]:
+    run = diff.run
+    return {
+        "run": run.run_id, "mode": run.mode, "cycles": diff.cycles,
+        "from": run.cycles[0].at, "to": run.cycles[-1].at, "costs_until": run.end,
+        "starting_orders": len(run.starting),
+        "differences": [{"at": d.at, "bot": [list(k) for k in d.bot],
+                         "replay": [list(k) for k in d.replay]} for d in diff.differences],
+        "costs": [{"target": c.target, "currency": c.currency, "bot": c.bot, "replay": c.replay,
+                   "comparable": c.comparable, "gap": None if math.isnan(c.gap) else c.gap} for c in diff.costs],
+    }

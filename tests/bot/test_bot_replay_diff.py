@@ -1,0 +1,143 @@
+"""``bidder backtest --replay-diff`` on sessions recorded against the simulated market: the
+backtester, replaying what the bot saw, decides exactly what the bot decided and charges within
+1 % of what the exchange billed; a changed record shows up as a difference."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from bidder.backtest.replay_diff import ReplayDiffError, load_run, replay_diff
+from bidder.backtest.runner import RunSettings
+from bidder.cli import main
+from bidder.clock import ManualClock
+from bidder.sim import SimMarket, SimOptions
+from bot_helpers import KEY, START, drive, giga_target, make_config, new_bot
+from storage.db import Database, open_database
+from storage.models import BotCycle, BotDecision, BotOrder
+
+HOURS = 3.0
+
+
+def record_session(path: Path, *, hours: float = HOURS, mode: str = "live",
+                   runs: int = 1) -> SimMarket:
+    """A seeded GigaSPOT session: competitors outbid the bot, a machine is rented on demand
+    under one of its orders, it cancels and moves. ``runs`` > 1: the bot is stopped and started
+    again that many times (each run ``hours`` long), keeping its orders."""
+    clock = ManualClock(START)
+    market = SimMarket(SimOptions(seed=11, spot_servers=24, gigaspot_machines=48), clock)
+    config = make_config(giga_target(count=4, max_price_per_gpu_day=60.0, min_reliability=0.8,
+                                     strategy_params={"tick": 0.5}),
+                         bot={"decide_interval": 60.0},
+                         poller={"gigaspot_interval": 20.0, "spot_interval": 60.0})
+    with open_database(f"sqlite:///{path}", writer=True) as database:
+        for _ in range(runs):
+            bot = new_bot(config, database, clock, market.transport(), None, mode=mode)
+            bot.start()
+            drive(bot, clock, hours * 3600)
+            bot.finish("stopped")
+    return market
+
+
+@pytest.fixture(scope="module")
+def session_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SimMarket]:
+    path = tmp_path_factory.mktemp("replay") / "session.db"
+    return path, record_session(path)
+
+
+def diff_of(path: Path):
+    with open_database(f"sqlite:///{path}", writer=False) as db, db.sessions() as session:
+        return replay_diff(session, load_run(session), RunSettings())
+
+
+def test_a_sim_session_replays_with_no_decision_gap_and_under_one_percent_cost(session_db):
+    path, market = session_db
+    diff = diff_of(path)
+    assert diff.cycles > 150
+    assert diff.differences == []
+    (cost,) = diff.costs
+    ended = {o.id: o.spend for o in market.orders_of(KEY) if not o.open}
+    assert ended  # the final spend of the orders it cancelled is the exchange's own
+    with open_database(f"sqlite:///{path}", writer=False) as db, db.sessions() as session:
+        rows = session.execute(select(BotOrder.order_id, BotOrder.spend).where(
+            BotOrder.order_id.in_(list(ended)))).all()
+    recorded = {order_id: spend for order_id, spend in rows}
+    assert recorded == ended
+    billed = sum(o.spend for o in market.orders_of(KEY))  # billed a second past the last sync
+    assert cost.bot == pytest.approx(billed, rel=1e-3)
+    assert cost.bot > 1.0 and abs(cost.gap) < 0.01, cost
+
+
+def test_a_changed_decision_and_a_changed_bill_show_up(session_db, tmp_path):
+    path, _ = session_db
+    copy = tmp_path / "changed.db"
+    copy.write_bytes(path.read_bytes())
+    with open_database(f"sqlite:///{copy}", writer=True) as db, db.sessions.begin() as session:
+        decision = session.scalars(select(BotDecision).join(BotCycle).where(
+            BotDecision.actions != []).order_by(BotCycle.id.desc())).first()
+        first = dict(decision.actions[0])
+        if "price" in first:
+            first["price"] *= 1.01
+        else:
+            first["server_id"] += 1
+        decision.actions = [first, *decision.actions[1:]]
+        changed_at = session.get(BotCycle, decision.cycle_id).at
+        order = session.scalars(select(BotOrder)).first()
+        order.spend *= 2
+    diff = diff_of(copy)
+    assert [d.at for d in diff.differences] == [changed_at]
+    assert diff.differences[0].bot != diff.differences[0].replay
+    assert diff.costs[0].gap < -0.1
+
+
+def test_a_dry_run_session_replays_its_virtual_fills(tmp_path):
+    path = tmp_path / "dry.db"
+    market = record_session(path, hours=1.5, mode="dry-run")
+    assert not market.orders_of(KEY)  # nothing was sent
+    diff = diff_of(path)
+    assert diff.run.mode == "dry-run" and diff.differences == []
+    (cost,) = diff.costs
+    assert cost.bot > 0 and abs(cost.gap) < 0.01, cost
+
+
+def test_a_restarted_bot_replays_from_the_orders_it_found(tmp_path):
+    path = tmp_path / "restart.db"
+    record_session(path, hours=1.0, runs=2)
+    diff = diff_of(path)
+    assert diff.run.run_id == 2 and len(diff.run.starting) >= 2
+    assert diff.differences == []
+    (cost,) = diff.costs
+    assert not cost.comparable and math.isnan(cost.gap)  # its spend before the restart is unknown
+
+
+def test_the_cli_prints_the_report_and_writes_json(session_db, tmp_path, capsys):
+    path, _ = session_db
+    out = tmp_path / "diff.json"
+    code = main(["backtest", "--replay-diff", "--db", f"sqlite:///{path}", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "decisions: 0 of" in printed and "run 1 (live)" in printed
+    import json
+    document = json.loads(out.read_text())
+    assert document["differences"] == [] and document["costs"][0]["target"] == "g"
+    assert math.isfinite(document["costs"][0]["gap"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--replay-diff", "--strategy", "outbid"], "--strategy cannot be used with it"),
+    (["--replay-diff", "--run", "9"], "no bot run with id 9"),
+    (["--run", "1", "--strategy", "outbid"], "--run goes with --replay-diff"),
+    ([], "give at least one --strategy"),
+])
+def test_cli_errors(session_db, capsys, argv, message):
+    path, _ = session_db
+    assert main(["backtest", "--db", f"sqlite:///{path}", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_database_without_runs_is_refused(database: Database):
+    with database.sessions() as session, pytest.raises(ReplayDiffError, match="no bot run"):
+        load_run(session)
