@@ -86,10 +86,10 @@ def rival_threshold(rule: str, *, bid_start: np.ndarray, bid_price: np.ndarray,
         return np.zeros(n), np.full(n, np.nan)
     counts = bid_start[1:] - bid_start[:-1]
     if np.count_nonzero(counts) == len(bid_price):
-        rows = None if len(bid_price) == n else counts.nonzero()[0]
-        return _one_bid_each(rule, rows, bid_price=bid_price, bid_pl=bid_pl, bid_mine=bid_mine,
-                             gpus=gpus, energy_price=energy_price, clore_usd=clore_usd,
-                             our_pl=our_pl, floor=floor)
+        return one_bid_threshold(rule, bid_price=bid_price, bid_pl=bid_pl, bid_mine=bid_mine,
+                                 gpus=gpus, energy_price=energy_price, clore_usd=clore_usd,
+                                 our_pl=our_pl, floor=floor,
+                                 rows=None if len(bid_price) == n else counts.nonzero()[0])
     rows = np.repeat(np.arange(n, dtype=np.int64), counts)
     rival = ~np.asarray(bid_mine, dtype=bool)
     if floor is not None:
@@ -111,15 +111,18 @@ def rival_threshold(rule: str, *, bid_start: np.ndarray, bid_price: np.ndarray,
     return threshold, rival_price
 
 
-def _one_bid_each(rule: str, rows: np.ndarray | None, *, bid_price: np.ndarray,
-                  bid_pl: np.ndarray, bid_mine: np.ndarray, gpus: np.ndarray,
-                  energy_price: np.ndarray, clore_usd: float, our_pl: float | None,
-                  floor: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def one_bid_threshold(rule: str, *, bid_price: np.ndarray, bid_pl: np.ndarray,
+                      bid_mine: np.ndarray, gpus: np.ndarray, energy_price: np.ndarray,
+                      clore_usd: float | np.ndarray, our_pl: float | None,
+                      floor: np.ndarray | None,
+                      rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``rival_threshold`` when no server has more than one bid (``rows``: each bid's server;
     None when every server has exactly one).
 
     The backtest's frames show each server's best rival only, so this is its every tick: the
-    same numbers without the per-server reductions, which cost more than the rest of a view."""
+    same numbers without the per-server reductions, which cost more than the rest of a view.
+    Without ``rows`` it is element-wise, so it takes arrays of any shape (ticks x servers, with
+    ``clore_usd`` one rate per tick as a column) and gives what one tick at a time gives."""
     n = len(gpus)
     if rows is not None:
         gpus, energy_price = gpus[rows], energy_price[rows]

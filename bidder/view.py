@@ -107,11 +107,14 @@ def _live_mask(frame: MarketFrame, target: TargetConfig, floor: np.ndarray,
 
 def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence[OwnOrder], *,
                       now: float, markets: MarketsConfig, recent_wins: np.ndarray | None = None,
-                      static: np.ndarray | None = None) -> TargetView:
+                      static: np.ndarray | None = None,
+                      thresholds: tuple[np.ndarray, np.ndarray] | None = None) -> TargetView:
     """What ``target``'s strategy sees in ``frame``, with ``orders`` (our live orders for it).
 
     ``markets`` gives the GigaSPOT allocation rule (spot always uses ``highest_price``) and the fee
     fraction. ``static`` is ``static_match(frame, target)`` when the caller keeps it between ticks.
+    ``thresholds`` is every server's ``rival_threshold`` (threshold, rival price) for the target
+    in ``frame``, when the caller has it (a backtest works it out for many ticks at once).
     Servers of our orders are always rows: ``eligible`` False when they no longer match, NaN data
     when they are not in the frame at all.
     """
@@ -140,11 +143,15 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
 
     # every server's threshold, then the kept ones: a server's depends on its own bids only, and
     # one pass over the frame's bid block is cheaper than cutting out the kept servers' bids
-    allocation = markets.gigaspot.allocation if target.market == "gigaspot" else "highest_price"
-    threshold, rival_price = rival_threshold(
-        allocation, bid_start=frame.bid_start, bid_price=frame.bid_price, bid_pl=frame.bid_pl,
-        bid_mine=frame.bid_mine, gpus=frame.gpus, energy_price=frame.energy_price,
-        clore_usd=frame.clore_usd, our_pl=spec.pl, floor=floor_all)
+    if thresholds is None:
+        allocation = markets.gigaspot.allocation if target.market == "gigaspot" \
+            else "highest_price"
+        thresholds = rival_threshold(
+            allocation, bid_start=frame.bid_start, bid_price=frame.bid_price,
+            bid_pl=frame.bid_pl, bid_mine=frame.bid_mine, gpus=frame.gpus,
+            energy_price=frame.energy_price, clore_usd=frame.clore_usd, our_pl=spec.pl,
+            floor=floor_all)
+    threshold, rival_price = thresholds
 
     gpus = frame.gpus[rows]
     columns = {

@@ -69,14 +69,16 @@ def _currency_codes(session: Session, currency_ids: np.ndarray) -> np.ndarray:
 
 
 def _overlapping(table: Table, columns: Iterable[ColumnElement[Any]], snapshots: SnapshotTimes,
-                 machine_ids: Iterable[int] | None) -> Select[Any]:
-    """Versions of ``table`` that held in at least one of ``snapshots`` (which must not be empty),
-    with ``first_snapshot`` and ``end_snapshot`` as the last two columns."""
+                 machine_ids: Iterable[int] | None,
+                 where: Sequence[ColumnElement[bool]] = ()) -> Select[Any]:
+    """Versions of ``table`` that held in at least one of ``snapshots`` (which must not be empty)
+    and meet every ``where``, with ``first_snapshot`` and ``end_snapshot`` as the last two
+    columns."""
     c = table.c
     end = func.coalesce(c.end_snapshot, -1)  # -1: still open (no None: see ``to_columns``)
     query = select(*columns, c.first_snapshot, end).where(
         c.first_snapshot <= int(snapshots.id[-1]),
-        or_(c.end_snapshot.is_(None), c.end_snapshot > int(snapshots.id[0])))
+        or_(c.end_snapshot.is_(None), c.end_snapshot > int(snapshots.id[0])), *where)
     if machine_ids is not None:
         query = query.where(c.machine_id.in_([int(m) for m in machine_ids]))
     return query.order_by(*table.primary_key.columns)
@@ -95,23 +97,20 @@ def _spans(snapshots: SnapshotTimes, first: np.ndarray, end: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
-class BidIntervals:
-    snapshots: SnapshotTimes
+class BidPrices:
+    """Bid versions as a backtest reads its rivals' bids (``bid_prices``: whose bids and in which
+    currency is settled by the query)."""
+
     machine_id: np.ndarray
     """int64"""
     bid_id: np.ndarray
     """int64: the order id"""
-    owner: np.ndarray
-    """int64: user id"""
     price: np.ndarray
     """float64: per server-day, in the bid's currency (CLORE)"""
     pl: np.ndarray
     """float64: power limit, watts"""
     active: np.ndarray
     """bool: this bid held the machine"""
-    currency: np.ndarray
-    """int16: index into ``currencies``"""
-    currencies: tuple[str, ...]
     first: np.ndarray
     """int64: index in ``snapshots`` of the first snapshot this version held in"""
     last: np.ndarray
@@ -119,6 +118,18 @@ class BidIntervals:
 
     def __len__(self) -> int:
         return len(self.bid_id)
+
+
+@dataclass(frozen=True, slots=True)
+class BidIntervals(BidPrices):
+    """Bid versions with who placed them and in which currency."""
+
+    snapshots: SnapshotTimes
+    owner: np.ndarray
+    """int64: user id"""
+    currency: np.ndarray
+    """int16: index into ``currencies``"""
+    currencies: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,8 +229,30 @@ def bid_intervals(session: Session, start: float | None, end: float | None,
     snapshots = snapshot_times(session, start, end) if snapshots is None else snapshots
     values, first, last = _read(session, BIDS, _BID_COLUMNS, _BID_DTYPES, snapshots, machine_ids)
     machine_id, bid_id, owner, price, pl, active, currency_id = values
-    return BidIntervals(snapshots, machine_id, bid_id, owner, price, pl, active,
-                        _currency_codes(session, currency_id), currency_names(session), first, last)
+    return BidIntervals(machine_id=machine_id, bid_id=bid_id, price=price, pl=pl, active=active,
+                        first=first, last=last, snapshots=snapshots, owner=owner,
+                        currency=_currency_codes(session, currency_id),
+                        currencies=currency_names(session))
+
+
+def bid_prices(session: Session, snapshots: SnapshotTimes,
+               machine_ids: Iterable[int] | None = None, *, currency: str,
+               exclude_owners: Sequence[int] = ()) -> BidPrices:
+    """The versions of the bids in ``currency`` of owners other than ``exclude_owners`` that held
+    in one of ``snapshots``, ordered as in ``bid_intervals``. Two columns fewer than
+    ``bid_intervals``: a backtest reads millions of bid versions, and the driver's Python object
+    per value costs more than anything else of it."""
+    c = BIDS.c
+    where = (c.currency_id.in_(select(Currency.id).where(Currency.name == currency)),
+             c.owner.not_in([int(u) for u in exclude_owners]))
+    dtypes = (np.int64, np.int64, np.float64, np.float64, bool, *_SPAN_DTYPES)
+    if len(snapshots) == 0:
+        *values, first, end = to_columns([], dtypes)
+    else:
+        query = _overlapping(BIDS, (c.machine_id, c.bid_id, c.price, c.pl, c.active), snapshots,
+                             machine_ids, where)
+        *values, first, end = to_columns(fetch_rows(session.connection(), query), dtypes)
+    return BidPrices(*values, *_spans(snapshots, first, end))
 
 
 def state_intervals(session: Session, start: float | None, end: float | None,

@@ -8,8 +8,8 @@ So a strategy can never break an exchange rule, and a backtest cannot cheat.
 Prices in a view are **per server per day in the target's order currency** (GigaSPOT: CLORE).
 ``gpus`` converts to per-GPU-day. ``cap`` is already per server-day in the order currency.
 
-Interface version 1. Optional hooks do nothing by default and take ``**kwargs`` so new arguments
-can be added without breaking user strategies.
+Interface version 1. The optional hook ``on_start`` does nothing by default; it and ``decide``
+take ``**kwargs`` so new arguments can be added without breaking user strategies.
 """
 
 from __future__ import annotations
@@ -192,13 +192,10 @@ class Strategy(ABC):
     def decide(self, view: TargetView, **kwargs: Any) -> list[DesiredBid] | None:
         """Desired holdings for ``view.target``, or None for no change."""
 
-    # --- optional hooks: do nothing by default -------------------------------------------------
+    # --- optional hook: does nothing by default ------------------------------------------------
 
     def on_start(self, target: TargetSpec, **kwargs: Any) -> None:
         """Called once before the first ``decide`` of a run (live or backtest)."""
-
-    def on_order_event(self, order: OwnOrder, event: str, **kwargs: Any) -> None:
-        """Called when one of our orders is created, wins, is outbid, lowered or cancelled."""
 
 
 def gpus_needed(spec: TargetSpec, gpus: np.ndarray) -> np.ndarray:

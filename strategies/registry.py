@@ -146,22 +146,38 @@ def _label(strategy: Strategy) -> str:
 def _checked(result: object, view: TargetView) -> list[DesiredBid]:
     if not isinstance(result, (list, tuple)):
         raise ValueError(f"expected a list of DesiredBid or None, got {type(result).__name__}")
+    row = view.candidates.row
     bids: dict[int, DesiredBid] = {}
     for item in result:
-        if not isinstance(item, DesiredBid):
-            raise ValueError(f"expected DesiredBid items, got {type(item).__name__}")
-        sid, price = item.server_id, item.price
-        if not _is_integer(sid):
-            raise ValueError(f"server id {sid!r} is not an integer")
-        if not _is_number(price) or not math.isfinite(price) or price <= 0:
-            raise ValueError(f"price {price!r} for server {sid} is not a positive number")
-        if view.candidates.row(int(sid)) is None:
+        bid = item if _plain(item) else _normalised(item)
+        sid = bid.server_id
+        if not 0.0 < bid.price < math.inf:  # NaN fails too
+            raise ValueError(f"price {item.price!r} for server {sid} is not a positive number")
+        if row(sid) is None:
             raise ValueError(f"server {sid} is not a candidate of this target")
-        if int(sid) in bids:
+        if sid in bids:
             raise ValueError(f"server {sid} is listed twice")
-        plain = type(item) is DesiredBid and type(sid) is int and type(price) is float
-        bids[int(sid)] = item if plain else DesiredBid(int(sid), float(price))
+        bids[sid] = bid
     return list(bids.values())
+
+
+def _plain(item: object) -> bool:
+    """A ``DesiredBid`` of an ``int`` id and a ``float`` price, as the built-ins make them: the
+    common case, checked first and kept as it is."""
+    return type(item) is DesiredBid and type(item.server_id) is int and type(item.price) is float
+
+
+def _normalised(item: object) -> DesiredBid:
+    """``item`` with a plain ``int`` id and ``float`` price (numpy scalars, subclasses), or a
+    ``ValueError`` saying why it cannot be."""
+    if not isinstance(item, DesiredBid):
+        raise ValueError(f"expected DesiredBid items, got {type(item).__name__}")
+    sid, price = item.server_id, item.price
+    if not _is_integer(sid):
+        raise ValueError(f"server id {sid!r} is not an integer")
+    if not _is_number(price):
+        raise ValueError(f"price {price!r} for server {sid} is not a positive number")
+    return DesiredBid(int(sid), float(price))
 
 
 # exact types first: the abstract-class checks cost more than the rest of a bid's checks

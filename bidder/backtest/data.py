@@ -39,13 +39,15 @@ from bidder.backtest.events import EventStream
 from bidder.config import CLORE, TargetConfig
 from bidder.view import static_match
 from storage.arrays import expand, to_columns
+from bidder.backtest.regrid import regrid_market, tick_map
 from storage.bulk import fetch_rows
 from storage.db import open_database, sqlite_path
 from storage.frames import MarketFrame
 from storage.history import (
+    BidPrices,
     SnapshotTimes,
     StateIntervals,
-    bid_intervals,
+    bid_prices,
     fact_intervals,
     snapshot_times,
     state_intervals,
@@ -141,22 +143,25 @@ class History:
 def load_history(session: Session, targets: Sequence[TargetConfig], *, allocation: str,
                  start: float | None = None, end: float | None = None,
                  grid_interval: float = 60.0,
-                 extra_servers: Mapping[str, Iterable[int]] | None = None) -> History:
+                 extra_servers: Mapping[str, Iterable[int]] | None = None,
+                 extra_times: Iterable[float] | None = None) -> History:
     """The history the ``targets`` need between ``start`` and ``end`` (inclusive, UNIX seconds).
 
     ``allocation`` is the GigaSPOT rule the best rival is chosen by. ``grid_interval`` spaces the
     ticks of a recording without GigaSPOT snapshots. ``extra_servers`` (market -> ids) are kept as
-    candidates whatever they are (servers of starting orders). Raises ``HistoryError`` when
-    nothing was recorded in the range.
+    candidates whatever they are (servers of starting orders). ``extra_times`` are ticks added
+    to the grid (within the range), e.g. the moments a bot run's cycles saw spot polls, so a
+    replay can see exactly what they saw. Raises ``HistoryError`` when nothing was recorded in
+    the range.
     """
     extra = {m: set(map(int, ids)) for m, ids in (extra_servers or {}).items()}
     snaps = snapshot_times(session, start, end)
     spot_targets = [t for t in targets if t.market == "spot"]
     giga_targets = [t for t in targets if t.market == "gigaspot"]
     polls = _spot_polls(session, start, end) if spot_targets else None
+    snap_time = snaps.time.astype(np.float64)
     if len(snaps):
-        time = snaps.time.astype(np.float64)
-        clore = snaps.clore_usd.astype(np.float64)
+        time, clore = snap_time, snaps.clore_usd.astype(np.float64)
     elif polls is not None and len(polls.time):
         first = polls.time[polls.time >= (start if start is not None else -np.inf)]
         lo = float(first.min()) if len(first) else float(polls.time.min())
@@ -168,6 +173,12 @@ def load_history(session: Session, targets: Sequence[TargetConfig], *, allocatio
                            f"recorded {_range_text(start, end)}")
     if len(time) == 0:
         raise HistoryError(f"no ticks {_range_text(start, end)}")
+    if extra_times is not None:
+        added = np.asarray(sorted(extra_times), dtype=np.float64)
+        added = added[(added >= time[0]) & (added <= (time[-1] if end is None else end))]
+        grid = np.union1d(time, added)
+        clore = clore[np.searchsorted(time, grid, side="right") - 1]
+        time = grid
 
     rates, rates_index = _rates(session, time)
     if len(snaps) == 0 or np.isnan(clore).any():  # fill from the spot rates where unknown
@@ -179,8 +190,12 @@ def load_history(session: Session, targets: Sequence[TargetConfig], *, allocatio
     if giga_targets:
         if not len(snaps):
             raise HistoryError(f"no GigaSPOT snapshots recorded {_range_text(start, end)}")
-        markets["gigaspot"] = _gigaspot(session, snaps, time, clore, giga_targets, allocation,
-                                        my_ids, extra.get("gigaspot", set()))
+        # built on the snapshots' own ticks, then spread over the finer grid, if any
+        where = tick_map(snap_time, time)
+        giga = _gigaspot(session, snaps, snap_time, clore[where], giga_targets, allocation,
+                         my_ids, extra.get("gigaspot", set()))
+        markets["gigaspot"] = giga if len(time) == len(snap_time) else \
+            regrid_market(giga, where, len(time))
     if spot_targets:
         assert polls is not None
         markets["spot"] = _spot(session, polls, time, spot_targets, extra.get("spot", set()))
@@ -360,23 +375,31 @@ def _part(session: Session, job: _Job, lo: int, hi: int) -> _Part:
     query_ids = job.ids[lo:hi] if job.by_id else None
     states = state_intervals(session, None, None, query_ids, snapshots=job.snapshots)
     state_stream = _state_stream(states, job.ids, n_ticks)
-    bids = bid_intervals(session, None, None, query_ids, snapshots=job.snapshots)
-    b_row = _row_of(job.ids, bids.machine_id)
-    rival = (b_row >= 0) & ~np.isin(bids.owner, np.array(job.my_ids, dtype=np.int64))
-    rival &= np.array([c == CLORE for c in bids.currencies], dtype=bool)[bids.currency] \
-        if len(bids.currencies) else np.zeros(len(b_row), dtype=bool)
-    v = np.flatnonzero(rival)
-    versions = _Versions(row=b_row[v], first=bids.first[v], last=bids.last[v],
-                         price=bids.price[v], pl=bids.pl[v], bid_id=bids.bid_id[v],
-                         birth=_per_key(bids.bid_id[v], bids.first[v], np.minimum),
-                         cap_hint=_per_key(bids.bid_id[v], bids.price[v], np.maximum))
+    bids, b_row = _rival_bids(session, job, query_ids)
+    versions = _Versions(row=b_row, first=bids.first, last=bids.last, price=bids.price,
+                         pl=bids.pl, bid_id=bids.bid_id,
+                         birth=_per_key(bids.bid_id, bids.first, np.minimum),
+                         cap_hint=_per_key(bids.bid_id, bids.price, np.maximum))
     tick, row, values = _best_rivals(versions, n_ticks, lo, hi, state_stream, job.facts,
                                      job.clore, job.allocation)
     gpus_now = _final(job.facts)["gpus"]
-    active = bids.active[v]
-    wins = WinVersions(versions.row[active], versions.first[active], versions.last[active],
-                       versions.price[active] / np.maximum(gpus_now[versions.row[active]], 1))
+    won = bids.active
+    wins = WinVersions(b_row[won], bids.first[won], bids.last[won],
+                       bids.price[won] / np.maximum(gpus_now[b_row[won]], 1))
     return _Part(states, tick, row, values, wins)
+
+
+def _rival_bids(session: Session, job: _Job,
+                query_ids: np.ndarray | None) -> tuple[BidPrices, np.ndarray]:
+    """The CLORE bid versions of others than us on candidate machines, and each one's row."""
+    bids = bid_prices(session, job.snapshots, query_ids, currency=CLORE,
+                      exclude_owners=job.my_ids)
+    row = _row_of(job.ids, bids.machine_id)
+    if query_ids is None:  # every machine was read
+        keep = row >= 0
+        bids = BidPrices(*(getattr(bids, f.name)[keep] for f in fields(BidPrices)))
+        row = row[keep]
+    return bids, row
 
 
 def _state_stream(states: StateIntervals, ids: np.ndarray, n_ticks: int) -> EventStream:

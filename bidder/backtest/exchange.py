@@ -127,6 +127,7 @@ class EmulatedExchange:
         """Changes whenever an order is created, repriced, ended, wins or loses its server."""
         self._own: dict[str, tuple[int, list[OwnOrder]]] = {}
         self._own_of: dict[int, tuple[tuple[object, ...], OwnOrder]] = {}
+        self._oldest: tuple[int, float] = (-1, math.inf)
 
     def counters(self, target: str) -> Counters:
         return self._targets[target].counters
@@ -204,10 +205,20 @@ class EmulatedExchange:
 
     def expire(self, now: float) -> None:
         """End GigaSPOT orders that reached their maximum life."""
+        if now - self._oldest_gigaspot() < self.rules.gigaspot_max_life:
+            return  # the oldest has not: none has
         for order in [o for o in self.orders.values() if o.market == "gigaspot"
                       and now - o.created_at >= self.rules.gigaspot_max_life]:
             self.counters(order.target).expired += 1
             self.end(order, now)
+
+    def _oldest_gigaspot(self) -> float:
+        """When the oldest live GigaSPOT order was created (inf: none), remembered until the
+        orders change: ``expire`` runs at every step."""
+        if self._oldest[0] != self.version:
+            self._oldest = (self.version, min((o.created_at for o in self.orders.values()
+                                               if o.market == "gigaspot"), default=math.inf))
+        return self._oldest[1]
 
     def end(self, order: EmulatedOrder, now: float) -> None:
         """End an order; it pays the creation fee if it lived past ``creation_fee_after``."""

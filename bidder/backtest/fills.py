@@ -82,11 +82,12 @@ def contest(rule: str, payment: str, book: Book, *, price: np.ndarray, birth: np
     if payment not in PAYMENTS:
         raise ValueError(f"unknown payment rule {payment!r}; expected one of {PAYMENTS}")
     gpus, energy = book.gpus, book.energy_price
+    rival = book.rival_price >= book.floor
     return Contest(rule, payment, book, our_pl,
                    np.asarray(power_cost_usd_per_day(our_pl, gpus, energy)),
                    np.asarray(power_cost_usd_per_day(book.rival_pl, gpus, energy)),
-                   book.rival_price >= book.floor, price, book.can_win & (price >= book.floor),
-                   book.rival_birth > birth)
+                   rival, ~rival, np.where(book.can_win, book.floor, np.nan),
+                   price, book.can_win & (price >= book.floor), book.rival_birth > birth)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,10 @@ class Contest:
     rival_power: np.ndarray
     rival: np.ndarray
     """bool: the best rival competes (it bids at least the floor)"""
+    alone: np.ndarray
+    """bool: ``~rival``"""
+    open_floor: np.ndarray
+    """float64: the floor where the server can be won now, NaN elsewhere"""
     price: np.ndarray
     open: np.ndarray
     """bool: the server can be won now, at our price"""
@@ -123,13 +128,13 @@ class Contest:
                           b.gpus, b.energy_price, clore_usd, power=self.our_power)
         theirs = bid_scores(self.rule, b.rival_price, b.rival_pl, b.gpus, b.energy_price,
                             clore_usd, power=self.rival_power)
-        # NaN comparisons are False: no floor, no rival or an unknown score never wins
-        beats = (ours > theirs) | ((ours == theirs) & self.later)
-        win = self.open & (ours == ours) & (~self.rival | beats)
+        # NaN comparisons are False: no floor, no rival or an unknown score never wins; a rival
+        # that came after our order loses an equal score
+        beats = np.where(self.later, ours >= theirs, ours > theirs)
+        win = self.open & np.where(self.alone, ours == ours, beats)
         tie = price_for_score(self.rule, theirs, self.our_pl, b.gpus, b.energy_price, clore_usd,
                               power=self.our_power)
-        marginal = np.where(b.can_win, np.maximum(b.floor, np.where(self.rival, tie, 0.0)),
-                            np.nan)
+        marginal = np.maximum(self.open_floor, np.where(self.rival, tie, 0.0))
         charged = self.price if self.payment == "pay_your_bid" else \
             np.minimum(self.price, marginal)
         return Fill(win, marginal, np.where(win, charged, 0.0))

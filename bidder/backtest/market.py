@@ -6,6 +6,9 @@ only bid (the only one that matters for the threshold and the winner). The frame
 current columns themselves, so a frame is valid until the next ``advance``; the server columns the
 static match depends on are replaced (not changed in place) when a server's facts change, so a
 ``StaticMatchCache`` keeps its masks exactly as long as they hold.
+
+What does not depend on our orders can be worked out for many ticks at once from the recorded
+changes: ``thresholds`` gives the views every server's rival threshold that way.
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bidder.allocation import one_bid_threshold
 from bidder.backtest.data import FLOOR, History, MarketHistory
+from bidder.backtest.events import EventStream
 from bidder.backtest.fills import Book
 from storage.frames import MarketFrame
+
+THRESHOLD_BLOCK = 256
+"""Ticks whose rival thresholds ``ReplayMarket.thresholds`` works out at once."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -46,17 +54,23 @@ class ReplayMarket:
         self._index = {int(s): i for i, s in enumerate(market.server_id.tolist())}
         self._clore_usd: list[float] = history.clore_usd.tolist()
         self._nan = np.full(n, np.nan)
-        self._currencies = [c[len(FLOOR):] for c in self.state if c.startswith(FLOOR)]
+        self._floors = {c[len(FLOOR):]: v for c, v in self.state.items() if c.startswith(FLOOR)}
+        """The state's floor columns by currency: changed in place, never replaced."""
+        self._observed_at = np.empty(n)
+        """Refilled with each frame's time when the market records no observation times"""
+        self._thresholds: dict[tuple[str, float | None, str], _Thresholds] = {}
 
     def advance(self, tick: int) -> None:
         """Apply the recorded changes of every tick up to ``tick`` (never backwards)."""
+        facts, state, rivals = self.data.facts, self.data.state, self.data.rivals
         for t in range(self.tick + 1, tick + 1):
-            if self.data.facts.start[t] != self.data.facts.start[t + 1]:
+            if facts.start[t] != facts.start[t + 1]:  # new arrays: see the module docstring
                 self.facts = {c: v.copy() for c, v in self.facts.items()}
-            for stream, columns in ((self.data.facts, self.facts), (self.data.state, self.state),
-                                    (self.data.rivals, self.rivals)):
-                if stream.apply(t, columns):
-                    self.changed_at[stream.rows_at(t)] = t
+                self.changed_at[facts.apply(t, self.facts)] = t
+            for stream, columns in ((state, self.state), (rivals, self.rivals)):
+                rows = stream.apply(t, columns)
+                if len(rows):
+                    self.changed_at[rows] = t
         self.tick = max(self.tick, tick)
 
     # --- columns ---------------------------------------------------------------------------------
@@ -96,6 +110,9 @@ class ReplayMarket:
         themselves, with nothing to rebuild per tick."""
         facts, state = self.facts, self.state
         observed = state.get("observed_at")
+        if observed is None:
+            observed = self._observed_at
+            observed.fill(now)
         return _ReplayFrame(
             market=self.market, time=now, clore_usd=self.clore_usd(), rates_usd=self.rates(),
             server_id=self.data.server_id, gpus=facts["gpus"], gpu_model=facts["gpu_model"],
@@ -103,11 +120,52 @@ class ReplayMarket:
             rentable=self.rentable, working_properly=state["working_properly"],
             energy_price=self.energy_price, pl_min=facts.get("pl_min", self._nan),
             pl_max=facts.get("pl_max", self._nan),
-            observed_at=observed if observed is not None else np.full(len(self._nan), now),
-            floors={c: state[f"{FLOOR}{c}"] for c in self._currencies}, index=self._index,
+            observed_at=observed, floors=self._floors, index=self._index,
             bid_start=self._one_each, bid_id=self.rivals["bid_id"], bid_owner=self._no_owner,
             bid_price=rival_price, bid_pl=self.rivals["pl"], bid_active=self._false,
             bid_mine=self._false)
+
+    def thresholds(self, rule: str, our_pl: float | None,
+                   currency: str) -> tuple[np.ndarray, np.ndarray]:
+        """``bidder.allocation.rival_threshold`` of every server at the current tick against the
+        recorded best rivals: what a view of the current frame works out, for a bid with power
+        limit ``our_pl`` and floors in ``currency``.
+
+        Worked out for ``THRESHOLD_BLOCK`` ticks at once from the recorded changes: the same
+        element-wise arithmetic on every (tick, server), so the same numbers, at a fraction of the
+        cost of one tick at a time. Only for the recorded rivals: reactive ones move with our
+        orders, and a view of their frame works its thresholds out itself."""
+        key = (rule, our_pl, currency)
+        block = self._thresholds.get(key)
+        if block is None or not block.first <= self.tick < block.first + len(block.threshold):
+            block = self._thresholds[key] = self._threshold_block(rule, our_pl, currency)
+        k = self.tick - block.first
+        return block.threshold[k], block.rival_price[k]
+
+    def _threshold_block(self, rule: str, our_pl: float | None, currency: str) -> _Thresholds:
+        """The thresholds of the ticks from the current one on (see ``thresholds``)."""
+        lo = self.tick
+        hi = min(lo + THRESHOLD_BLOCK, self.history.n_ticks)
+        floor = f"{FLOOR}{currency}"
+
+        def block(stream: EventStream, current: Mapping[str, np.ndarray],
+                  columns: tuple[str, ...]) -> dict[str, np.ndarray]:
+            # the current columns carry the current tick's changes, which apply again as they are
+            known = tuple(c for c in columns if c in current)
+            out = stream.dense(lo, hi, current, known)
+            return {c: out.get(c, np.broadcast_to(self._nan, (hi - lo, len(self._nan))))
+                    for c in columns}
+
+        rivals = block(self.data.rivals, self.rivals, ("price", "pl"))
+        state = block(self.data.state, self.state, ("energy_price", floor))
+        gpus = block(self.data.facts, self.facts, ("gpus",))["gpus"]
+        threshold, rival_price = one_bid_threshold(
+            rule, bid_price=rivals["price"], bid_pl=rivals["pl"],
+            bid_mine=np.zeros(rivals["price"].shape, dtype=bool), gpus=gpus,
+            energy_price=state["energy_price"],
+            clore_usd=self.history.clore_usd[lo:hi, np.newaxis], our_pl=our_pl,
+            floor=state[floor])
+        return _Thresholds(lo, threshold, rival_price)
 
     def book(self, rows: np.ndarray, currency: str | np.ndarray,
              rival_price: np.ndarray) -> Book:
@@ -121,3 +179,11 @@ class ReplayMarket:
                     rival_price=rival_price[rows], rival_pl=self.rivals["pl"][rows],
                     rival_birth=self.rivals["birth"][rows])
 
+
+@dataclass(frozen=True, slots=True)
+class _Thresholds:
+    """Rival thresholds and prices (tick x server) of the ticks from ``first`` on."""
+
+    first: int
+    threshold: np.ndarray
+    rival_price: np.ndarray

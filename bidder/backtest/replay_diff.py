@@ -235,7 +235,8 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
     try:
         history = load_history(session, config.targets, allocation=config.markets.gigaspot.allocation,
                                start=first_seen, end=run.end, grid_interval=config.bot.decide_interval,
-                               extra_servers=extra)
+                               extra_servers=extra,
+                               extra_times=[c.seen_at for c in run.cycles])
     except HistoryError as err:
         raise ReplayDiffError(f"run {run.run_id}: {err}") from None
     record = run_variant(history, config, AS_CONFIGURED, settings, "replay",

@@ -315,7 +315,8 @@ class _Run:
             view = build_target_view(
                 frame, target, self.exchange.own_orders(target.name), now=now,
                 markets=self.config.markets, static=self.caches[target.market].get(frame, target),
-                recent_wins=self._recent_wins(target, strategy, frame, tick))
+                recent_wins=self._recent_wins(target, strategy, frame, tick),
+                thresholds=self._thresholds(target))
             if target.name not in self.started:
                 strategy.on_start(view.target)
                 self.started.add(target.name)
@@ -324,6 +325,16 @@ class _Run:
         self.exchange.apply(actions, now, tick)
         if self.trace is not None:
             self.trace.append((now, actions))
+
+    def _thresholds(self, target: TargetConfig) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every server's rival threshold for ``target`` now, from the replayed market, which
+        works them out for many ticks at once; None (the view works them out) when reactive
+        rivals move the prices."""
+        if target.market in self.reactive:
+            return None
+        return self.markets[target.market].thresholds(
+            self._rule(target.market), float(target.oc.pl) if target.oc is not None else None,
+            target.currency)
 
     def _recent_wins(self, target: TargetConfig, strategy: Strategy, frame: MarketFrame,
                      tick: int) -> np.ndarray | None:

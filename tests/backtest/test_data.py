@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 
 from bidder.backtest.data import HistoryError, load_history
+from bidder.backtest.events import EventStream
 from bidder.backtest.grid import expand_grid, run_backtest
 from bidder.backtest.runner import RunSettings
 from bidder.backtest.simrecord import record_sim
-from bidder.config import parse_config
+from bidder.config import CLORE, parse_config
 from bidder.sim.options import SimOptions
 from storage.db import open_database
 from storage.gigaspot_ingest import SnapshotIngester
+from storage.history import bid_intervals, bid_prices, snapshot_times
 
 from bt_helpers import bid, encode, machine
 
@@ -118,3 +120,32 @@ def test_best_rivals_are_the_same_found_in_blocks_of_ticks(db, monkeypatch):
     for tick in range(6):
         a, b = rivals_at(whole, tick), rivals_at(blocks, tick)
         assert all(np.array_equal(a[c], b[c], equal_nan=a[c].dtype.kind == "f") for c in a)
+
+
+def test_bid_prices_are_the_bid_versions_of_others_in_the_currency(db):
+    record(db, [{"1": machine([bid(11, ME, 50.0, active=True), bid(12, 20, 10.0)]),
+                 "2": machine([bid(14, 22, 9.0, active=True)])},
+                {"1": machine([bid(11, ME, 50.0, active=True), bid(12, 20, 11.0)]),
+                 "2": machine([bid(14, 22, 9.0, active=True), bid(15, 23, 8.0)])}])
+    with db.sessions() as session:
+        snapshots = snapshot_times(session)
+        every = bid_intervals(session, None, None)
+        ours_left_out = bid_prices(session, snapshots, currency=CLORE, exclude_owners=[ME])
+        machine_2 = bid_prices(session, snapshots, [2], currency=CLORE)
+        other_currency = bid_prices(session, snapshots, currency="BTC")
+    kept = every.owner != ME
+    for name in ("machine_id", "bid_id", "price", "pl", "active", "first", "last"):
+        np.testing.assert_array_equal(getattr(ours_left_out, name), getattr(every, name)[kept])
+    assert ours_left_out.bid_id.tolist() == [12, 12, 14, 15]  # by machine, bid and time
+    assert machine_2.bid_id.tolist() == [14, 15] and machine_2.active.tolist() == [True, False]
+    assert len(other_currency) == 0
+
+
+def test_a_tick_applies_its_events_and_names_the_rows_they_changed():
+    stream = EventStream.build(3, np.array([0, 2, 2]), np.array([1, 0, 2]),
+                               {"price": np.array([5.0, 6.0, 7.0])},
+                               {"price": np.array([1.0, 2.0, 3.0])})
+    columns = stream.current()
+    changed = [stream.apply(t, columns).tolist() for t in range(3)]
+    assert changed == [[1], [], [0, 2]]
+    assert columns["price"].tolist() == [6.0, 5.0, 7.0]

@@ -63,3 +63,43 @@ def test_marginal_price_is_nan_where_nothing_can_win():
     m = marginal_price("highest_price", book([4.0, 4.0], can_win=True), 200.0, 0.05)
     assert m.tolist() == [4.0, 4.0]
     assert np.isnan(marginal_price("highest_price", book(4.0, can_win=False), 200.0, 0.05)[0])
+
+
+def plain_fill(rule, payment, b, price, birth, pl, clore):
+    """The fill rule written out straight from the module docstring, for comparison."""
+    def score(p, bid_pl):
+        if rule == "highest_price":
+            return p
+        return p * clore - bid_pl * b.gpus * 24.0 / 1000.0 * b.energy_price
+
+    ours, theirs = score(price, pl), score(b.rival_price, b.rival_pl)
+    rival = b.rival_price >= b.floor
+    beats = (ours > theirs) | ((ours == theirs) & (b.rival_birth > birth))
+    win = b.can_win & (price >= b.floor) & (ours == ours) & (~rival | beats)
+    if rule == "highest_price":
+        tie = theirs
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tie = (theirs + pl * b.gpus * 24.0 / 1000.0 * b.energy_price) / clore
+    marginal = np.where(b.can_win, np.maximum(b.floor, np.where(rival, tie, 0.0)), np.nan)
+    charged = price if payment == "pay_your_bid" else np.minimum(price, marginal)
+    return win, marginal, np.where(win, charged, 0.0)
+
+
+@pytest.mark.parametrize("rule", ["highest_price", "host_profit"])
+@pytest.mark.parametrize("payment", ["pay_your_bid", "second_price"])
+def test_fills_are_the_plain_rule_exactly_also_with_unknowns_and_ties(rule, payment):
+    rng = np.random.default_rng(3)
+    k = 400
+    levels = np.array([4.0, 5.0, 6.0, np.nan])  # few levels: equal scores happen
+    b = Book(floor=rng.choice(levels, k), can_win=rng.random(k) < 0.8,
+             gpus=rng.choice([1, 2, 4], k), energy_price=rng.choice([0.05, 0.1, np.nan], k),
+             rival_price=rng.choice(levels, k), rival_pl=rng.choice([150.0, 200.0, np.nan], k),
+             rival_birth=rng.integers(0, 4, k))
+    price, birth = rng.choice(levels, k), rng.integers(0, 4, k)
+    pl = rng.choice([150.0, 200.0], k)
+    for clore in (0.05, 0.0, np.nan):
+        got = fill(rule, payment, b, price=price, birth=birth, our_pl=pl, clore_usd=clore)
+        for mine, plain in zip((got.win, got.marginal, got.paid),
+                               plain_fill(rule, payment, b, price, birth, pl, clore)):
+            np.testing.assert_array_equal(mine, plain)

@@ -144,6 +144,8 @@ def test_safe_decide_swallows_a_raising_strategy_and_logs_the_target(caplog):
     ([(1, 12.0)], "expected DesiredBid items, got tuple"),
     ([DesiredBid(1, float("nan"))], "price nan for server 1 is not a positive number"),
     ([DesiredBid(1, -3.0)], "price -3.0 for server 1"),
+    ([DesiredBid(1, float("inf"))], "price inf for server 1"),
+    ([DesiredBid(np.int64(1), np.float64("nan"))], "for server 1 is not a positive number"),
     ([DesiredBid(1, True)], "price True for server 1"),
     ([DesiredBid(True, 12.0)], "server id True is not an integer"),
     ([DesiredBid(7, 12.0)], "server 7 is not a candidate of this target"),
