@@ -22,7 +22,7 @@ from bidder.clock import Clock, SystemClock
 from bidder.config import Config, Mode
 from bidder.engine import CycleResult, Engine
 from bidder.executor import Executor
-from bidder.journal import ActivityLog, Journal
+from bidder.journal import SECRET_FIELDS, SECRET_MAPS, ActivityLog, Journal
 from bidder.orders import add_event, close, newly_outbid, open_orders
 from bidder.poller import GigaspotPollResult, MarketPoller, MarketplaceResult, SpotRoundResult
 from bidder.scheduler import JobSpec
@@ -42,8 +42,8 @@ def public_config(config: Config) -> dict[str, Any]:
     """What a run records about its config: everything that shapes its decisions (targets, budget,
     market rules, bot settings), so ``bidder backtest --replay-diff`` can replay them. No key, no
     SSH credentials, no tokens, no environment values."""
-    targets = [t.model_dump(mode="json", exclude={"env", "ssh_key", "ssh_password",
-                                                  "jupyter_token"}) for t in config.targets]
+    targets = [t.model_dump(mode="json", exclude=set(SECRET_FIELDS | SECRET_MAPS))
+               for t in config.targets]
     return {"targets": targets, "budget": config.budget.model_dump(mode="json"),
             "markets": config.markets.model_dump(mode="json"),
             "bot": config.bot.model_dump(mode="json"),
@@ -119,7 +119,7 @@ class Bot:
                  len(self.config.targets))
         try:
             self._recover()
-            self.engine.reconcile()
+            self.executor.reconcile()
         finally:
             self.activity.flush()
 

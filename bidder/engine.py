@@ -181,15 +181,10 @@ class Engine:
         self._caches = {"spot": StaticMatchCache(), "gigaspot": StaticMatchCache()}
         self._markets: tuple[MarketName, ...] = tuple(sorted({t.market for t in config.targets}))
         self._stale: set[str] = set()
-        self.last_reconcile = -math.inf
 
     @property
     def dry_run(self) -> bool:
         return self.executor.dry_run
-
-    def reconcile(self) -> None:
-        if self.executor.reconcile() is not None:
-            self.last_reconcile = self._clock.now()
 
     # --- the cycle -------------------------------------------------------------------------------
 
@@ -201,9 +196,9 @@ class Engine:
         with self._sessions() as session:
             waiting = not self.dry_run and in_flight(session)
             frames = self._frames(session)  # reconciliation changes orders, not market data
-        due = self._clock.now() - self.last_reconcile >= self._config.bot.reconcile_interval
+        due = self._clock.now() - self.executor.last_reconcile >= self._config.bot.reconcile_interval
         if not self.dry_run and (waiting or due):
-            self.reconcile()
+            self.executor.reconcile()
         now = self._clock.now()
         fresh = {m: self._fresh(m, frames[m], now) for m in self._markets}
         if not any(fresh.values()):
@@ -214,7 +209,7 @@ class Engine:
             missing = set() if self.dry_run else {
                 o.id for o in update_market_states(session, orders, frames, now)}
             if missing:
-                self.last_reconcile = -math.inf  # they may have ended: reconcile next cycle
+                self.executor.reconcile_soon()  # they may have ended
             decisions, views = self._decide(session, frames, fresh, orders, missing, now)
             budget = budget_left(self._config, [o for o in orders if o.target is None], frames)
             the_plan = plan(decisions, self._config.markets, budget, now)
@@ -296,7 +291,7 @@ class Engine:
                              blocks: dict[str, set[int]], now: float) -> None:
         """A server where our order waits and nothing runs is taken for a while: block it, so that
         the target does not come back as soon as its order there is cancelled."""
-        until = now + self.executor.settings.failed_rent_block
+        until = now + self._config.bot.failed_rent_block
         for order in orders:
             if order.target is None or order.server_id not in idle \
                     or order.server_id in blocks.get(order.target, set()):

@@ -25,6 +25,7 @@ sent, and orders are virtual (negative ids) whose winning or losing the engine r
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -55,7 +56,6 @@ from strategies.base import TargetView
 
 log = logging.getLogger(__name__)
 
-OC_FIELDS = ("pl", "core_lock", "mem_lock", "mem_offset", "core_offset")
 MIN_PROBE_FRACTION = 0.01
 """A refused GigaSPOT lowering halves the step it tries next, down to this fraction of the price;
 below it the order waits a full cooldown instead (the refusal was likely not about the step)."""
@@ -81,7 +81,6 @@ class Execution:
     unknown: int = 0
     held_back: int = 0
     """Raises and creates not sent because a release did not go as planned (limited budget)."""
-    reconciled: ReconcileReport | None = None
 
 
 def secret(value: SecretStr | None) -> str | None:
@@ -100,10 +99,7 @@ def oc_problem(oc: OcSetting, gpus: Sequence[Mapping[str, Any]]) -> str | None:
     """Why ``oc`` does not fit every GPU of a machine (its ranges from the snapshot); None if it
     fits. A setting the machine gives no range for does not fit: we cannot know it is accepted."""
     for index, gpu in enumerate(gpus):
-        for name in OC_FIELDS:
-            value = getattr(oc, name)
-            if value is None:
-                continue
+        for name, value in oc.model_dump(exclude_none=True).items():
             bounds = gpu.get(name)
             if bounds is None:
                 return f"GPU {index} lists no {name} range"
@@ -137,13 +133,12 @@ class Executor:
         self.journal = journal
         self._stop = stop if stop is not None else threading.Event()
         self._halted = halted
-        self.settings = config.bot
-        """Timings of creates and keep-aways (``[bot]``: create_slack, create_grace, ...)."""
         self.dry_run = journal.dry_run
         self.reconciler = Reconciler(client, sessions, clock, config.targets,
-                                     slack=self.settings.create_slack,
-                                     grace=self.settings.create_grace,
-                                     ended_block=self.settings.failed_rent_block)
+                                     slack=config.bot.create_slack, grace=config.bot.create_grace,
+                                     ended_block=config.bot.failed_rent_block)
+        self.last_reconcile = -math.inf
+        """When the last reconciliation succeeded (``reconcile_soon`` forgets it)."""
 
     # --- reconciliation --------------------------------------------------------------------------
 
@@ -157,11 +152,16 @@ class Executor:
         except CloreError as err:
             log.error("reconciliation failed (%s); orders in flight wait for the next one", err)
             return None
+        self.last_reconcile = self._clock.now()
         if report.found or report.closed or report.failed or report.adopted:
             log.info("reconciled with Clore: %d orders present, %d creates found, %d closed, "
                      "%d failed, %d adopted", report.present, report.found, report.closed,
                      report.failed, report.adopted)
         return report
+
+    def reconcile_soon(self) -> None:
+        """Make the next cycle reconcile, whatever the interval says."""
+        self.last_reconcile = -math.inf
 
     # --- the plan --------------------------------------------------------------------------------
 
@@ -182,7 +182,7 @@ class Executor:
             self._reprice(raises, done)
             self._create(creates, views, done)
         if done.created or done.unknown:
-            done.reconciled = self.reconcile()
+            self.reconcile()
         return done
 
     def _stopping(self) -> bool:
@@ -322,7 +322,7 @@ class Executor:
                     continue
                 all_done = False
                 if reply and change.order_id in reply.too_low_bid_ids:
-                    order.told_next_lower_at = now + self.settings.too_low_block
+                    order.told_next_lower_at = now + self._config.bot.too_low_block
                     add_event(session, order, "too_low", now, order.price, wanted=change.price)
                     log.warning("GigaSPOT order %d on machine %d: %.6g is below the machine's "
                                 "minimum bid", change.order_id, change.server_id, change.price)
@@ -442,11 +442,11 @@ class Executor:
                                   done)
                 elif sid in reply.failed_to_rent_servers:
                     keep_away(session, sid, create_target(order), "failed_rent",
-                                now + self.settings.failed_rent_block, now)
+                                now + self._config.bot.failed_rent_block, now)
                     self._created(session, order, sent, "the machine failed to rent", done)
                 else:
                     keep_away(session, sid, create_target(order), "too_low",
-                                now + self.settings.too_low_block, now)
+                                now + self._config.bot.too_low_block, now)
                     self._created(session, order, sent, "the bid is below the machine's minimum",
                                   done)
 
@@ -511,7 +511,7 @@ class Executor:
             reason = refused_because or f"not sent: {sent.error}"
             if isinstance(sent.error, FieldError):
                 keep_away(session, order.server_id, create_target(order), "refused",
-                            now + self.settings.too_low_block, now)
+                            now + self._config.bot.too_low_block, now)
             log.warning("create of %s failed: %s", what, reason)
             close(session, order, now, reason, state="failed")
 

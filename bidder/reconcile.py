@@ -221,7 +221,7 @@ class Reconciler:
         now = self._clock.now()
         with self._sessions.begin() as session:
             if unsettled:
-                settle_final_spend(session, reply, now)
+                settle_final_spend(session, reply, unsettled, now)
             placement = load_placement(session, self._targets)
             seen = seen_orders(reply, placement.gigaspot)
             orders = open_orders(session, dry_run=False)
@@ -273,17 +273,15 @@ def awaiting_final_spend(session: Session, now: float) -> list[int]:
         BotOrder.id.not_in(settled))))
 
 
-def settle_final_spend(session: Session, reply: MyOrdersReply, now: float) -> None:
-    """Record the final spend of our ended orders that ``reply`` lists as completed."""
+def settle_final_spend(session: Session, reply: MyOrdersReply, unsettled: Sequence[int],
+                       now: float) -> None:
+    """Record the final spend of our ended orders ``unsettled`` (exchange ids) that ``reply``
+    lists as completed."""
     final = {o.id: o.spend for o in reply.orders if o.expired and o.spend is not None}
-    if not final:
-        return
-    for order in session.scalars(select(BotOrder).where(
-            BotOrder.order_id.in_(awaiting_final_spend(session, now)))):
-        spend = final.get(order.order_id)
-        if spend is not None:
-            order.spend = spend
-            add_event(session, order, "final_spend", now, order.price, spend=spend)
+    wanted = [order_id for order_id in unsettled if order_id in final]
+    for order in session.scalars(select(BotOrder).where(BotOrder.order_id.in_(wanted))):
+        order.spend = final[order.order_id]
+        add_event(session, order, "final_spend", now, order.price, spend=order.spend)
 
 
 def _sync(session: Session, order: BotOrder, hit: SeenOrder, now: float) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from bidder.clock import Clock
 from bidder.config import CLORE, MarketsConfig
-from bidder.orders import OPEN_STATES, own_order, strategy_state
+from bidder.orders import open_orders, own_order, strategy_state
 from storage.models import (
     ApiCall,
     BotCycle,
@@ -205,9 +205,8 @@ def collect(session: Session, database: str, wall: Clock) -> Status:
 
 def _orders(session: Session, status: Status, markets: MarketsConfig, rates: dict[str, float],
             *, dry_run: bool) -> None:
-    rows = session.scalars(select(BotOrder).where(BotOrder.state.in_(OPEN_STATES),
-                                                  BotOrder.dry_run.is_(dry_run))
-                           .order_by(BotOrder.target, BotOrder.server_id))
+    rows = sorted(open_orders(session, dry_run=dry_run),
+                  key=lambda o: (o.target is not None, o.target or "", o.server_id))
     for o in rows:
         rate = rates.get(o.currency)
         state = strategy_state(o)

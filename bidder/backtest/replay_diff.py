@@ -18,13 +18,12 @@ each cycle saw (``seen_at``), starting from the orders the run found open, and c
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from bidder.backtest.data import HistoryError, load_history
@@ -101,9 +100,12 @@ class CostDiff:
 @dataclass(slots=True)
 class ReplayDiff:
     run: RecordedRun
-    cycles: int
     differences: list[CycleDiff] = field(default_factory=list)
     costs: list[CostDiff] = field(default_factory=list)
+
+    @property
+    def cycles(self) -> int:
+        return len(self.run.cycles)
 
 
 # --- reading the run ----------------------------------------------------------------------------
@@ -123,23 +125,40 @@ def load_run(session: Session, run_id: int | None = None) -> RecordedRun:
     cycles = _cycles(session, run.id)
     if not cycles:
         raise ReplayDiffError(f"run {run.id} ({run.mode}) never decided: nothing to replay")
-    orders = list(session.scalars(select(BotOrder).where(
-        BotOrder.target.is_not(None), BotOrder.state != "failed")))
     start = cycles[0].at
-    end = _last_sync(session, run.started_at) if run.mode != "dry-run" else None
+    until = session.scalar(select(BotRun.started_at).where(BotRun.id > run.id)
+                           .order_by(BotRun.id).limit(1))
+    end = _last_sync(session, run.started_at, until) if run.mode != "dry-run" else None
     end = end if end is not None else cycles[-1].at
-    mine = [o for o in orders if run.started_at <= o.created_at <= end
-            and o.dry_run == (run.mode == "dry-run")]
-    starting = [o for o in orders if o.created_at < run.started_at
-                and (o.closed_at is None or o.closed_at > start)
-                and o.dry_run == (run.mode == "dry-run")]
+    orders = list(session.scalars(select(BotOrder).where(
+        BotOrder.target.is_not(None), BotOrder.state != "failed",
+        BotOrder.dry_run.is_(run.mode == "dry-run"), BotOrder.created_at <= end,
+        or_(BotOrder.closed_at.is_(None), BotOrder.closed_at > start))))
+    events = _events(session, [o.id for o in orders])
     billed: dict[str, float] = {t.name: 0.0 for t in config.targets}
-    for order in mine:
-        if order.target in billed:
-            billed[order.target] += (_virtual_bill(session, order, end) if order.dry_run
-                                     else order.spend or 0.0)
-    return RecordedRun(run.id, run.mode, config, run.started_at, end, cycles,
-                       [_starting(session, o, run.started_at) for o in starting], billed)
+    starting = []
+    for order in orders:
+        if order.created_at < run.started_at:
+            starting.append(_starting(order, events.get(order.id, []), run.started_at))
+        elif order.target in billed:
+            billed[order.target] += (_virtual_bill(order, events.get(order.id, []), end)
+                                     if order.dry_run else order.spend or 0.0)
+    return RecordedRun(run.id, run.mode, config, run.started_at, end, cycles, starting, billed)
+
+
+Event = tuple[float, str, float | None, dict[str, Any] | None]
+"""(at, kind, price, detail) of a ``BotOrderEvent``"""
+
+
+def _events(session: Session, order_ids: list[int]) -> dict[int, list[Event]]:
+    """The events of ``order_ids`` in the order they happened, by order."""
+    out: dict[int, list[Event]] = {}
+    for ref, at, kind, price, detail in session.execute(
+            select(BotOrderEvent.order_ref, BotOrderEvent.at, BotOrderEvent.kind,
+                   BotOrderEvent.price, BotOrderEvent.detail)
+            .where(BotOrderEvent.order_ref.in_(order_ids)).order_by(BotOrderEvent.id)):
+        out.setdefault(ref, []).append((at, kind, price, detail))
+    return out
 
 
 def _cycles(session: Session, run_id: int) -> list[RecordedCycle]:
@@ -165,23 +184,24 @@ def _key(action: dict[str, Any]) -> ActionKey:
             float(action.get("price", 0.0)))
 
 
-def _last_sync(session: Session, since: float) -> float | None:
-    """When ``my_orders`` last answered (the spends stored are as of then)."""
-    return session.scalar(select(ApiCall.started_at).where(
+def _last_sync(session: Session, since: float, until: float | None) -> float | None:
+    """When ``my_orders`` last answered between ``since`` and ``until`` (the next run's start):
+    the run's spends are as of then."""
+    query = select(ApiCall.started_at).where(
         ApiCall.endpoint == "my_orders", ApiCall.outcome == "ok", ApiCall.started_at >= since)
-        .order_by(ApiCall.started_at.desc()).limit(1))
+    if until is not None:
+        query = query.where(ApiCall.started_at < until)
+    return session.scalar(query.order_by(ApiCall.started_at.desc()).limit(1))
 
 
-def _starting(session: Session, order: BotOrder, start: float) -> StartingOrder:
+def _starting(order: BotOrder, events: list[Event], start: float) -> StartingOrder:
     """``order`` as it stood when the run started (its row holds its state now): the price,
-    last lowering and step knowledge its events give up to ``start``."""
+    last lowering and step knowledge its ``events`` give up to ``start``."""
     assert order.target is not None
     price, lowered_at, knowledge = order.price, None, None
-    for at, kind, event_price, detail in session.execute(
-            select(BotOrderEvent.at, BotOrderEvent.kind, BotOrderEvent.price,
-                   BotOrderEvent.detail)
-            .where(BotOrderEvent.order_ref == order.id, BotOrderEvent.at < start)
-            .order_by(BotOrderEvent.id)):
+    for at, kind, event_price, detail in events:
+        if at >= start:
+            break
         if kind in ("created", "confirmed", "raised", "lowered", "adopted") \
                 and event_price is not None:
             price = event_price
@@ -194,27 +214,19 @@ def _starting(session: Session, order: BotOrder, start: float) -> StartingOrder:
                          knowledge)
 
 
-def _virtual_bill(session: Session, order: BotOrder, end: float) -> float:
+def _virtual_bill(order: BotOrder, events: list[Event], end: float) -> float:
     """What a dry-run order would have paid: its price over the time its virtual fill held.
 
     A virtual fill is judged once a cycle; each judgement holds until the next, and the first
     one from the order's creation on (the exchange would have judged it at once)."""
-    events = session.execute(select(BotOrderEvent.at, BotOrderEvent.kind, BotOrderEvent.price)
-                             .where(BotOrderEvent.order_ref == order.id)
-                             .order_by(BotOrderEvent.id)).all()
     total, held_since, price, judged = 0.0, None, order.price, False
-    for at, kind, new_price in [*events, (end, "end", None)]:
+    for at, kind, new_price, _ in [*events, (end, "end", None, None)]:
         at = min(at, end)
+        if kind == "won" and held_since is None:
+            held_since = at if judged else min(order.created_at, at)
         if held_since is not None:
             total += price * (at - held_since) / DAY
-        if kind == "won":
-            held_since = at if judged else min(order.created_at, at)
-            total += price * (at - held_since) / DAY
-            held_since = at
-        elif kind in ("outbid", "closed", "end"):
-            held_since = None
-        elif held_since is not None:
-            held_since = at
+            held_since = None if kind in ("outbid", "closed", "end") else at
         judged |= kind in ("won", "outbid")
         if new_price is not None:
             price = new_price
@@ -244,7 +256,7 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
                          seen_at=[c.seen_at for c in run.cycles], end=run.end,
                          starting_orders=run.starting, keep_trace=True)
     assert record.trace is not None
-    out = ReplayDiff(run, len(run.cycles))
+    out = ReplayDiff(run)
     for cycle, (_, the_plan) in zip(run.cycles, record.trace):
         mine = _plan_keys(the_plan)
         if not _same(cycle.actions, mine):
@@ -262,9 +274,8 @@ def _plan_keys(the_plan: Plan) -> tuple[ActionKey, ...]:
 
 
 def _same(a: Sequence[ActionKey], b: Sequence[ActionKey]) -> bool:
-    if Counter(k[:3] for k in a) != Counter(k[:3] for k in b):
-        return False
-    return all(x[:3] == y[:3] and math.isclose(x[3], y[3], rel_tol=PRICE_TOLERANCE)
+    """Both sorted: the same actions, prices within ``PRICE_TOLERANCE``."""
+    return len(a) == len(b) and all(x[:3] == y[:3] and math.isclose(x[3], y[3], rel_tol=PRICE_TOLERANCE)
                for x, y in zip(a, b))
 
 

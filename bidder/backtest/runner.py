@@ -35,7 +35,6 @@ from bidder.backtest.reactive import ReactiveRivals, ReactiveSettings
 from bidder.config import Config, TargetConfig
 from bidder.rules import Plan, TargetDecision, plan
 from bidder.view import StaticMatchCache, build_target_view
-from storage.frames import MarketFrame
 from strategies.base import Strategy
 from strategies.registry import load_strategy, safe_decide
 
@@ -312,10 +311,11 @@ class _Run:
         for target in self.targets:
             frame = frames[target.market]
             strategy = self.strategies[target.name]
+            static = self.caches[target.market].get(frame, target)
             view = build_target_view(
                 frame, target, self.exchange.own_orders(target.name), now=now,
-                markets=self.config.markets, static=self.caches[target.market].get(frame, target),
-                recent_wins=self._recent_wins(target, strategy, frame, tick),
+                markets=self.config.markets, static=static,
+                recent_wins=self._recent_wins(target, strategy, static, tick),
                 thresholds=self._thresholds(target))
             if target.name not in self.started:
                 strategy.on_start(view.target)
@@ -336,8 +336,10 @@ class _Run:
             self._rule(target.market), float(target.oc.pl) if target.oc is not None else None,
             target.currency)
 
-    def _recent_wins(self, target: TargetConfig, strategy: Strategy, frame: MarketFrame,
+    def _recent_wins(self, target: TargetConfig, strategy: Strategy, match: np.ndarray,
                      tick: int) -> np.ndarray | None:
+        """Recorded winning prices per GPU-day on servers ``match`` (the target's static match)
+        within the strategy's window, refreshed as ``RECENT_WINS_REFRESHES`` says."""
         window = float(strategy.history_window)
         if window <= 0:
             return None
@@ -346,7 +348,6 @@ class _Run:
         if cached is not None and now - cached[0] < window / RECENT_WINS_REFRESHES:
             return cached[1]
         wins = self.history.markets[target.market].wins
-        match = self.caches[target.market].get(frame, target)
         lo = int(np.searchsorted(self.history.time, now - window, side="left"))
         keep = (wins.first <= tick) & (wins.last >= lo) & match[wins.row]
         prices = wins.price_per_gpu[keep]

@@ -19,6 +19,7 @@ from bidder.backtest.report import as_json, table, write_json
 from bidder.backtest.runner import MODES, RunSettings
 from bidder.config import Config, load_config
 from bidder.logs import setup_logging
+from bidder.status import fmt_time
 from bidder.sim.options import PAYMENTS, StepRule
 from storage.db import open_database
 from storage.errors import StorageError
@@ -105,14 +106,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _exchange_settings(args: argparse.Namespace, config: Config) -> tuple[ExchangeRules, RunSettings]:
+def _run_settings(args: argparse.Namespace, config: Config) -> RunSettings:
     step_rule = args.step_rule or config.sim.step_rule
     try:
         StepRule.parse(step_rule)
     except ValueError as err:
         raise UsageError(f"--step-rule: {err}") from None
     exchange = ExchangeRules(step_rule=step_rule, payment=args.payment or config.sim.payment)
-    return exchange, RunSettings(exchange, ReactiveSettings(
+    return RunSettings(exchange, ReactiveSettings(
         seed=config.sim.seed if args.seed is None else args.seed))
 
 
@@ -126,12 +127,12 @@ def _replay_diff(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config is not None else Config()
     setup_logging(args.log_level)
     _check_output(args.json, "--json")
-    _, settings = _exchange_settings(args, config)
+    settings = _run_settings(args, config)
     url = args.db or config.storage_url()
     with open_database(url, writer=False) as db, db.sessions() as session:
         recorded = load_run(session, args.run)
         diff = replay_diff(session, recorded, settings)
-    print(describe(diff, _iso_seconds))
+    print(describe(diff, fmt_time))
     if args.json is not None:
         write_json(args.json, replay_json(diff))
     return 0
@@ -158,7 +159,8 @@ def _run(args: argparse.Namespace) -> int:
     start, end = parse_time(args.start, "--from"), parse_time(args.end, "--to")
     if start is not None and end is not None and start > end:
         raise UsageError(f"--from is after --to ({args.start} > {args.end}): the range is empty")
-    exchange, settings = _exchange_settings(args, config)
+    settings = _run_settings(args, config)
+    exchange = settings.exchange
     modes = MODES if args.mode == "both" else (args.mode,)
 
     url = args.db or config.storage_url()
@@ -198,10 +200,6 @@ def _targets(config: Config, names: list[str] | None) -> list[Any]:
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(float(t), tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def _iso_seconds(t: float) -> str:
-    return datetime.fromtimestamp(float(t), tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _settings(history: Any, exchange: ExchangeRules, settings: RunSettings, targets: list[Any],

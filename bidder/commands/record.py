@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from bidder.api import CloreClient
 from bidder.clock import Clock, ScaledClock, SystemClock
+from bidder.commands import positive_seconds
 from bidder.config import Config, load_config
 from bidder.logs import setup_logging
 from bidder.poller import MarketPoller
@@ -24,15 +25,6 @@ from storage.models import GigaspotSnapshot, MarketplaceListing, SpotPoll
 HELP = ("Record the market without bidding: GigaSPOT snapshots, spot order books and marketplace "
         "listings, into the database, until Ctrl-C or SIGTERM (or for --duration seconds).")
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.HelpFormatter  # the defaults are told in words below
@@ -42,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "directory), [poller] intervals and the spot [[targets]], whose "
                              "matching servers are the ones polled; with no spot target, every "
                              "listed spot server is polled in turn")
-    parser.add_argument("--duration", type=_seconds, default=None, metavar="SECONDS",
+    parser.add_argument("--duration", type=positive_seconds, default=None, metavar="SECONDS",
                         help="stop after this many real seconds (default: run until Ctrl-C or "
                              "SIGTERM)")
     parser.add_argument("--sim", action="store_true",

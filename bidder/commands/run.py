@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
-import logging
 import sys
 import tomllib
 from pathlib import Path
@@ -14,6 +13,7 @@ from pydantic import SecretStr
 
 from bidder.bot import Bot
 from bidder.clock import Clock, ScaledClock, SystemClock
+from bidder.commands import positive_seconds
 from bidder.config import Config, Mode, load_config, parse_config
 from bidder.logs import setup_logging
 from bidder.scheduler import run_jobs
@@ -21,16 +21,8 @@ from bidder.sim.connect import sim_config, sim_market
 from storage.db import Database, open_database, sqlite_path
 from storage.errors import StorageError
 
-log = logging.getLogger(__name__)
-
 HELP = ("Run the bot: hold the configured targets at the lowest price the market allows, until "
         "Ctrl-C or SIGTERM. --sim runs it against the built-in simulated market (no key needed).")
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="run against the built-in simulated market in accelerated time "
                            "([sim] in the config; without --config the built-in demo); database "
                            "bidder-sim.db, started afresh")
-    parser.add_argument("--duration", type=_seconds, default=None, metavar="S",
+    parser.add_argument("--duration", type=positive_seconds, default=None, metavar="S",
                         help="stop after S real seconds (default: run until Ctrl-C or SIGTERM)")
 
 

@@ -69,7 +69,7 @@ def test_a_simulated_day(tmp_path):
         bot = new_bot(config, database, clock, market.transport(), None)
         bot.start()
         drive(bot, clock, DAY, after_job=check)
-        bot.engine.reconcile()
+        bot.executor.reconcile()
         assert_books_agree(market, database)
         with database.sessions() as session:
             refusals = Counter(

@@ -17,7 +17,7 @@ from bidder.clock import ManualClock
 from bidder.sim import SimMarket, SimOptions
 from bot_helpers import KEY, START, drive, giga_target, make_config, new_bot, spot_target
 from storage.db import Database, open_database
-from storage.models import BotCycle, BotDecision, BotOrder
+from storage.models import BotCycle, BotDecision, BotOrder, BotRun
 
 HOURS = 3.0
 
@@ -53,9 +53,9 @@ def session_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SimMarke
     return path, record_session(path)
 
 
-def diff_of(path: Path):
+def diff_of(path: Path, run_id: int | None = None):
     with open_database(f"sqlite:///{path}", writer=False) as db, db.sessions() as session:
-        return replay_diff(session, load_run(session), RunSettings())
+        return replay_diff(session, load_run(session, run_id), RunSettings())
 
 
 def test_a_sim_session_replays_with_no_decision_gap_and_under_one_percent_cost(session_db):
@@ -129,6 +129,11 @@ def test_a_restarted_bot_replays_from_the_orders_it_found(tmp_path):
     assert diff.differences == []
     (cost,) = diff.costs
     assert not cost.comparable and math.isnan(cost.gap)  # its spend before the restart is unknown
+    with open_database(f"sqlite:///{path}", writer=False) as db, db.sessions() as session:
+        first = load_run(session, 1)
+        second_started = session.get(BotRun, 2).started_at
+    assert first.end < second_started  # run 1 is billed up to its own last sync, not run 2's
+    assert diff_of(path, 1).differences == []
 
 
 def test_the_cli_prints_the_report_and_writes_json(session_db, tmp_path, capsys):

@@ -82,7 +82,7 @@ def run_crashed_and_restarted(r) -> None:
     assert not r.faults.rules, "the crash point was never reached"
     r.restart()
     r.run(600, after_job=lambda _: assert_one_per_server(r.market))
-    r.bot.engine.reconcile()
+    r.bot.executor.reconcile()
     assert_one_per_server(r.market)
     assert_books_agree(r.market, r.database)
     assert r.market.stats[KEY].codes[5] == 0
@@ -129,7 +129,7 @@ def test_a_crash_around_the_journal(rig, monkeypatch, where):
     monkeypatch.undo()
     r.restart()
     r.run(600, after_job=lambda _: assert_one_per_server(r.market))
-    r.bot.engine.reconcile()
+    r.bot.executor.reconcile()
     assert_books_agree(r.market, r.database)
     assert len(ours(r.market)) == 5
 
@@ -144,11 +144,11 @@ def test_a_crash_inside_a_reconciliation_changes_nothing(rig, monkeypatch, step)
         forget_an_order(r.database, "spot")
     crash_on_call(monkeypatch, reconcile, step, after=True)
     with pytest.raises(Crash):
-        r.run(600) if step == "_found" else r.bot.engine.reconcile()
+        r.run(600) if step == "_found" else r.bot.executor.reconcile()
     monkeypatch.undo()
     r.restart()
     r.run(600, after_job=lambda _: assert_one_per_server(r.market))
-    r.bot.engine.reconcile()
+    r.bot.executor.reconcile()
     assert_books_agree(r.market, r.database)
 
 
