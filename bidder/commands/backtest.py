@@ -6,24 +6,12 @@ import argparse
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bidder.backtest.data import HistoryError, count_recorded, load_history
-from bidder.backtest.exchange import ExchangeRules
-from bidder.backtest.grid import ProgressBar, default_workers, expand_grid, run_backtest
-from bidder.backtest.plot import PlotUnavailable, plot, require_matplotlib
-from bidder.backtest.reactive import ReactiveSettings
-from bidder.backtest.replay_diff import ReplayDiffError, describe, load_run, replay_diff
-from bidder.backtest.replay_diff import as_json as replay_json
-from bidder.backtest.report import as_json, table, write_json
-from bidder.backtest.runner import MODES, RunSettings
-from bidder.config import Config, load_config
-from bidder.logs import setup_logging
-from bidder.status import fmt_time
-from bidder.sim.options import PAYMENTS, StepRule
-from storage.db import open_database
-from storage.errors import StorageError
-from strategies.registry import StrategyError
+if TYPE_CHECKING:
+    from bidder.backtest.exchange import ExchangeRules
+    from bidder.backtest.runner import RunSettings
+    from bidder.config import Config
 
 HELP = ("Replay the recorded market (GigaSPOT snapshots, spot polls) through strategies and the "
         "bot's own rules engine; compare them against an oracle that knows the future.")
@@ -34,6 +22,10 @@ class UsageError(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from bidder.backtest.grid import default_workers
+    from bidder.backtest.runner import MODES
+    from bidder.sim.options import PAYMENTS
+
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML config file: targets, market rules, fees, budget (default: "
                              "built-in defaults, which have no targets)")
@@ -98,6 +90,12 @@ def _check_output(path: Path | None, option: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bidder.backtest.data import HistoryError
+    from bidder.backtest.plot import PlotUnavailable
+    from bidder.backtest.replay_diff import ReplayDiffError
+    from storage.errors import StorageError
+    from strategies.registry import StrategyError
+
     try:
         return _replay_diff(args) if args.replay_diff else _run(args)
     except (UsageError, StrategyError, HistoryError, StorageError, PlotUnavailable,
@@ -107,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_settings(args: argparse.Namespace, config: Config) -> RunSettings:
+    from bidder.backtest.exchange import ExchangeRules
+    from bidder.backtest.reactive import ReactiveSettings
+    from bidder.backtest.runner import RunSettings
+    from bidder.sim.options import StepRule
+
     step_rule = args.step_rule or config.sim.step_rule
     try:
         StepRule.parse(step_rule)
@@ -124,6 +127,14 @@ def _replay_diff(args: argparse.Namespace) -> int:
     if misplaced:
         raise UsageError(f"--replay-diff replays a bot run as it was: {', '.join(misplaced)} "
                          "cannot be used with it")
+    from bidder.backtest.replay_diff import as_json as replay_json
+    from bidder.backtest.replay_diff import describe, load_run, replay_diff
+    from bidder.backtest.report import write_json
+    from bidder.config import Config, load_config
+    from bidder.logs import setup_logging
+    from bidder.status import fmt_time
+    from storage.db import open_database
+
     config = load_config(args.config) if args.config is not None else Config()
     setup_logging(args.log_level)
     _check_output(args.json, "--json")
@@ -139,6 +150,15 @@ def _replay_diff(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from bidder.backtest.data import HistoryError, count_recorded, load_history
+    from bidder.backtest.grid import ProgressBar, expand_grid, run_backtest
+    from bidder.backtest.plot import plot, require_matplotlib
+    from bidder.backtest.report import as_json, table, write_json
+    from bidder.backtest.runner import MODES
+    from bidder.config import Config, load_config
+    from bidder.logs import setup_logging
+    from storage.db import open_database
+
     if not args.strategy:
         raise UsageError("give at least one --strategy (or --replay-diff)")
     if args.run is not None:

@@ -6,13 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from bidder.config import Config, load_config
-from bidder.importer import import_snapshots, snapshot_files
-from bidder.logs import setup_logging
-from storage.db import open_database
-from storage.errors import StorageError
-from storage.gigaspot_ingest import SnapshotIngester
-
 HELP = ("Record saved GigaSPOT snapshot files (the CDN's *_<unix time>.json) into the database, "
         "oldest first; already recorded ones are skipped.")
 
@@ -26,6 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bidder.config import Config, load_config
+    from bidder.importer import import_snapshots, snapshot_files
+    from bidder.logs import setup_logging
+    from storage.db import open_database
+    from storage.errors import StorageError
+    from storage.gigaspot_ingest import SnapshotIngester
+
     config = load_config(args.config) if args.config is not None else Config()
     key = config.api.resolved_key()
     setup_logging(args.log_level, [key.get_secret_value()] if key else [])
