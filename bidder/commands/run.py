@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bidder.commands import positive_seconds
+from bidder.commands import positive_seconds, strategy_problem
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -87,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not config.targets:
         print("bidder run: the config has no [[targets]]: nothing to hold", file=sys.stderr)
+        return 2
+    problem = strategy_problem(config.targets)
+    if problem is not None:
+        print(f"bidder run: {problem}", file=sys.stderr)
         return 2
     url = config.storage_url(mode)
     if mode == "sim" and not config.storage.url:
