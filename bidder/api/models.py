@@ -167,10 +167,12 @@ class GigaspotInfo(Reply):
 
 
 Range = Annotated[list[float], Field(min_length=2, max_length=2)]
+Watts = Annotated[float, Field(ge=0)]
+WattsRange = Annotated[list[Watts], Field(min_length=2, max_length=2)]
 
 
 class SnapshotGpu(Lenient):
-    pl: Range
+    pl: WattsRange
     """Allowed power limit range [min, max] in watts."""
     mem_lock: Range | None = None
     core_lock: Range | None = None
@@ -185,9 +187,9 @@ class SnapshotBid(Lenient):
     active: bool
     to_cache: bool | None = None
     cached: bool | None = None
-    price: float
+    price: float = Field(ge=0)
     currency: str
-    pl: int | float
+    pl: int | float = Field(ge=0)
 
 
 class SnapshotMachine(Lenient):
@@ -205,9 +207,9 @@ class SnapshotMachine(Lenient):
     """Seconds; 0 means the machine cannot be rented."""
     cc: str | None = None
     host: int | None = None
-    reliability: float
+    reliability: float = Field(ge=0, le=1)
     """0..1, uptime over the last 14 days."""
-    min_bid: float
+    min_bid: float = Field(ge=0)
     """CLORE per day."""
     energy_price: float
     """USD per kWh."""
