@@ -144,15 +144,17 @@ def load_history(session: Session, targets: Sequence[TargetConfig], *, allocatio
                  start: float | None = None, end: float | None = None,
                  grid_interval: float = 60.0,
                  extra_servers: Mapping[str, Iterable[int]] | None = None,
-                 extra_times: Iterable[float] | None = None) -> History:
+                 extra_times: Iterable[float] | None = None,
+                 clore_usd: float | None = None) -> History:
     """The history the ``targets`` need between ``start`` and ``end`` (inclusive, UNIX seconds).
 
     ``allocation`` is the GigaSPOT rule the best rival is chosen by. ``grid_interval`` spaces the
     ticks of a recording without GigaSPOT snapshots. ``extra_servers`` (market -> ids) are kept as
     candidates whatever they are (servers of starting orders). ``extra_times`` are ticks added
     to the grid (within the range), e.g. the moments a bot run's cycles saw spot polls, so a
-    replay can see exactly what they saw. Raises ``HistoryError`` when nothing was recorded in
-    the range.
+    replay can see exactly what they saw. ``clore_usd`` (USD per CLORE) fills the ticks where
+    none was recorded (imported CDN files carry no rate). Raises ``HistoryError`` when nothing was
+    recorded in the range.
     """
     extra = {m: set(map(int, ids)) for m, ids in (extra_servers or {}).items()}
     snaps = snapshot_times(session, start, end)
@@ -185,6 +187,8 @@ def load_history(session: Session, targets: Sequence[TargetConfig], *, allocatio
         spot_clore = np.array([rates[k].get(CLORE, np.nan) if k >= 0 else np.nan
                                for k in rates_index])
         clore = np.where(np.isnan(clore), spot_clore, clore)
+    if clore_usd is not None:
+        clore = np.where(np.isnan(clore), clore_usd, clore)
     my_ids = tuple(sorted({int(u) for u in snaps.my_user_id if u >= 0}))
     markets: dict[str, MarketHistory] = {}
     if giga_targets:

@@ -29,8 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML config file: targets, market rules, fees, budget (default: "
                              "built-in defaults, which have no targets)")
-    parser.add_argument("--db", default=None,
-                        help="database URL (default: the config's [storage] url or bidder.db)")
+    parser.add_argument("--db", type=database_url, default=None, metavar="PATH|URL",
+                        help="the database: a SQLite file or a database URL (default: the "
+                             "config's [storage] url or bidder.db)")
+    parser.add_argument("--clore-usd", type=_rate, default=None, metavar="USD",
+                        help="USD per CLORE wherever the recording has none (imported CDN files "
+                             "carry no rate; host_profit and USD caps and budgets need one)")
     parser.add_argument("--strategy", action="append", default=None, metavar="NAME[:k=v,...]",
                         help="a strategy and its parameters, e.g. outbid:tick=0.05; repeat it to "
                              "compare strategies; 'a|b' in a value makes a grid "
@@ -64,6 +68,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the replay's decisions and costs differ from what the bot did")
     parser.add_argument("--run", type=int, default=None, metavar="ID",
                         help="with --replay-diff: the bot run to replay (default: the newest)")
+
+
+def database_url(text: str) -> str:
+    """A database URL as it is; anything else is the path of a SQLite file."""
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of USD per CLORE, got {text!r}")
+    return value
 
 
 def parse_time(text: str | None, name: str) -> float | None:
@@ -123,7 +144,8 @@ def _run_settings(args: argparse.Namespace, config: Config) -> RunSettings:
 def _replay_diff(args: argparse.Namespace) -> int:
     misplaced = [name for name, given in (("--strategy", args.strategy), ("--target", args.target),
                                           ("--from", args.start), ("--to", args.end),
-                                          ("--plot", args.plot)) if given]
+                                          ("--plot", args.plot),
+                                          ("--clore-usd", args.clore_usd)) if given]
     if misplaced:
         raise UsageError(f"--replay-diff replays a bot run as it was: {', '.join(misplaced)} "
                          "cannot be used with it")
@@ -190,20 +212,46 @@ def _run(args: argparse.Namespace) -> int:
             raise HistoryError(f"the database at {url} has no GigaSPOT snapshots and no spot polls: "
                                "record some first (bidder record, bidder import)")
         history = load_history(session, targets, allocation=config.markets.gigaspot.allocation,
-                               start=start, end=end, grid_interval=config.bot.decide_interval)
-    progress = ProgressBar(force=args.progress)
+                               start=start, end=end, grid_interval=config.bot.decide_interval,
+                               clore_usd=args.clore_usd)
+    targets, warnings = _preflight(history, config, targets)
+    progress = ProgressBar(sys.stderr, force=args.progress)  # the stream of now, not of import
     result = run_backtest(history, config, variants, settings, modes=modes, targets=targets,
                           workers=args.workers, progress=progress)
     info = _settings(history, exchange, settings, targets, modes)
+    info["clore_usd_given"] = args.clore_usd
+    info["warnings"] = warnings
     print(f"{len(targets)} target(s), {history.n_ticks:,} ticks from "
           f"{_iso(history.time[0])} to {_iso(history.time[-1])}; exchange step rule "
           f"{exchange.step_rule}, payment {exchange.payment}; costs in each target's currency")
-    print(table(result.metrics))
+    banner = "".join(f"WARNING: {w}\n" for w in warnings)
+    print(banner + table(result.metrics) + ("\n" + banner.rstrip("\n") if banner else ""))
     if args.json is not None:
         write_json(args.json, as_json(result.metrics, info))
     if args.plot is not None:
         plot(args.plot, result.runs, targets, result.oracles)
     return 0
+
+
+def _preflight(history: Any, config: Config, targets: list[Any]) -> tuple[list[Any], list[str]]:
+    """The targets that can be backtested and the warnings to show with the results; a rate a
+    rule needs and the range lacks entirely, or no target with a candidate server, is a
+    ``UsageError``."""
+    from bidder.backtest.preflight import describe_target, rate_gaps, without_candidates
+
+    empty = without_candidates(history, targets)
+    if len(empty) == len(targets):
+        raise UsageError("no recorded server ever matched " + "; ".join(
+            f"target {t.name!r} ({describe_target(t)})" for t in empty) + ": nothing to backtest")
+    warnings = [f"target {t.name!r} left out: no recorded server ever matched it "
+                f"({describe_target(t)})" for t in empty]
+    targets = [t for t in targets if t not in empty]
+    gaps = rate_gaps(history, config, targets)
+    fatal = [g for g in gaps if g.everywhere]
+    if fatal:
+        raise UsageError(fatal[0].message())
+    warnings += [g.message() for g in gaps]
+    return targets, warnings
 
 
 def _targets(config: Config, names: list[str] | None) -> list[Any]:
