@@ -134,6 +134,9 @@ class SpotOffer(Lenient):
     """This offer currently runs (it holds the server)."""
     my: bool
     """This offer is ours."""
+    currency: str | None = None
+    """The offer's currency, when the reply states it (public clients typed from live replies
+    show one); ``None``: unsaid, taken to be our order's currency."""
 
 
 class SpotServer(Lenient):
@@ -147,12 +150,22 @@ class SpotServer(Lenient):
 class SpotMarket(Lenient):
     offers: list[SpotOffer] = Field(default_factory=list)
     server: SpotServer | None = None
+    currency_rates_in_usd: dict[str, float] | None = None
+    """Where public clients typed from live replies put the rates (the docs: at the top)."""
 
 
 class SpotMarketplaceReply(Reply):
     market: SpotMarket | None = None
     exists: bool | None = None
     currency_rates_in_usd: dict[str, float] | None = None
+
+    def rates_in_usd(self) -> dict[str, float] | None:
+        """USD per unit of each currency, wherever the reply put them (the top level and
+        ``market``; the top level wins where both name a currency)."""
+        inner = self.market.currency_rates_in_usd if self.market is not None else None
+        if inner is None:
+            return self.currency_rates_in_usd
+        return {**inner, **(self.currency_rates_in_usd or {})}
 
 
 # --- GigaSPOT ------------------------------------------------------------------------------------
