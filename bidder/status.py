@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 
 from bidder.clock import Clock
 from bidder.config import CLORE, MarketsConfig
-from bidder.orders import open_orders, own_order, strategy_state
+from bidder.orders import open_orders, strategy_state
+from bidder.rules import next_lower_at
 from storage.models import (
     ApiCall,
     BotCycle,
@@ -228,7 +229,8 @@ def _orders(session: Session, status: Status, markets: MarketsConfig, rates: dic
             local_id=o.id, order_id=o.order_id, target=o.target, market=o.market,
             server_id=o.server_id, gpus=o.gpus, price=o.price, currency=o.currency,
             usd_per_day=o.price * rate if rate is not None else None, state=state,
-            next_lower_at=own_order(o, markets).next_lower_at if settled else None,
+            next_lower_at=next_lower_at(o.created_at, o.last_lowered_at, o.told_next_lower_at,
+                                        markets.rules(o.market)) if settled else None,
             adopted=o.adopted))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,12 +27,16 @@ PASSES = 3
 """Reconcile-and-cancel rounds before giving up on orders that stay open."""
 
 
-@dataclass(slots=True)
 class CancelAllReport:
-    cancelled: list[tuple[int, int]] = field(default_factory=list)
-    """(order id, server id)"""
-    left: list[tuple[int | None, int]] = field(default_factory=list)
-    """Orders still open (or whose create is still being looked for) at the end."""
+    """What cancel-all did (a plain class: ``dataclasses`` would cost every ``bidder --help``)."""
+
+    __slots__ = ("cancelled", "left")
+
+    def __init__(self) -> None:
+        self.cancelled: list[tuple[int, int]] = []
+        """(order id, server id)"""
+        self.left: list[tuple[int | None, int]] = []
+        """Orders still open (or whose create is still being looked for) at the end."""
 
 
 def cancel_all(client: CloreClient, database: Database, clock: Clock, config: Config, *,

@@ -4,9 +4,7 @@ simulated market, in accelerated time, no key needed)."""
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import sys
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def demo_config() -> Config:
     """The built-in ``bidder/demo.toml``."""
+    import importlib.resources
+    import tomllib
+
     from bidder.config import parse_config
 
     text = importlib.resources.files("bidder").joinpath("demo.toml").read_text(encoding="utf-8")

@@ -100,3 +100,14 @@ def test_an_unknown_command_or_option_exits_2(capsys):
             main(argv)
         assert exit_.value.code == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_status_needs_neither_numpy_nor_the_http_client(tmp_path):
+    """``bidder status`` reads the database with SQLAlchemy and the config with pydantic; the
+    strategies' numpy and the API client's httpx are not needed, and cost a monitor every call."""
+    code = ("import os\n"
+            f"os.environ['XDG_DATA_HOME'] = {str(tmp_path)!r}\n"
+            "from bidder.cli import main\n"
+            "assert main(['status']) == 2  # no database: reading it is what matters here\n")
+    assert [m for m in imported_by(code) if m in ("numpy", "httpx", "apscheduler", "bidder.bot")] \
+        == []
