@@ -110,11 +110,7 @@ class MarketFrame:
 
     def usd_rate(self, currency: str) -> float:
         """USD per unit of ``currency`` from the API's own rates; NaN when unknown."""
-        if currency.upper() in ("USD", "USD-BLOCKCHAIN") and currency not in self.rates_usd:
-            return 1.0
-        if currency == "CLORE-Blockchain" and currency not in self.rates_usd:
-            return self.clore_usd
-        return float(self.rates_usd.get(currency, np.nan))
+        return usd_per_unit(currency, self.rates_usd, self.clore_usd)
 
     def bid_prices_in(self, currency: str) -> np.ndarray:
         """Every bid's price in ``currency``, converted with the frame's rates where the bid
@@ -133,6 +129,16 @@ class MarketFrame:
             ok = 0 < rate < np.inf and 0 < to < np.inf
             factor[stated == name] = rate / to if ok else np.nan
         return self.bid_price * factor
+
+
+def usd_per_unit(currency: str, rates_usd: Mapping[str, float], clore_usd: float) -> float:
+    """USD per unit of ``currency``: the API's ``currency_rates_in_usd``, else 1 for USD and
+    ``clore_price`` for CLORE; NaN when unknown."""
+    if currency.upper() in ("USD", "USD-BLOCKCHAIN") and currency not in rates_usd:
+        return 1.0
+    if currency == "CLORE-Blockchain" and currency not in rates_usd:
+        return clore_usd
+    return float(rates_usd.get(currency, np.nan))
 
 
 def empty_frame(market: str, time: float) -> MarketFrame:
