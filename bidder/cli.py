@@ -78,6 +78,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     chosen = _chosen_command(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog="bidder",
+        allow_abbrev=False,  # "--log DEBUG" would hide the command from _chosen_command
         description="Rent GPUs on Clore.ai's spot market and GigaSPOT auction at the lowest price "
         "the market allows, record the market, and backtest strategies on it.",
     )

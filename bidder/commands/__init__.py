@@ -18,6 +18,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def usd_per_clore(text: str) -> float:
+    """An argparse type: a rate in USD per CLORE (positive, finite)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of USD per CLORE, got {text!r}")
+    return value
+
+
 def strategy_problem(targets: Iterable[Any]) -> str | None:
     """What is wrong with the first target whose strategy cannot be loaded with its parameters
     (an unknown strategy, a misspelt parameter), or None. Commands ask before they touch a

@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bidder.commands import usd_per_clore
+
 if TYPE_CHECKING:
     from bidder.backtest.exchange import ExchangeRules
     from bidder.backtest.runner import RunSettings
@@ -32,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", type=database_url, default=None, metavar="PATH|URL",
                         help="the database: a SQLite file or a database URL (default: the "
                              "config's [storage] url or bidder.db)")
-    parser.add_argument("--clore-usd", type=_rate, default=None, metavar="USD",
+    parser.add_argument("--clore-usd", type=usd_per_clore, default=None, metavar="USD",
                         help="USD per CLORE wherever the recording has none (imported CDN files "
                              "carry no rate; host_profit and USD caps and budgets need one)")
     parser.add_argument("--strategy", action="append", default=None, metavar="NAME[:k=v,...]",
@@ -75,16 +77,6 @@ def database_url(text: str) -> str:
     if "://" in text:
         return text
     return f"sqlite:///{Path(text).expanduser().resolve()}"
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of USD per CLORE, got {text!r}")
-    return value
 
 
 def parse_time(text: str | None, name: str) -> float | None:

@@ -6,25 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from bidder.commands import usd_per_clore
+
 HELP = ("Record saved GigaSPOT snapshot files (the CDN's *_<unix time>.json) into the database, "
         "oldest first; already recorded ones are skipped.")
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of USD per CLORE, got {text!r}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML config file (default: built-in defaults; the database is "
                              "[storage] url, else bidder.db in the data directory)")
-    parser.add_argument("--clore-usd", type=_rate, default=None, metavar="USD",
+    parser.add_argument("--clore-usd", type=usd_per_clore, default=None, metavar="USD",
                         help="USD per CLORE to record with the snapshots (CDN files carry no "
                              "rate; a backtest under host_profit or with a USD cap or budget "
                              "needs one); saved get_gigaspot replies among the files give theirs")

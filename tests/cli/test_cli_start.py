@@ -95,7 +95,8 @@ def test_a_new_global_option_is_one_line(monkeypatch):
 
 
 def test_an_unknown_command_or_option_exits_2(capsys):
-    for argv in (["nosuch"], ["status", "--nosuch"], ["--log-level", "LOUD", "status"]):
+    for argv in (["nosuch"], ["status", "--nosuch"], ["--log-level", "LOUD", "status"],
+                 ["--log", "DEBUG", "status"]):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
         assert exit_.value.code == 2
