@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
+from bidder.api.oc import OcSetting, Strict
+
 Currency = str
 """A Clore currency name such as ``"CLORE-Blockchain"``; kept open because the API may add more."""
 
@@ -259,20 +261,7 @@ class CancelOrdersReply(Reply):
 # --- request bodies ------------------------------------------------------------------------------
 
 
-class Strict(BaseModel):
-    """Base of request bodies: unknown fields are refused so typos never reach the exchange."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class OcSetting(Strict):
-    """Overclock settings for one GPU of a GigaSPOT order; ``pl`` (watts) is required."""
-
-    pl: int
-    core_lock: int | None = None
-    mem_lock: int | None = None
-    mem_offset: int | None = None
-    core_offset: int | None = None
+# ``Strict`` (their base) and ``OcSetting`` live in ``bidder.api.oc``, imported above.
 
 
 class SpotOrderRequest(Strict):
