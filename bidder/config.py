@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from bidder.api.models import OcSetting
+from bidder.api.oc import OcSetting
 
 DEFAULT_BASE_URL = "https://api.clore.ai/v1"
 API_KEY_ENV = "CLORE_API_KEY"

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from bidder.clock import Clock
@@ -57,6 +57,7 @@ from storage.models import (
     BotOrder,
     BotRun,
     SpotOffer,
+    SpotOfferCurrency,
     SpotPoll,
 )
 from strategies.base import OwnOrder, Strategy, TargetView
@@ -95,7 +96,8 @@ def idle_spot_servers(frame: MarketFrame) -> set[int]:
 
 
 def recent_wins(session: Session, market: str, server_id: np.ndarray, gpus: np.ndarray,
-                since: float, until: float) -> np.ndarray:
+                since: float, until: float, *, currency: str | None = None,
+                usd_rate: Callable[[str], float] | None = None) -> np.ndarray:
     """Winning prices per GPU-day recorded on ``server_id`` between ``since`` and ``until``: every
     version of an active GigaSPOT bid, every active offer of a spot poll; ours left out (what we
     paid says nothing about what the market asks), as the backtester leaves them out."""
@@ -108,12 +110,23 @@ def recent_wins(session: Session, market: str, server_id: np.ndarray, gpus: np.n
         won = bids.active & ~np.isin(bids.owner, mine[mine >= 0])
         per_gpu = np.array([size[m] for m in bids.machine_id[won].tolist()], dtype=np.float64)
         return bids.price[won] / per_gpu if len(per_gpu) else np.empty(0)
+    oc = SpotOfferCurrency
     rows = session.execute(
-        select(SpotPoll.server_id, SpotOffer.bid).join(SpotPoll, SpotPoll.id == SpotOffer.poll_id)
+        select(SpotPoll.server_id, SpotOffer.bid, oc.currency)
+        .join(SpotPoll, SpotPoll.id == SpotOffer.poll_id)
+        .outerjoin(oc, and_(oc.poll_id == SpotOffer.poll_id, oc.offer_id == SpotOffer.offer_id))
         .where(SpotOffer.active.is_(True), SpotPoll.polled_at >= since,
                SpotOffer.my.is_(False), SpotPoll.polled_at <= until,
                SpotPoll.server_id.in_(list(size)))).all()
-    return np.array([bid / size[sid] for sid, bid in rows], dtype=np.float64)
+    factors = {None: 1.0, currency: 1.0}
+    for stated in {c for _, _, c in rows} - factors.keys():
+        # an offer stated in another currency, at today's rates; one that cannot be converted is
+        # left out (its price is unknown, never cheap)
+        to = usd_rate(currency) if usd_rate is not None and currency is not None else math.nan
+        rate = usd_rate(stated) if usd_rate is not None else math.nan
+        factors[stated] = rate / to if 0 < rate < math.inf and 0 < to < math.inf else math.nan
+    wins = np.array([bid * factors[c] / size[sid] for sid, bid, c in rows], dtype=np.float64)
+    return wins[~np.isnan(wins)]
 
 
 def budget_left(config: Config, unmanaged: Sequence[BotOrder],
@@ -320,7 +333,8 @@ class Engine:
         if window > 0:
             c = view.candidates
             wins = recent_wins(session, target.market, c.server_id[c.eligible],
-                               c.gpus[c.eligible], now - window, now)
+                               c.gpus[c.eligible], now - window, now,
+                               currency=target.currency, usd_rate=frame.usd_rate)
             view = replace(view, recent_wins=wins)
         return view
 

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from bidder.config import MarketsConfig
 from bidder.rules import StepKnowledge, lowest_allowed, next_lower_at
-from storage.frames import MarketFrame
 from storage.models import BIDS, BotOrder, BotOrderEvent, ServerBlock, SpotOffer, SpotPoll
-from strategies.base import OrderState, OwnOrder
+
+if TYPE_CHECKING:  # bidder status reads orders without numpy (frames and strategies use it)
+    from storage.frames import MarketFrame
+    from strategies.base import OrderState, OwnOrder
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,8 @@ def strategy_state(order: BotOrder) -> OrderState:
 def own_order(order: BotOrder, markets: MarketsConfig, *, gpus: int | None = None,
               state: OrderState | None = None) -> OwnOrder:
     """``order`` as the strategy sees it, with the rules engine's lowering limits."""
+    from strategies.base import OwnOrder
+
     rules = markets.rules(order.market)  # type: ignore[arg-type]
     return OwnOrder(
         server_id=int(order.server_id),

@@ -22,10 +22,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bidder.config import BudgetConfig, MarketRules, MarketsConfig
-from strategies.base import DesiredBid, OwnOrder, TargetView
+
+if TYPE_CHECKING:  # types only: bidder status uses the lowering maths without numpy
+    from strategies.base import DesiredBid, OwnOrder, TargetView
 
 DeferReason = Literal["cooldown", "step", "cap", "floor_above_cap", "budget", "rate_unknown",
                       "in_flight", "server_taken", "not_eligible"]

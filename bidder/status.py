@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 
 from bidder.clock import Clock
 from bidder.config import CLORE, MarketsConfig
-from bidder.orders import open_orders, own_order, strategy_state
+from bidder.orders import open_orders, strategy_state
+from bidder.rules import next_lower_at
 from storage.models import (
     ApiCall,
     BotCycle,
@@ -142,6 +143,19 @@ def fmt_age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def market_ages(ages: dict[str, float | None]) -> str:
+    """How old each kind of market data is, in words ("no spot poll yet" before the first)."""
+    parts = []
+    for key, name, suffix in (("gigaspot_snapshot", "GigaSPOT snapshot", "old"),
+                              ("spot_poll", "last spot poll", "ago"),
+                              ("marketplace_listing", "listing", "old"),
+                              ("api_poll", "last API poll", "ago")):
+        age = ages.get(key)
+        parts.append(f"{name} {fmt_age(age)} {suffix}" if age is not None else
+                     f"no {name.removeprefix('last ')} yet")
+    return ", ".join(parts)
+
+
 def _next_text(d: dict[str, Any], now: float) -> str:
     price = d.get("wanted_price")
     at = d.get("not_before")
@@ -215,7 +229,8 @@ def _orders(session: Session, status: Status, markets: MarketsConfig, rates: dic
             local_id=o.id, order_id=o.order_id, target=o.target, market=o.market,
             server_id=o.server_id, gpus=o.gpus, price=o.price, currency=o.currency,
             usd_per_day=o.price * rate if rate is not None else None, state=state,
-            next_lower_at=own_order(o, markets).next_lower_at if settled else None,
+            next_lower_at=next_lower_at(o.created_at, o.last_lowered_at, o.told_next_lower_at,
+                                        markets.rules(o.market)) if settled else None,
             adopted=o.adopted))
 
 
@@ -344,11 +359,7 @@ def render(status: Status) -> str:
         f"{status.budget_per_day:g} {status.budget_currency}"
     out.append(f"spend: {_money(status.spend_per_day)} {status.budget_currency}/day "
                f"(all bids as if winning, fees included); budget {budget}")
-    a = status.ages
-    out.append(f"market data: GigaSPOT snapshot {fmt_age(a.get('gigaspot_snapshot'))} old, "
-               f"last spot poll {fmt_age(a.get('spot_poll'))} ago, listing "
-               f"{fmt_age(a.get('marketplace_listing'))} old, last API poll "
-               f"{fmt_age(a.get('api_poll'))} ago")
+    out.append("market data: " + market_ages(status.ages))
     out.append(f"API calls in the last hour: {status.calls_last_hour} "
                f"({status.rate_limited_last_hour} rate-limited, "
                f"{status.failed_calls_last_hour} not ok)")

@@ -146,11 +146,14 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     if thresholds is None:
         allocation = markets.gigaspot.allocation if target.market == "gigaspot" \
             else "highest_price"
+        bid_price = frame.bid_prices_in(target.currency)
         thresholds = rival_threshold(
-            allocation, bid_start=frame.bid_start, bid_price=frame.bid_price,
+            allocation, bid_start=frame.bid_start, bid_price=bid_price,
             bid_pl=frame.bid_pl, bid_mine=frame.bid_mine, gpus=frame.gpus,
             energy_price=frame.energy_price, clore_usd=frame.clore_usd, our_pl=spec.pl,
             floor=floor_all)
+        if bid_price is not frame.bid_price:
+            thresholds = _unknown_where_unconvertible(frame, bid_price, thresholds)
     threshold, rival_price = thresholds
 
     gpus = frame.gpus[rows]
@@ -171,6 +174,21 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     return TargetView(now=now, target=spec, candidates=Candidates(**columns), orders=tuple(orders),
                       usd_per_unit=usd_per_unit,
                       recent_wins=np.empty(0) if recent_wins is None else recent_wins)
+
+
+def _unknown_where_unconvertible(frame: MarketFrame, bid_price: np.ndarray,
+                                 thresholds: tuple[np.ndarray, np.ndarray]
+                                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A server with a rival offer whose currency cannot be converted has an unknown price to
+    beat (NaN), never the cheap one the other offers would give."""
+    unknown = np.isnan(bid_price) & ~frame.bid_mine
+    if not unknown.any():
+        return thresholds
+    rows = np.unique(frame.bid_server_rows()[unknown])
+    threshold, rival_price = (t.copy() for t in thresholds)
+    threshold[rows] = np.nan
+    rival_price[rows] = np.nan
+    return threshold, rival_price
 
 
 def _orders_absent(orders: Sequence[OwnOrder], rows: Sequence[int | None]) -> list[OwnOrder]:

@@ -7,7 +7,9 @@ servers in one CSR block (``bid_start[i]:bid_start[i+1]`` are server ``i``'s bid
 a few vector operations and no per-bid Python objects.
 
 Prices are per server per day. GigaSPOT prices and ``min_bid`` are CLORE per day; spot bids are in
-the currency of the offer, which the API does not state: we compare them in our order's currency.
+the currency of the offer: ``bid_currency`` where the reply stated it, else (the documented reply
+states none) taken to be our order's currency. ``bid_prices_in`` converts them with the frame's
+own rates.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class MarketFrame:
     """bool: this bid currently holds the server"""
     bid_mine: np.ndarray
     """bool: this bid is ours"""
+    bid_currency: np.ndarray | None = None
+    """object (str): the currency each spot offer states (``""`` or None: unsaid); None when no
+    offer of the frame states one"""
 
     index: dict[int, int] = field(default_factory=dict, repr=False)
     """server id -> row; filled in ``__post_init__``."""
@@ -105,11 +110,35 @@ class MarketFrame:
 
     def usd_rate(self, currency: str) -> float:
         """USD per unit of ``currency`` from the API's own rates; NaN when unknown."""
-        if currency.upper() in ("USD", "USD-BLOCKCHAIN") and currency not in self.rates_usd:
-            return 1.0
-        if currency == "CLORE-Blockchain" and currency not in self.rates_usd:
-            return self.clore_usd
-        return float(self.rates_usd.get(currency, np.nan))
+        return usd_per_unit(currency, self.rates_usd, self.clore_usd)
+
+    def bid_prices_in(self, currency: str) -> np.ndarray:
+        """Every bid's price in ``currency``, converted with the frame's rates where the bid
+        states another currency; NaN (unknown, never cheap) where a rate is missing. Bids that
+        state no currency are taken to be in ``currency``."""
+        if self.bid_currency is None:
+            return self.bid_price
+        stated = self.bid_currency
+        other = np.array([bool(c) and c != currency for c in stated.tolist()], dtype=bool)
+        if not other.any():
+            return self.bid_price
+        to = self.usd_rate(currency)
+        factor = np.ones(len(stated))
+        for name in {c for c in stated[other].tolist()}:
+            rate = self.usd_rate(name)
+            ok = 0 < rate < np.inf and 0 < to < np.inf
+            factor[stated == name] = rate / to if ok else np.nan
+        return self.bid_price * factor
+
+
+def usd_per_unit(currency: str, rates_usd: Mapping[str, float], clore_usd: float) -> float:
+    """USD per unit of ``currency``: the API's ``currency_rates_in_usd``, else 1 for USD and
+    ``clore_price`` for CLORE; NaN when unknown."""
+    if currency.upper() in ("USD", "USD-BLOCKCHAIN") and currency not in rates_usd:
+        return 1.0
+    if currency == "CLORE-Blockchain" and currency not in rates_usd:
+        return clore_usd
+    return float(rates_usd.get(currency, np.nan))
 
 
 def empty_frame(market: str, time: float) -> MarketFrame:

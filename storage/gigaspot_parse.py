@@ -124,6 +124,8 @@ def _gpus_are_plain(gpus: Any) -> bool:
     for gpu in gpus:
         if type(gpu) is not dict or type(gpu.get("model")) is not str or not _is_range(gpu.get("pl")):
             return False
+        if gpu["pl"][0] < 0 or gpu["pl"][1] < 0:  # impossible: pydantic names the field
+            return False
         get = gpu.get
         for value in (get("mem_lock"), get("core_lock"), get("mem_offset"), get("core_offset")):
             if value is not None and not _is_range(value):
@@ -158,7 +160,8 @@ def _plain_machine(machine: Any, known: Facts | None) -> tuple[Facts, State, lis
             or type(mrl) is not int
             or (type(reliability) is not float and type(reliability) is not int)
             or (type(min_bid) is not float and type(min_bid) is not int)
-            or (type(energy_price) is not float and type(energy_price) is not int)):
+            or (type(energy_price) is not float and type(energy_price) is not int)
+            or not 0 <= reliability <= 1 or min_bid < 0):  # impossible: pydantic names the field
         raise _Unusual
     state = State(online, rented, working, reliability, min_bid, mrl, energy_price)
     machine_bids = machine["bids"]
@@ -176,7 +179,8 @@ def _plain_machine(machine: Any, known: Facts | None) -> tuple[Facts, State, lis
                 or type(currency) is not str
                 or (type(pl) is not int and type(pl) is not float)
                 or (to_cache is not None and type(to_cache) is not bool)
-                or (cached is not None and type(cached) is not bool)):
+                or (cached is not None and type(cached) is not bool)
+                or price < 0 or pl < 0):
             raise _Unusual
         bids.append((bid_id, Bid(owner, active, price, currency, pl, to_cache, cached)))
     return facts, state, bids

@@ -19,6 +19,7 @@ from storage.models import (
     MarketplaceListing,
     MarketplaceServer,
     SpotOffer,
+    SpotOfferCurrency,
     SpotPoll,
 )
 
@@ -168,13 +169,15 @@ def spot_frame(session: Session, *, at: float | None = None,
     l_rented = np.array([r.rented is True for r in listed], dtype=bool)
     row, found = _aligned(server_id, l_id)
 
-    o = SpotOffer
+    o, oc = SpotOffer, SpotOfferCurrency
     offers = fetch_rows(session.connection(),
-                        select(p.server_id, o.offer_id, o.bid, o.active, o.my)
-                        .join(p, p.id == o.poll_id).where(o.poll_id.in_(poll_id.tolist()))
+                        select(p.server_id, o.offer_id, o.bid, o.active, o.my, oc.currency)
+                        .join(p, p.id == o.poll_id)
+                        .outerjoin(oc, and_(oc.poll_id == o.poll_id, oc.offer_id == o.offer_id))
+                        .where(o.poll_id.in_(poll_id.tolist()))
                         .order_by(p.server_id, o.offer_id))
-    o_server, offer_id, bid, active, mine = to_columns(
-        offers, (np.int64, np.int64, np.float64, bool, bool))
+    o_server, offer_id, bid, active, mine, offer_currency = to_columns(
+        offers, (np.int64, np.int64, np.float64, bool, bool, object))
 
     rates_row = session.execute(select(CurrencyRates.rates).where(CurrencyRates.first_seen <= at)
                                 .order_by(CurrencyRates.id.desc()).limit(1)).scalar_one_or_none()
@@ -206,4 +209,5 @@ def spot_frame(session: Session, *, at: float | None = None,
         bid_pl=np.full(len(offer_id), np.nan),
         bid_active=active,
         bid_mine=mine,
+        bid_currency=offer_currency if any(offer_currency.tolist()) else None,
     )

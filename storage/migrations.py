@@ -223,9 +223,22 @@ def _v2_bot(connection: Connection) -> None:
     md.create_all(connection)
 
 
+def _v3_spot_offer_currency(connection: Connection) -> None:
+    """The currency a spot offer states (public clients of the API show offers with a
+    ``currency``), for the offers that state one: a table of its own, so the offers of older
+    polls stay as they were."""
+    md = MetaData()
+    Table("spot_offer_currency", md,
+          Column("poll_id", Integer, primary_key=True, autoincrement=False),
+          Column("offer_id", BigInteger, primary_key=True, autoincrement=False),
+          Column("currency", String, nullable=False))
+    md.create_all(connection)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "market recorder: GigaSPOT snapshots, spot polls, marketplace listings",
               _v1_market_recorder),
     Migration(2, "bot: runs, orders and their events, call journal, cycles and decisions",
               _v2_bot),
+    Migration(3, "the currency spot offers state", _v3_spot_offer_currency),
 )

@@ -209,6 +209,18 @@ class SpotOffer(Base):
     my: Mapped[bool]
 
 
+class SpotOfferCurrency(Base):
+    """The currency a spot offer states, for offers that state one (schema version 3); an offer
+    without a row here is in the currency the API leaves unsaid. No foreign key: the row is
+    written with its offer, in the same transaction."""
+
+    __tablename__ = "spot_offer_currency"
+
+    poll_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    offer_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    currency: Mapped[str] = mapped_column(String)
+
+
 class MarketplaceListing(Base):
     """One ``marketplace`` reply (spot discovery), taken now and then."""
 

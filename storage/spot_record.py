@@ -22,6 +22,7 @@ from storage.models import (
     MarketplaceListing,
     MarketplaceServer as ListedServer,
     SpotOffer,
+    SpotOfferCurrency,
     SpotPoll,
 )
 
@@ -64,19 +65,23 @@ def record_spot_poll(session: Session, server_id: int, polled_at: float,
     if len(set(offer_ids)) != len(offer_ids):
         raise ValueError(f"spot_marketplace reply for server {server_id} lists an offer twice: "
                          f"{sorted({i for i in offer_ids if offer_ids.count(i) > 1})}")
+    rates = reply.rates_in_usd()
     poll = SpotPoll(
         server_id=server_id, polled_at=polled_at, market_exists=reply.exists,
         online=server.online if server else None, visibility=server.visibility if server else None,
         mrl=server.mrl if server else None,
         min_pricing=dict(server.min_pricing) if server else {},
-        rates_id=_rates_id(session, reply.currency_rates_in_usd, polled_at)
-        if reply.currency_rates_in_usd is not None else None)
+        rates_id=_rates_id(session, rates, polled_at) if rates is not None else None)
     session.add(poll)
     session.flush()
     if offers:
         session.execute(insert(SpotOffer), [
             {"poll_id": poll.id, "offer_id": o.offer_id, "bid": o.bid, "active": o.active, "my": o.my}
             for o in offers])
+    stated = [{"poll_id": poll.id, "offer_id": o.offer_id, "currency": o.currency}
+              for o in offers if o.currency is not None]
+    if stated:
+        session.execute(insert(SpotOfferCurrency), stated)
     return poll.id
 
 

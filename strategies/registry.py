@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import logging
 import math
 import numbers
+import os
+import sys
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pydantic import ValidationError
@@ -66,12 +71,8 @@ def load_strategy(spec: str, params: Mapping[str, Any], *,
 
 def _resolve(spec: str, entry_points: EntryPoints) -> object:
     if ":" in spec:
-        module_name, _, attr = spec.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            raise StrategyError(f"strategy {spec!r}: cannot import {module_name!r}: {err}") \
-                from None
+        module_name, _, attr = spec.rpartition(":")
+        module = _user_module(spec, module_name)
         try:
             return getattr(module, attr)
         except AttributeError:
@@ -88,6 +89,61 @@ def _resolve(spec: str, entry_points: EntryPoints) -> object:
                                     f"{err}") from None
     raise StrategyError(f"unknown strategy {spec!r}; available: "
                         f"{', '.join(available_strategies(entry_points))} (or module:Class)")
+
+
+def _user_module(spec: str, module_name: str) -> ModuleType:
+    """The module of a ``module:Class`` strategy: a file (``./my_strategies.py``), an importable
+    module, or a module in the current folder (the ``bidder`` script does not put the current
+    folder on ``sys.path``, so a strategy beside the config would otherwise not be found)."""
+    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+        return _module_from_file(spec, Path(module_name))
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name.partition(".")[0]:
+            raise StrategyError(f"strategy {spec!r}: cannot import {module_name!r}: {err}") \
+                from None
+    except ImportError as err:
+        raise StrategyError(f"strategy {spec!r}: cannot import {module_name!r}: {err}") from None
+    cwd = os.getcwd()
+    if cwd in sys.path:
+        raise StrategyError(f"strategy {spec!r}: cannot import {module_name!r}: no such module "
+                            f"installed or in the current folder {cwd}") from None
+    sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name.partition(".")[0]:
+            raise StrategyError(f"strategy {spec!r}: cannot import {module_name!r}: no such "
+                                f"module installed or in the current folder {cwd}") from None
+        raise StrategyError(f"strategy {spec!r}: cannot import {module_name!r}: {err}") from None
+    except ImportError as err:
+        raise StrategyError(f"strategy {spec!r}: cannot import {module_name!r}: {err}") from None
+    finally:
+        sys.path.remove(cwd)
+
+
+def _module_from_file(spec: str, path: Path) -> ModuleType:
+    """The strategy file at ``path``, loaded once as a module named after the file."""
+    path = path.expanduser().resolve()
+    if not path.is_file():
+        raise StrategyError(f"strategy {spec!r}: no file {path}")
+    name = path.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+        return loaded
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise StrategyError(f"strategy {spec!r}: {path} cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # pydantic and dataclasses look their module up by name
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[name]
+        raise StrategyError(f"strategy {spec!r}: loading {path} failed: "
+                            f"{type(err).__name__}: {err}") from None
+    return module
 
 
 def parse_strategy_arg(arg: str) -> tuple[str, dict[str, Any]]:

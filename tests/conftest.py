@@ -11,6 +11,9 @@ def restore_logging():
     one command's handlers never leak into the next test (or swallow pytest's log capture)."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    quietened = {name: logging.getLogger(name).level for name in ("httpx", "apscheduler")}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, old in quietened.items():  # setup_logging quietens these; a later test may not
+        logging.getLogger(name).setLevel(old)

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
+from bidder.api.oc import OcSetting, Strict
+
 Currency = str
 """A Clore currency name such as ``"CLORE-Blockchain"``; kept open because the API may add more."""
 
@@ -134,6 +136,9 @@ class SpotOffer(Lenient):
     """This offer currently runs (it holds the server)."""
     my: bool
     """This offer is ours."""
+    currency: str | None = None
+    """The offer's currency, when the reply states it (public clients typed from live replies
+    show one); ``None``: unsaid, taken to be our order's currency."""
 
 
 class SpotServer(Lenient):
@@ -147,12 +152,22 @@ class SpotServer(Lenient):
 class SpotMarket(Lenient):
     offers: list[SpotOffer] = Field(default_factory=list)
     server: SpotServer | None = None
+    currency_rates_in_usd: dict[str, float] | None = None
+    """Where public clients typed from live replies put the rates (the docs: at the top)."""
 
 
 class SpotMarketplaceReply(Reply):
     market: SpotMarket | None = None
     exists: bool | None = None
     currency_rates_in_usd: dict[str, float] | None = None
+
+    def rates_in_usd(self) -> dict[str, float] | None:
+        """USD per unit of each currency, wherever the reply put them (the top level and
+        ``market``; the top level wins where both name a currency)."""
+        inner = self.market.currency_rates_in_usd if self.market is not None else None
+        if inner is None:
+            return self.currency_rates_in_usd
+        return {**inner, **(self.currency_rates_in_usd or {})}
 
 
 # --- GigaSPOT ------------------------------------------------------------------------------------
@@ -167,10 +182,12 @@ class GigaspotInfo(Reply):
 
 
 Range = Annotated[list[float], Field(min_length=2, max_length=2)]
+Watts = Annotated[float, Field(ge=0)]
+WattsRange = Annotated[list[Watts], Field(min_length=2, max_length=2)]
 
 
 class SnapshotGpu(Lenient):
-    pl: Range
+    pl: WattsRange
     """Allowed power limit range [min, max] in watts."""
     mem_lock: Range | None = None
     core_lock: Range | None = None
@@ -185,9 +202,9 @@ class SnapshotBid(Lenient):
     active: bool
     to_cache: bool | None = None
     cached: bool | None = None
-    price: float
+    price: float = Field(ge=0)
     currency: str
-    pl: int | float
+    pl: int | float = Field(ge=0)
 
 
 class SnapshotMachine(Lenient):
@@ -205,9 +222,9 @@ class SnapshotMachine(Lenient):
     """Seconds; 0 means the machine cannot be rented."""
     cc: str | None = None
     host: int | None = None
-    reliability: float
+    reliability: float = Field(ge=0, le=1)
     """0..1, uptime over the last 14 days."""
-    min_bid: float
+    min_bid: float = Field(ge=0)
     """CLORE per day."""
     energy_price: float
     """USD per kWh."""
@@ -244,20 +261,7 @@ class CancelOrdersReply(Reply):
 # --- request bodies ------------------------------------------------------------------------------
 
 
-class Strict(BaseModel):
-    """Base of request bodies: unknown fields are refused so typos never reach the exchange."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class OcSetting(Strict):
-    """Overclock settings for one GPU of a GigaSPOT order; ``pl`` (watts) is required."""
-
-    pl: int
-    core_lock: int | None = None
-    mem_lock: int | None = None
-    mem_offset: int | None = None
-    core_offset: int | None = None
+# ``Strict`` (their base) and ``OcSetting`` live in ``bidder.api.oc``, imported above.
 
 
 class SpotOrderRequest(Strict):

@@ -42,7 +42,7 @@ from storage.arrays import expand, to_columns
 from bidder.backtest.regrid import regrid_market, tick_map
 from storage.bulk import fetch_rows
 from storage.db import open_database, sqlite_path
-from storage.frames import MarketFrame
+from storage.frames import MarketFrame, usd_per_unit
 from storage.history import (
     BidPrices,
     SnapshotTimes,
@@ -59,6 +59,7 @@ from storage.models import (
     MarketplaceListing,
     MarketplaceServer,
     SpotOffer,
+    SpotOfferCurrency,
     SpotPoll,
 )
 
@@ -144,15 +145,17 @@ def load_history(session: Session, targets: Sequence[TargetConfig], *, allocatio
                  start: float | None = None, end: float | None = None,
                  grid_interval: float = 60.0,
                  extra_servers: Mapping[str, Iterable[int]] | None = None,
-                 extra_times: Iterable[float] | None = None) -> History:
+                 extra_times: Iterable[float] | None = None,
+                 clore_usd: float | None = None) -> History:
     """The history the ``targets`` need between ``start`` and ``end`` (inclusive, UNIX seconds).
 
     ``allocation`` is the GigaSPOT rule the best rival is chosen by. ``grid_interval`` spaces the
     ticks of a recording without GigaSPOT snapshots. ``extra_servers`` (market -> ids) are kept as
     candidates whatever they are (servers of starting orders). ``extra_times`` are ticks added
     to the grid (within the range), e.g. the moments a bot run's cycles saw spot polls, so a
-    replay can see exactly what they saw. Raises ``HistoryError`` when nothing was recorded in
-    the range.
+    replay can see exactly what they saw. ``clore_usd`` (USD per CLORE) fills the ticks where
+    none was recorded (imported CDN files carry no rate). Raises ``HistoryError`` when nothing was
+    recorded in the range.
     """
     extra = {m: set(map(int, ids)) for m, ids in (extra_servers or {}).items()}
     snaps = snapshot_times(session, start, end)
@@ -185,6 +188,8 @@ def load_history(session: Session, targets: Sequence[TargetConfig], *, allocatio
         spot_clore = np.array([rates[k].get(CLORE, np.nan) if k >= 0 else np.nan
                                for k in rates_index])
         clore = np.where(np.isnan(clore), spot_clore, clore)
+    if clore_usd is not None:
+        clore = np.where(np.isnan(clore), clore_usd, clore)
     my_ids = tuple(sorted({int(u) for u in snaps.my_user_id if u >= 0}))
     markets: dict[str, MarketHistory] = {}
     if giga_targets:
@@ -707,8 +712,36 @@ def _spot(session: Session, polls: _Polls, time: np.ndarray, targets: Sequence[T
         {c: np.concatenate([stale[c], fresh[c]]) for c in fresh},
         {**_offline_values(n, currencies), "observed_at": np.full(n, np.nan)})
     rivals, wins = _spot_rivals(session, polls, keep, p_row, poll_tick, expiry_tick, n_ticks, n,
-                                fact_stream)
+                                fact_stream, currencies[0] if len(currencies) == 1 else None)
     return MarketHistory("spot", ids, fact_stream, state_stream, rivals, wins)
+
+
+def _in_currency(session: Session, o_poll: np.ndarray, o_id: np.ndarray, o_bid: np.ndarray,
+                 currency: str, since: float) -> np.ndarray:
+    """Offer prices in ``currency``: those that state another one converted with the rates of
+    their poll's time; +inf where that cannot be done (an unknown price is never cheap: no bid
+    of ours beats it)."""
+    oc = SpotOfferCurrency
+    stated = session.execute(select(oc.poll_id, oc.offer_id, oc.currency, SpotPoll.polled_at)
+                             .join(SpotPoll, SpotPoll.id == oc.poll_id)
+                             .where(SpotPoll.polled_at >= since, oc.currency != currency)).all()
+    if not stated:
+        return o_bid
+    key = {(int(p), int(o)): (c, float(t)) for p, o, c, t in stated}
+    times = np.array(sorted({t for _, t in key.values()}), dtype=np.float64)
+    table, index = _rates(session, times)
+    at = dict(zip(times.tolist(), index.tolist()))
+    out = o_bid.copy()
+    for i, (poll, offer) in enumerate(zip(o_poll.tolist(), o_id.tolist())):
+        hit = key.get((poll, offer))
+        if hit is None:
+            continue
+        k = at[hit[1]]
+        rates = table[k] if k >= 0 else {}
+        clore = rates.get(CLORE, np.nan)
+        rate, to = usd_per_unit(hit[0], rates, clore), usd_per_unit(currency, rates, clore)
+        out[i] = o_bid[i] * rate / to if 0 < rate < np.inf and 0 < to < np.inf else np.inf
+    return out
 
 
 def _stale_after(server_id: np.ndarray, polled_at: np.ndarray) -> np.ndarray:
@@ -726,8 +759,10 @@ def _stale_after(server_id: np.ndarray, polled_at: np.ndarray) -> np.ndarray:
 
 def _spot_rivals(session: Session, polls: _Polls, keep: np.ndarray, p_row: np.ndarray,
                  poll_tick: np.ndarray, expiry_tick: np.ndarray, n_ticks: int, n: int,
-                 facts: EventStream) -> tuple[EventStream, WinVersions]:
-    """The highest rival offer of each poll (ties to the lower offer id), as rival events."""
+                 facts: EventStream, currency: str | None = None) -> tuple[EventStream, WinVersions]:
+    """The highest rival offer of each poll (ties to the lower offer id), as rival events.
+    Offers that state another currency than ``currency`` (the spot targets' one) are converted
+    with the rates recorded at their poll, as the live view does."""
     position = np.full(int(polls.id.max(initial=0)) + 1, -1, dtype=np.int64)
     position[polls.id[keep]] = np.arange(len(keep))
     o = SpotOffer
@@ -737,6 +772,8 @@ def _spot_rivals(session: Session, polls: _Polls, keep: np.ndarray, p_row: np.nd
                         .join(SpotPoll, SpotPoll.id == o.poll_id)
                         .where(SpotPoll.polled_at >= lo, o.my.is_(False)))
     o_poll, o_id, o_bid, o_active = to_columns(offers, (np.int64, np.int64, np.float64, bool))
+    if currency is not None:
+        o_bid = _in_currency(session, o_poll, o_id, o_bid, currency, lo)
     ok = o_poll < len(position)
     o_poll, o_id, o_bid, o_active = o_poll[ok], o_id[ok], o_bid[ok], o_active[ok]
     o_pos = position[o_poll]
@@ -760,7 +797,7 @@ def _spot_rivals(session: Session, polls: _Polls, keep: np.ndarray, p_row: np.nd
                                {c: np.concatenate([none[c], best[c]]) for c in best},
                                _empty_rival_initial(n))
     gpus = np.maximum(_final(facts)["gpus"], 1)
-    won = np.flatnonzero(o_active)
+    won = np.flatnonzero(o_active & np.isfinite(o_bid))  # an unconvertible win tells nothing
     win_rows = rows[o_pos[won]]
     win_tick = o_tick[won]
     return stream, WinVersions(win_rows, win_tick, win_tick, o_bid[won] / gpus[win_rows])

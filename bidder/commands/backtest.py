@@ -6,24 +6,14 @@ import argparse
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bidder.backtest.data import HistoryError, count_recorded, load_history
-from bidder.backtest.exchange import ExchangeRules
-from bidder.backtest.grid import ProgressBar, default_workers, expand_grid, run_backtest
-from bidder.backtest.plot import PlotUnavailable, plot, require_matplotlib
-from bidder.backtest.reactive import ReactiveSettings
-from bidder.backtest.replay_diff import ReplayDiffError, describe, load_run, replay_diff
-from bidder.backtest.replay_diff import as_json as replay_json
-from bidder.backtest.report import as_json, table, write_json
-from bidder.backtest.runner import MODES, RunSettings
-from bidder.config import Config, load_config
-from bidder.logs import setup_logging
-from bidder.status import fmt_time
-from bidder.sim.options import PAYMENTS, StepRule
-from storage.db import open_database
-from storage.errors import StorageError
-from strategies.registry import StrategyError
+from bidder.commands import usd_per_clore
+
+if TYPE_CHECKING:
+    from bidder.backtest.exchange import ExchangeRules
+    from bidder.backtest.runner import RunSettings
+    from bidder.config import Config
 
 HELP = ("Replay the recorded market (GigaSPOT snapshots, spot polls) through strategies and the "
         "bot's own rules engine; compare them against an oracle that knows the future.")
@@ -34,11 +24,19 @@ class UsageError(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from bidder.backtest.grid import default_workers
+    from bidder.backtest.runner import MODES
+    from bidder.sim.options import PAYMENTS
+
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML config file: targets, market rules, fees, budget (default: "
                              "built-in defaults, which have no targets)")
-    parser.add_argument("--db", default=None,
-                        help="database URL (default: the config's [storage] url or bidder.db)")
+    parser.add_argument("--db", type=database_url, default=None, metavar="PATH|URL",
+                        help="the database: a SQLite file or a database URL (default: the "
+                             "config's [storage] url or bidder.db)")
+    parser.add_argument("--clore-usd", type=usd_per_clore, default=None, metavar="USD",
+                        help="USD per CLORE wherever the recording has none (imported CDN files "
+                             "carry no rate; host_profit and USD caps and budgets need one)")
     parser.add_argument("--strategy", action="append", default=None, metavar="NAME[:k=v,...]",
                         help="a strategy and its parameters, e.g. outbid:tick=0.05; repeat it to "
                              "compare strategies; 'a|b' in a value makes a grid "
@@ -74,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --replay-diff: the bot run to replay (default: the newest)")
 
 
+def database_url(text: str) -> str:
+    """A database URL as it is; anything else is the path of a SQLite file."""
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
 def parse_time(text: str | None, name: str) -> float | None:
     """ISO 8601 (naive = UTC) or UNIX seconds."""
     if text is None:
@@ -98,6 +103,12 @@ def _check_output(path: Path | None, option: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bidder.backtest.data import HistoryError
+    from bidder.backtest.plot import PlotUnavailable
+    from bidder.backtest.replay_diff import ReplayDiffError
+    from storage.errors import StorageError
+    from strategies.registry import StrategyError
+
     try:
         return _replay_diff(args) if args.replay_diff else _run(args)
     except (UsageError, StrategyError, HistoryError, StorageError, PlotUnavailable,
@@ -107,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_settings(args: argparse.Namespace, config: Config) -> RunSettings:
+    from bidder.backtest.exchange import ExchangeRules
+    from bidder.backtest.reactive import ReactiveSettings
+    from bidder.backtest.runner import RunSettings
+    from bidder.sim.options import StepRule
+
     step_rule = args.step_rule or config.sim.step_rule
     try:
         StepRule.parse(step_rule)
@@ -120,10 +136,19 @@ def _run_settings(args: argparse.Namespace, config: Config) -> RunSettings:
 def _replay_diff(args: argparse.Namespace) -> int:
     misplaced = [name for name, given in (("--strategy", args.strategy), ("--target", args.target),
                                           ("--from", args.start), ("--to", args.end),
-                                          ("--plot", args.plot)) if given]
+                                          ("--plot", args.plot),
+                                          ("--clore-usd", args.clore_usd)) if given]
     if misplaced:
         raise UsageError(f"--replay-diff replays a bot run as it was: {', '.join(misplaced)} "
                          "cannot be used with it")
+    from bidder.backtest.replay_diff import as_json as replay_json
+    from bidder.backtest.replay_diff import describe, load_run, replay_diff
+    from bidder.backtest.report import write_json
+    from bidder.config import Config, load_config
+    from bidder.logs import setup_logging
+    from bidder.status import fmt_time
+    from storage.db import open_database
+
     config = load_config(args.config) if args.config is not None else Config()
     setup_logging(args.log_level)
     _check_output(args.json, "--json")
@@ -139,6 +164,15 @@ def _replay_diff(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from bidder.backtest.data import HistoryError, count_recorded, load_history
+    from bidder.backtest.grid import ProgressBar, expand_grid, run_backtest
+    from bidder.backtest.plot import plot, require_matplotlib
+    from bidder.backtest.report import as_json, table, write_json
+    from bidder.backtest.runner import MODES
+    from bidder.config import Config, load_config
+    from bidder.logs import setup_logging
+    from storage.db import open_database
+
     if not args.strategy:
         raise UsageError("give at least one --strategy (or --replay-diff)")
     if args.run is not None:
@@ -170,20 +204,46 @@ def _run(args: argparse.Namespace) -> int:
             raise HistoryError(f"the database at {url} has no GigaSPOT snapshots and no spot polls: "
                                "record some first (bidder record, bidder import)")
         history = load_history(session, targets, allocation=config.markets.gigaspot.allocation,
-                               start=start, end=end, grid_interval=config.bot.decide_interval)
-    progress = ProgressBar(force=args.progress)
+                               start=start, end=end, grid_interval=config.bot.decide_interval,
+                               clore_usd=args.clore_usd)
+    targets, warnings = _preflight(history, config, targets)
+    progress = ProgressBar(sys.stderr, force=args.progress)  # the stream of now, not of import
     result = run_backtest(history, config, variants, settings, modes=modes, targets=targets,
                           workers=args.workers, progress=progress)
     info = _settings(history, exchange, settings, targets, modes)
+    info["clore_usd_given"] = args.clore_usd
+    info["warnings"] = warnings
     print(f"{len(targets)} target(s), {history.n_ticks:,} ticks from "
           f"{_iso(history.time[0])} to {_iso(history.time[-1])}; exchange step rule "
           f"{exchange.step_rule}, payment {exchange.payment}; costs in each target's currency")
-    print(table(result.metrics))
+    banner = "".join(f"WARNING: {w}\n" for w in warnings)
+    print(banner + table(result.metrics) + ("\n" + banner.rstrip("\n") if banner else ""))
     if args.json is not None:
         write_json(args.json, as_json(result.metrics, info))
     if args.plot is not None:
         plot(args.plot, result.runs, targets, result.oracles)
     return 0
+
+
+def _preflight(history: Any, config: Config, targets: list[Any]) -> tuple[list[Any], list[str]]:
+    """The targets that can be backtested and the warnings to show with the results; a rate a
+    rule needs and the range lacks entirely, or no target with a candidate server, is a
+    ``UsageError``."""
+    from bidder.backtest.preflight import describe_target, rate_gaps, without_candidates
+
+    empty = without_candidates(history, targets)
+    if len(empty) == len(targets):
+        raise UsageError("no recorded server ever matched " + "; ".join(
+            f"target {t.name!r} ({describe_target(t)})" for t in empty) + ": nothing to backtest")
+    warnings = [f"target {t.name!r} left out: no recorded server ever matched it "
+                f"({describe_target(t)})" for t in empty]
+    targets = [t for t in targets if t not in empty]
+    gaps = rate_gaps(history, config, targets)
+    fatal = [g for g in gaps if g.everywhere]
+    if fatal:
+        raise UsageError(fatal[0].message())
+    warnings += [g.message() for g in gaps]
+    return targets, warnings
 
 
 def _targets(config: Config, names: list[str] | None) -> list[Any]:

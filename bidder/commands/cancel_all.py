@@ -11,21 +11,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bidder.api import CloreClient, CloreError
-from bidder.clock import Clock, SystemClock
-from bidder.config import Config, load_config
-from bidder.executor import Executor
-from bidder.journal import ActivityLog, Journal
-from bidder.commands.run import logged_key
-from bidder.orders import open_orders
-from bidder.reconcile import seen_orders
-from storage.db import Database, open_database
-from storage.errors import StorageError
-from storage.market_views import gigaspot_frame
-from storage.models import BotHalt
+if TYPE_CHECKING:
+    from bidder.api import CloreClient
+    from bidder.clock import Clock
+    from bidder.config import Config
+    from storage.db import Database
 
 HELP = ("Cancel every bid of ours (spot and GigaSPOT), after reconciling with the exchange; a "
         "running bot stops trading. Exits non-zero if anything could not be cancelled.")
@@ -34,18 +27,26 @@ PASSES = 3
 """Reconcile-and-cancel rounds before giving up on orders that stay open."""
 
 
-@dataclass(slots=True)
 class CancelAllReport:
-    cancelled: list[tuple[int, int]] = field(default_factory=list)
-    """(order id, server id)"""
-    left: list[tuple[int | None, int]] = field(default_factory=list)
-    """Orders still open (or whose create is still being looked for) at the end."""
+    """What cancel-all did (a plain class: ``dataclasses`` would cost every ``bidder --help``)."""
+
+    __slots__ = ("cancelled", "left")
+
+    def __init__(self) -> None:
+        self.cancelled: list[tuple[int, int]] = []
+        """(order id, server id)"""
+        self.left: list[tuple[int | None, int]] = []
+        """Orders still open (or whose create is still being looked for) at the end."""
 
 
 def cancel_all(client: CloreClient, database: Database, clock: Clock, config: Config, *,
                passes: int = PASSES) -> CancelAllReport:
     """Reconcile and cancel until the exchange shows no order of ours (or ``passes`` run out).
     Raises ``CloreError`` when the exchange cannot be asked."""
+    from bidder.executor import Executor
+    from bidder.journal import Journal
+    from bidder.orders import open_orders
+
     sessions = database.sessions
     executor = Executor(client, sessions, clock, config, journal=Journal(clock))
     report = CancelAllReport()
@@ -73,6 +74,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _listing(client: CloreClient, database: Database) -> list[tuple[int | None, int, str]]:
     """(order id, server id, where seen) of every bid the exchange or the database holds."""
+    from bidder.orders import open_orders
+    from bidder.reconcile import seen_orders
+    from storage.market_views import gigaspot_frame
+
     reply = client.my_orders()
     with database.sessions() as session:
         seen = seen_orders(reply, gigaspot_frame(session))
@@ -84,6 +89,15 @@ def _listing(client: CloreClient, database: Database) -> list[tuple[int | None, 
 
 
 def run(args: argparse.Namespace) -> int:
+    from bidder.api import CloreClient, CloreError
+    from bidder.clock import SystemClock
+    from bidder.commands.run import logged_key
+    from bidder.config import load_config
+    from bidder.journal import ActivityLog
+    from storage.db import open_database
+    from storage.errors import StorageError
+    from storage.models import BotHalt
+
     config = load_config(args.config)
     key = logged_key(config, "cancel-all", args.log_level)
     if key is None:

@@ -6,21 +6,12 @@ import argparse
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
-
-from bidder.api import CloreClient
-from bidder.clock import Clock, ScaledClock, SystemClock
 from bidder.commands import positive_seconds
-from bidder.config import Config, load_config
-from bidder.logs import setup_logging
-from bidder.poller import MarketPoller
-from bidder.scheduler import JobSpec, run_jobs
-from bidder.sim.connect import sim_client, sim_config, sim_market
-from storage.db import open_database, shown_url
-from storage.errors import StorageError
-from storage.models import GigaspotSnapshot, MarketplaceListing, SpotPoll
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 HELP = ("Record the market without bidding: GigaSPOT snapshots, spot order books and marketplace "
         "listings, into the database, until Ctrl-C or SIGTERM (or for --duration seconds).")
@@ -46,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _counts_since(sessions: sessionmaker[Session], since: float) -> list[int]:
     """GigaSPOT snapshots, spot polls and marketplace listings recorded from ``since`` on."""
+    from sqlalchemy import func, select
+
+    from storage.models import GigaspotSnapshot, MarketplaceListing, SpotPoll
+
     columns = (GigaspotSnapshot.fetched_at, SpotPoll.polled_at, MarketplaceListing.taken_at)
     with sessions() as session:
         return [session.scalar(select(func.count()).where(column >= since)) or 0
@@ -53,6 +48,16 @@ def _counts_since(sessions: sessionmaker[Session], since: float) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bidder.api import CloreClient
+    from bidder.clock import Clock, ScaledClock, SystemClock
+    from bidder.config import Config, load_config
+    from bidder.logs import setup_logging
+    from bidder.poller import MarketPoller
+    from bidder.scheduler import JobSpec, run_jobs
+    from bidder.sim.connect import sim_client, sim_config, sim_market
+    from storage.db import open_database, shown_url
+    from storage.errors import StorageError
+
     config = load_config(args.config) if args.config is not None else Config()
     key = config.api.resolved_key()
     setup_logging(args.log_level, [key.get_secret_value()] if key else [])

@@ -4,22 +4,17 @@ simulated market, in accelerated time, no key needed)."""
 from __future__ import annotations
 
 import argparse
-import importlib.resources
 import sys
-import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import SecretStr
+from bidder.commands import positive_seconds, strategy_problem
 
-from bidder.bot import Bot
-from bidder.clock import Clock, ScaledClock, SystemClock
-from bidder.commands import positive_seconds
-from bidder.config import Config, Mode, load_config, parse_config
-from bidder.logs import setup_logging
-from bidder.scheduler import run_jobs
-from bidder.sim.connect import sim_config, sim_market
-from storage.db import Database, open_database, sqlite_path
-from storage.errors import StorageError
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from bidder.config import Config, Mode
+    from storage.db import Database
 
 HELP = ("Run the bot: hold the configured targets at the lowest price the market allows, until "
         "Ctrl-C or SIGTERM. --sim runs it against the built-in simulated market (no key needed).")
@@ -42,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def demo_config() -> Config:
     """The built-in ``bidder/demo.toml``."""
+    import importlib.resources
+    import tomllib
+
+    from bidder.config import parse_config
+
     text = importlib.resources.files("bidder").joinpath("demo.toml").read_text(encoding="utf-8")
     return parse_config(tomllib.loads(text), "the built-in demo config (bidder/demo.toml)")
 
@@ -49,6 +49,8 @@ def demo_config() -> Config:
 def logged_key(config: Config, command: str, log_level: str) -> SecretStr | None:
     """Set up logging with the API key redacted, and return the key; without one, say so on
     stderr and return None."""
+    from bidder.logs import setup_logging
+
     key = config.api.resolved_key()
     setup_logging(log_level, [key.get_secret_value()] if key else [])
     if key is None:
@@ -59,6 +61,8 @@ def logged_key(config: Config, command: str, log_level: str) -> SecretStr | None
 
 def _fresh_sim_database(url: str) -> None:
     """The default simulation database is started afresh: each run is a new simulated market."""
+    from storage.db import sqlite_path
+
     path = sqlite_path(url)
     if path is None:
         return
@@ -67,6 +71,11 @@ def _fresh_sim_database(url: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bidder.config import load_config
+    from bidder.sim.connect import sim_config
+    from storage.db import open_database
+    from storage.errors import StorageError
+
     mode: Mode = "sim" if args.sim else "dry-run" if args.dry_run else "live"
     if args.config is None and mode != "sim":
         print("bidder run: --config is required (or --sim for the simulated market)",
@@ -79,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not config.targets:
         print("bidder run: the config has no [[targets]]: nothing to hold", file=sys.stderr)
+        return 2
+    problem = strategy_problem(config.targets)
+    if problem is not None:
+        print(f"bidder run: {problem}", file=sys.stderr)
         return 2
     url = config.storage_url(mode)
     if mode == "sim" and not config.storage.url:
@@ -93,6 +106,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(config: Config, database: Database, mode: Mode, duration: float | None) -> int:
+    from bidder.bot import Bot
+    from bidder.clock import Clock, ScaledClock, SystemClock
+    from bidder.scheduler import run_jobs
+    from bidder.sim.connect import sim_market
+
     speed = config.sim.speed if mode == "sim" else 1.0
     clock: Clock = ScaledClock(speed) if mode == "sim" else SystemClock()
     transport = sim_market(config, clock).transport() if mode == "sim" else None

@@ -7,17 +7,13 @@ import signal
 import sys
 import threading
 
-from bidder.allocation import RULES
-from bidder.clock import ScaledClock
-from bidder.sim.market import SimMarket
-from bidder.sim.options import PAYMENTS, SimOptions, StepRule
-from bidder.sim.server import serve
-
 HELP = ("Serve a simulated Clore market (spot and GigaSPOT, with competitors) on loopback; "
         "prints its base URL and runs until Ctrl-C or SIGTERM.")
 
 
 def _step_rule(text: str) -> str:
+    from bidder.sim.options import StepRule
+
     try:
         StepRule.parse(text)
     except ValueError as err:
@@ -40,6 +36,9 @@ def _positive(text: str) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from bidder.allocation import RULES
+    from bidder.sim.options import PAYMENTS, SimOptions
+
     defaults = SimOptions()
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8765,
@@ -71,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bidder.clock import ScaledClock
+    from bidder.sim.market import SimMarket
+    from bidder.sim.options import SimOptions
+    from bidder.sim.server import serve
+
     options = SimOptions(
         seed=args.seed, api_key=args.api_key, spot_servers=args.spot_servers,
         gigaspot_machines=args.gigaspot_machines, step_rule=args.step_rule,

@@ -6,12 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from bidder.clock import SystemClock
-from bidder.config import Config, Mode, load_config
-from bidder.status import collect, render, to_json
-from storage.db import open_database
-from storage.errors import StorageError
-
 HELP = ("Show what the bot holds against its targets, its orders, spend against the budget, market "
         "data ages, API use and recent problems; exit 1 when its heartbeat is stale. Reads only "
         "the database, so it works while the bot runs.")
@@ -27,6 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bidder.clock import SystemClock
+    from bidder.config import Config, Mode, load_config
+    from bidder.status import collect, render, to_json
+    from storage.db import open_database
+    from storage.errors import StorageError
+
     config = load_config(args.config) if args.config is not None else Config()
     mode: Mode = "sim" if args.sim else "dry-run" if args.dry_run else "live"
     url = config.storage_url(mode)

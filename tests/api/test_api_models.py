@@ -54,6 +54,31 @@ def test_spot_marketplace_example() -> None:
     assert reply.market.server.mrl == 262800
 
 
+def test_spot_offers_with_currencies_and_rates_inside_market() -> None:
+    """As public clients typed from live replies show it: ``currency`` on each offer and
+    ``currency_rates_in_usd`` inside ``market``; the documented top level still counts."""
+    data = fixture("spot_marketplace.json")
+    data["market"]["offers"] = [
+        {"offer_id": 39, "bid": 4.2e-06, "active": True, "my": True, "currency": "bitcoin"},
+        {"offer_id": 40, "bid": 150.0, "active": False, "my": False,
+         "currency": "CLORE-Blockchain"},
+        {"offer_id": 41, "bid": 3.0, "active": False, "my": False}]
+    data["market"]["currency_rates_in_usd"] = {"bitcoin": 60000.0, "CLORE-Blockchain": 0.03}
+    reply = SpotMarketplaceReply.model_validate(data)
+    assert [o.currency for o in reply.market.offers] == ["bitcoin", "CLORE-Blockchain", None]
+    assert reply.currency_rates_in_usd is None
+    assert reply.rates_in_usd() == {"bitcoin": 60000.0, "CLORE-Blockchain": 0.03}
+
+    data["currency_rates_in_usd"] = {"bitcoin": 61000.0, "USD-Blockchain": 1.0}
+    both = SpotMarketplaceReply.model_validate(data).rates_in_usd()
+    assert both == {"bitcoin": 61000.0, "CLORE-Blockchain": 0.03, "USD-Blockchain": 1.0}
+    del data["market"]["currency_rates_in_usd"]
+    assert SpotMarketplaceReply.model_validate(data).rates_in_usd() == {
+        "bitcoin": 61000.0, "USD-Blockchain": 1.0}
+    assert SpotMarketplaceReply.model_validate(fixture("spot_marketplace.json")).rates_in_usd() \
+        is None
+
+
 def test_get_gigaspot_example() -> None:
     info = GigaspotInfo.model_validate(fixture("get_gigaspot.json"))
     assert info.my_user_id == 3

@@ -1,6 +1,11 @@
 """``bidder run`` as a real process against a loopback ``bidder sim``: killed with SIGKILL at a few
 moments and started again, it leaves no duplicate and no lost order; SIGTERM stops it cleanly
-(exit 0); ``bidder cancel-all`` then cancels everything. Real time, so this test takes a while."""
+(exit 0); ``bidder cancel-all`` then cancels everything.
+
+Real processes run in real time, so the test must wait for them; it never sleeps a fixed guess. It
+watches the bot's database (read-only, every 50 ms) for the moment it wants and acts then: each
+kill lands at a defined point (a run just started, a create journaled, every order live), and a
+slow machine waits longer instead of failing."""
 
 from __future__ import annotations
 
@@ -24,10 +29,43 @@ from bidder.config import load_config
 from bidder.reconcile import Reconciler
 from bot_helpers import KEY
 from storage.db import open_database
-from storage.models import BotOrder, BotRun
+from storage.errors import StorageError
+from storage.models import ApiJournal, BotOrder, BotRun
 
-KILL_AFTER = (2.5, 5.0, 8.0)
-"""Seconds each run lives before SIGKILL: mid start-up, mid creates, once settled."""
+WANTED = 5
+"""Orders the config holds: two spot servers and three GigaSPOT machines."""
+LIVE = ("creating", "pending", "unknown", "live")
+KILL_AT = ("started", "creating", "settled")
+"""When each run is killed: just after it recorded its start, just after it journaled a create,
+once every wanted order is live."""
+WAIT_LIMIT = 90.0
+"""Seconds to wait for a moment before the test fails (a loaded machine is slow; a bug hangs)."""
+
+
+def counts(db_url: str) -> tuple[int, int, int] | None:
+    """(runs, create calls journaled, live orders) in the bot's database; None while it is not
+    there yet (the first run creates and migrates it)."""
+    try:
+        with open_database(db_url, writer=False) as db, db.sessions() as session:
+            runs = len(session.scalars(select(BotRun.id)).all())
+            creates = len(session.scalars(select(ApiJournal.id).where(
+                ApiJournal.endpoint.in_(("create_order", "create_gigaspot_orders")))).all())
+            live = len(session.scalars(select(BotOrder.id).where(BotOrder.state == "live")).all())
+    except StorageError:
+        return None
+    return runs, creates, live
+
+
+def wait_for(what: str, db_url: str, run: subprocess.Popen[str], done) -> tuple[int, int, int]:
+    """Poll the database until ``done(counts)``; fail if the run exits or the limit passes."""
+    deadline = time.monotonic() + WAIT_LIMIT
+    while time.monotonic() < deadline:
+        now = counts(db_url)
+        if now is not None and done(now):
+            return now
+        assert run.poll() is None, f"the bot exited ({run.returncode}) before {what}"
+        time.sleep(0.05)  # the only sleep: how often the database is looked at
+    raise AssertionError(f"no {what} within {WAIT_LIMIT} s: {counts(db_url)}")
 
 
 def config_text(url: str, tmp_path: Path) -> str:
@@ -86,7 +124,9 @@ def bidder(*args: str, config: Path | None = None,
 
 
 def exchange_orders(url: str) -> list[dict]:
-    time.sleep(1.1)  # the key's rate limit: one request per second (real time)
+    # the exchange allows one request per second per key, and the call before this one used the
+    # key: a request sooner would be refused (code 5)
+    time.sleep(1.05)
     reply = httpx.get(f"{url}/my_orders", headers={"auth": KEY}, timeout=10).json()
     assert reply["code"] == 0, reply
     return reply["orders"]
@@ -95,13 +135,26 @@ def exchange_orders(url: str) -> list[dict]:
 def test_killed_and_restarted_runs_keep_one_order_per_server(sim_url, tmp_path):
     config = tmp_path / "bot.toml"
     config.write_text(config_text(sim_url, tmp_path))
-    for lifetime in KILL_AFTER:
+    db_url = f"sqlite:///{tmp_path / 'bot.db'}"
+    for i, moment in enumerate(KILL_AT):
+        before = counts(db_url) or (0, 0, 0)
         run = bidder("run", config=config)
-        time.sleep(lifetime)
+        if moment == "started":
+            wait_for("its run row", db_url, run, lambda c: c[0] > before[0])
+        elif moment == "creating":
+            wait_for("a create", db_url, run, lambda c: c[0] > before[0] and c[1] > before[1])
+        else:
+            wait_for("every order live", db_url, run, lambda c: c[0] > before[0] and c[2] == WANTED)
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=10)
     run = bidder("run", config=config)
-    time.sleep(12)
+    # a restart reconciles and then holds: every order live again, then a few decide cycles
+    runs = wait_for("every order live after the restart", db_url, run,
+                    lambda c: c[0] == len(KILL_AT) + 1 and c[2] == WANTED)[0]
+    settled = time.monotonic()
+    while time.monotonic() - settled < 3.0:  # three 1-s decide cycles in which nothing may change
+        assert run.poll() is None and counts(db_url)[::2] == (runs, WANTED)
+        time.sleep(0.05)
     run.send_signal(signal.SIGTERM)  # finish the call in flight, record it, exit 0
     out, log = run.communicate(timeout=60)
     assert run.returncode == 0, log
@@ -114,16 +167,15 @@ def test_killed_and_restarted_runs_keep_one_order_per_server(sim_url, tmp_path):
                                      state_dir=cfg.resolved_data_dir()) as client:
             Reconciler(client, db.sessions, SystemClock(), cfg.targets).reconcile()
         with db.sessions() as session:
-            open_rows = session.scalars(select(BotOrder).where(BotOrder.state.in_(
-                ("creating", "pending", "unknown", "live")))).all()
+            open_rows = session.scalars(select(BotOrder).where(BotOrder.state.in_(LIVE))).all()
             runs = session.scalars(select(BotRun).order_by(BotRun.id)).all()
     orders = exchange_orders(sim_url)
     per_server = Counter(o["si"] for o in orders)
     assert max(per_server.values()) == 1, per_server
-    assert len(orders) == 5  # two spot servers and three GigaSPOT machines
+    assert len(orders) == WANTED
     assert {o.order_id for o in open_rows} == {o["id"] for o in orders}
     assert {o.state for o in open_rows} == {"live"}
-    assert [r.stop_reason for r in runs] == [None] * len(KILL_AFTER) + ["stopped"]
+    assert [r.stop_reason for r in runs] == [None] * len(KILL_AT) + ["stopped"]
 
     cancel = bidder("cancel-all", config=config)
     out, log = cancel.communicate(timeout=60)

@@ -109,6 +109,20 @@ def test_a_database_without_a_run_is_not_healthy(capsys, config_file, db_url):
         1, "bidder status: no bot run recorded in this database")
 
 
+def test_before_the_first_polls_the_ages_are_said_in_words():
+    from bidder.status import Status, market_ages, render
+    text = render(Status("sqlite:///x.db", True, "running", bot_time=START, ages={
+        "gigaspot_snapshot": None, "spot_poll": None, "marketplace_listing": None,
+        "api_poll": None}, run={"id": 1, "mode": "live", "speed": 1.0, "started_at": START,
+                                "pid": 7}))
+    assert ("market data: no GigaSPOT snapshot yet, no spot poll yet, no listing yet, "
+            "no API poll yet") in text
+    assert "never" not in text
+    assert market_ages({"gigaspot_snapshot": 64.0, "spot_poll": None, "marketplace_listing": 3600.0,
+                        "api_poll": 3.0}) == (
+        "GigaSPOT snapshot 64 s old, no spot poll yet, listing 60 min old, last API poll 3 s ago")
+
+
 def test_a_database_of_another_schema_is_refused(capsys, config_file, db_url):
     with open_database(db_url, writer=True) as db, db.sessions.begin() as session:
         session.add(SchemaVersion(version=99, description="from the future"))

@@ -194,6 +194,30 @@ def test_spot_polls_and_frame(database, fixture_json):
     assert recent_only.server_id.tolist() == [6, 8]
 
 
+def test_offer_currencies_and_rates_inside_market_are_recorded(database, fixture_json):
+    data = copy.deepcopy(fixture_json("spot_marketplace.json"))
+    data["market"]["offers"] = [
+        {"offer_id": 39, "bid": 30.0, "active": False, "my": True},
+        {"offer_id": 44, "bid": 1e-4, "active": True, "my": False, "currency": "bitcoin"},
+        {"offer_id": 45, "bid": 2.0, "active": False, "my": False, "currency": "DOGE"}]
+    data["market"]["currency_rates_in_usd"] = {"bitcoin": 60000.0, "CLORE-Blockchain": 0.03}
+    with database.sessions.begin() as session:
+        record_spot_poll(session, 6, 1000.0, SpotMarketplaceReply.model_validate(data))
+        record_spot_poll(session, 7, 1000.0, spot_reply(fixture_json))  # states no currency
+    with database.sessions() as session:
+        frame = spot_frame(session)
+        only_7 = spot_frame(session, at=999.0)
+    assert frame.rates_usd == {"bitcoin": 60000.0, "CLORE-Blockchain": 0.03}
+    assert frame.bid_id.tolist() == [39, 44, 45, 39]
+    assert frame.bid_currency.tolist() == ["", "bitcoin", "DOGE", ""]
+    # 1e-4 BTC = 6 USD = 200 CLORE; DOGE has no rate: unknown, never cheap
+    clore = frame.bid_prices_in("CLORE-Blockchain")
+    assert clore[[0, 3]].tolist() == [30.0, 4.2e-6]
+    assert clore[1] == pytest.approx(200.0) and np.isnan(clore[2])
+    assert frame.bid_prices_in("bitcoin")[1] == 1e-4
+    assert only_7.n_servers == 0
+
+
 def test_rented_servers_are_not_rentable(database, fixture_json):
     listing = fixture_json("marketplace.json")
     listing["servers"][0]["rented"] = True

@@ -122,7 +122,14 @@ def seed_v2(connection: Connection) -> None:
         connection.exec_driver_sql(statement)
 
 
-SEEDS: dict[int, Callable[[Connection], None]] = {1: seed_v1, 2: seed_v2}
+def seed_v3(connection: Connection) -> None:
+    """v2's data, and the currency the seeded spot offer states."""
+    seed_v2(connection)
+    connection.exec_driver_sql("INSERT INTO spot_offer_currency (poll_id, offer_id, currency) "
+                               "VALUES (1, 39, 'bitcoin')")
+
+
+SEEDS: dict[int, Callable[[Connection], None]] = {1: seed_v1, 2: seed_v2, 3: seed_v3}
 """For every schema version, data as that version stores it. Add one with each migration."""
 
 
@@ -148,6 +155,7 @@ def test_upgrading_from_each_version_keeps_its_data(version, db_url):
     assert spot.server_id.tolist() == [6] and spot.bid_id.tolist() == [39]
     assert spot.gpus.tolist() == [1] and spot.country.tolist() == ["CZ"]
     assert spot.rates_usd == {"bitcoin": 6e4}
+    assert (spot.bid_currency is None) if version < 3 else spot.bid_currency.tolist() == ["bitcoin"]
 
     # and recording carries on from the upgraded data
     with open_database(db_url, writer=True) as db:

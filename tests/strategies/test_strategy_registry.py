@@ -155,3 +155,56 @@ def test_safe_decide_refuses_garbage(result, problem, caplog):
     with caplog.at_level(logging.ERROR):
         assert safe_decide(Returns(result), VIEW, LOG) is None
     assert "unusable decision for target 't'" in caplog.text and problem in caplog.text
+
+
+USER_STRATEGY = '''
+from pydantic import Field
+from strategies.base import Params, Strategy
+
+
+class Margin(Strategy):
+    name = "margin"
+
+    class Params(Params):
+        above: float = Field(0.05, gt=0, lt=1)
+
+    def decide(self, view, **kwargs):
+        return []
+'''
+
+
+@pytest.fixture
+def strategy_folder(tmp_path, monkeypatch):
+    """A folder holding my_strategies_<test>.py, made the current folder, and a sys.path that does
+    not contain it (as under the installed ``bidder`` script)."""
+    (tmp_path / "my_user_strats.py").write_text(USER_STRATEGY)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path
+                                     if p not in ("", ".", str(tmp_path))])
+    monkeypatch.delitem(__import__("sys").modules, "my_user_strats", raising=False)
+    return tmp_path
+
+
+def test_a_user_strategy_loads_from_the_current_folder(strategy_folder):
+    s = load_strategy("my_user_strats:Margin", {"above": 0.2}, entry_points=NONE_INSTALLED)
+    assert type(s).__name__ == "Margin" and s.params.above == 0.2
+    assert str(strategy_folder) not in __import__("sys").path  # only for the import
+
+
+@pytest.mark.parametrize("path", ["./my_user_strats.py", "{folder}/my_user_strats.py"])
+def test_a_user_strategy_loads_from_a_file_path(strategy_folder, path):
+    spec = path.format(folder=strategy_folder) + ":Margin"
+    s = load_strategy(spec, {}, entry_points=NONE_INSTALLED)
+    assert type(s).__name__ == "Margin" and s.params.above == 0.05
+    with pytest.raises(StrategyError, match="parameter 'above'"):
+        load_strategy(spec, {"above": 2}, entry_points=NONE_INSTALLED)
+
+
+def test_a_missing_strategy_file_or_module_is_named(strategy_folder):
+    with pytest.raises(StrategyError, match=r"no file .*nothere\.py"):
+        load_strategy("./nothere.py:Margin", {}, entry_points=NONE_INSTALLED)
+    with pytest.raises(StrategyError, match="cannot import 'nothere'.*current folder"):
+        load_strategy("nothere:Margin", {}, entry_points=NONE_INSTALLED)
+    (strategy_folder / "broken.py").write_text("import no_such_dependency_xyz\n")
+    with pytest.raises(StrategyError, match="no_such_dependency_xyz"):
+        load_strategy("./broken.py:Margin", {}, entry_points=NONE_INSTALLED)
