@@ -42,6 +42,7 @@ from bidder.orders import (
     kept_away,
     open_orders,
     own_order,
+    recently_cancelled,
     set_market_state,
     update_market_states,
 )
@@ -308,7 +309,11 @@ class Engine:
         """The target's view; ``avoid``: servers it must not hold (made not eligible)."""
         markets = self._config.markets
         own = [own_order(o, markets, state="pending" if o.id in missing else None) for o in rows]
+        block = self._config.bot.rebuy_block
+        left = recently_cancelled(session, target.name, now - block, dry_run=self.dry_run) \
+            if block > 0 else None
         view = build_target_view(frame, target, own, now=now, markets=markets,
+                                 rebuy_block=block, left_at=left,
                                  static=self._caches[target.market].get(frame, target))
         c = view.candidates
         if avoid:

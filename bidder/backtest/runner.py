@@ -227,6 +227,7 @@ class _Run:
         self.exchange = EmulatedExchange(settings.exchange, config.markets,
                                          [(t.name, t.market, t.currency) for t in targets],
                                          self._server_info)
+        self.exchange.left_keep = max(self.exchange.left_keep, config.bot.rebuy_block)
         self._rules = {m: config.markets.gigaspot.allocation if m == "gigaspot" else
                        "highest_price" for m in self.markets}
         """Each market's allocation rule."""
@@ -316,7 +317,9 @@ class _Run:
                 frame, target, self.exchange.own_orders(target.name), now=now,
                 markets=self.config.markets, static=static,
                 recent_wins=self._recent_wins(target, strategy, static, tick),
-                thresholds=self._thresholds(target))
+                thresholds=self._thresholds(target),
+                rebuy_block=self.config.bot.rebuy_block,
+                left_at=self.exchange.left_at[target.name])
             if target.name not in self.started:
                 strategy.on_start(view.target)
                 self.started.add(target.name)
