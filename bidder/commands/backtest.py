@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from bidder.backtest.data import HistoryError, count_recorded, load_history
 from bidder.backtest.exchange import ExchangeRules
+from bidder.backtest.fees import fee_warnings, recorded_creation_fees, with_creation_fees
 from bidder.backtest.grid import ProgressBar, default_workers, expand_grid, run_backtest
 from bidder.backtest.plot import PlotUnavailable, plot, require_matplotlib
 from bidder.backtest.reactive import ReactiveSettings
@@ -171,13 +173,19 @@ def _run(args: argparse.Namespace) -> int:
                                "record some first (bidder record, bidder import)")
         history = load_history(session, targets, allocation=config.markets.gigaspot.allocation,
                                start=start, end=end, grid_interval=config.bot.decide_interval)
+        config, fees = with_creation_fees(config, targets, recorded_creation_fees(
+            session, end=float(history.time[-1])))
     progress = ProgressBar(force=args.progress)
     result = run_backtest(history, config, variants, settings, modes=modes, targets=targets,
                           workers=args.workers, progress=progress)
     info = _settings(history, exchange, settings, targets, modes)
+    info["creation_fees"] = [asdict(f) for f in fees]
     print(f"{len(targets)} target(s), {history.n_ticks:,} ticks from "
           f"{_iso(history.time[0])} to {_iso(history.time[-1])}; exchange step rule "
-          f"{exchange.step_rule}, payment {exchange.payment}; costs in each target's currency")
+          f"{exchange.step_rule}, payment {exchange.payment}; creation fee "
+          f"{', '.join(f.describe() for f in fees)}; costs in each target's currency")
+    for line in fee_warnings(fees):
+        print(line, file=sys.stderr)
     print(table(result.metrics))
     if args.json is not None:
         write_json(args.json, as_json(result.metrics, info))
