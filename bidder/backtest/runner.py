@@ -65,10 +65,24 @@ class Variant:
 AS_CONFIGURED = Variant("as configured", None)
 
 
+FILLS = ("tick", "decision")
+
+
 @dataclass(frozen=True, slots=True)
 class RunSettings:
     exchange: ExchangeRules = field(default_factory=ExchangeRules)
     reactive: ReactiveSettings = field(default_factory=ReactiveSettings)
+    fills: str = "tick"
+    """``tick``: at a decision, the recorded tick is filled first with our orders as they stood
+    (a rival raise recorded since our last decision preempts us until this decision takes
+    effect, at the next step), then we decide. ``decision``: decide first and fill the tick with
+    the decision already made (the older model: our bids answer a raise before it can cost us,
+    so replay availability is an upper bound). A run given ``decision_times`` (a replay of a
+    live session) always decides first: those steps start when the bot acted."""
+
+    def __post_init__(self) -> None:
+        if self.fills not in FILLS:
+            raise ValueError(f"unknown fills {self.fills!r}; expected one of {FILLS}")
 
 
 @dataclass(slots=True)
@@ -183,6 +197,7 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     if missing:
         raise ValueError(f"the history was loaded without the {', '.join(missing)} market")
     run = _Run(history, config, variant, settings, mode, targets, keep_trace)
+    run.decide_first = settings.fills == "decision" or decision_times is not None
     step_time, step_tick, decide = steps(history, config.bot.decide_interval, decision_times,
                                    seen_at, end)
     step_dt = step_durations(step_time)
@@ -222,6 +237,8 @@ class _Run:
         self.caches = {m: StaticMatchCache() for m in self.markets}
         self.strategies = {t.name: variant.instance(t) for t in targets}
         self.started: set[str] = set()
+        self.decide_first = settings.fills == "decision"
+        """Decide before filling a decision's tick (``RunSettings.fills``)."""
         self.reactive = {m: ReactiveRivals(settings.reactive, history.markets[m].server_id)
                          for m in self.markets} if mode == "reactive" else {}
         self.exchange = EmulatedExchange(settings.exchange, config.markets,
@@ -273,10 +290,12 @@ class _Run:
             m.advance(tick)
         self.exchange.expire(now)
         rivals = {name: self._rival_prices(name, now) for name in self.markets}
-        if decide:
+        if decide and self.decide_first:
             self._decide(now, tick, rivals)
         for name in self.markets:
             self._fill(name, s, now, dt, rivals[name])
+        if decide and not self.decide_first:
+            self._decide(now, tick, rivals)
 
     def _rival_prices(self, market: str, now: float) -> np.ndarray:
         rm = self.markets[market]

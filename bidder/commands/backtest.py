@@ -18,7 +18,7 @@ from bidder.backtest.reactive import ReactiveSettings
 from bidder.backtest.replay_diff import ReplayDiffError, describe, load_run, replay_diff
 from bidder.backtest.replay_diff import as_json as replay_json
 from bidder.backtest.report import as_json, table, write_json
-from bidder.backtest.runner import MODES, RunSettings
+from bidder.backtest.runner import FILLS, MODES, RunSettings
 from bidder.config import Config, load_config
 from bidder.logs import setup_logging
 from bidder.status import fmt_time
@@ -60,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'fraction:F' or 'absolute:X' (default: [sim] step_rule)")
     parser.add_argument("--payment", choices=PAYMENTS, default=None,
                         help="what a winner pays (default: [sim] payment)")
+    parser.add_argument("--fills", choices=FILLS, default="tick",
+                        help="tick (default): a rival raise recorded since our last decision "
+                             "preempts us until the next decision takes effect; decision: the "
+                             "older model, which decides before filling each tick (our bids "
+                             "answer every raise before it costs anything: an upper bound on "
+                             "availability), for comparison")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the reactive rivals (default: [sim] seed)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
@@ -116,7 +122,8 @@ def _run_settings(args: argparse.Namespace, config: Config) -> RunSettings:
         raise UsageError(f"--step-rule: {err}") from None
     exchange = ExchangeRules(step_rule=step_rule, payment=args.payment or config.sim.payment)
     return RunSettings(exchange, ReactiveSettings(
-        seed=config.sim.seed if args.seed is None else args.seed))
+        seed=config.sim.seed if args.seed is None else args.seed),
+        fills=getattr(args, "fills", "tick"))
 
 
 def _replay_diff(args: argparse.Namespace) -> int:
@@ -218,4 +225,4 @@ def _settings(history: Any, exchange: ExchangeRules, settings: RunSettings, targ
             "exchange": {"step_rule": exchange.step_rule, "payment": exchange.payment,
                          "cooldown": exchange.cooldown,
                          "cooldown_from_creation": exchange.cooldown_from_creation},
-            "reactive_seed": settings.reactive.seed}
+            "reactive_seed": settings.reactive.seed, "fills": settings.fills}

@@ -25,7 +25,12 @@ def one(run):
     return run.targets["t"]
 
 
-def metrics(h, cfg, variant, mode="replay", settings=RunSettings(), **kw):
+DECIDE_FIRST = RunSettings(fills="decision")
+"""The accounting tests here let a decision take effect on its own tick, so that their sums stay
+simple; ``test_fill_resolution.py`` covers the default, which fills a decision's tick first."""
+
+
+def metrics(h, cfg, variant, mode="replay", settings=DECIDE_FIRST, **kw):
     result = run_backtest(h, cfg, [variant], settings, modes=[mode], targets=cfg.targets, **kw)
     return result.metrics[0]["targets"][0]
 
@@ -44,7 +49,7 @@ def test_pay_your_bid_with_fees_and_a_creation_fee_past_ten_minutes():
 
 def test_second_price_pays_the_rival_price_not_the_bid():
     h = history(np.full((11, 1), 3.0), floor=1.0)
-    settings = RunSettings(ExchangeRules(payment="second_price"))
+    settings = RunSettings(ExchangeRules(payment="second_price"), fills="decision")
     m = metrics(h, config(), hold(5.0), settings=settings)
     assert m["price_cost"] == pytest.approx(3.0 * 600 / DAY)
     assert m["overpay_mean"] == pytest.approx(0.0)
@@ -55,7 +60,7 @@ def test_second_price_pays_the_rival_price_not_the_bid():
 
 def test_lowering_waits_600_s_from_creation_then_learns_the_step_and_retries():
     h = history(np.full((22, 1), NONE), floor=1.0)
-    run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=5.0), RunSettings(), "replay",
+    run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=5.0), DECIDE_FIRST, "replay",
                       keep_trace=True)
     c = one(run).counters
     lowered = [(t - T0, a) for t, p in run.trace for a in p.actions if isinstance(a, ChangePrice)]
