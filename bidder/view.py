@@ -19,6 +19,7 @@ import numpy as np
 
 from bidder.allocation import rival_threshold
 from bidder.config import MarketsConfig, TargetConfig
+from bidder.memory import MarketMemory
 from storage.frames import MarketFrame
 from strategies.base import Candidates, OwnOrder, TargetSpec, TargetView
 
@@ -113,7 +114,8 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
                       static: np.ndarray | None = None,
                       thresholds: tuple[np.ndarray, np.ndarray] | None = None,
                       rebuy_block: float = 0.0,
-                      left_at: Mapping[int, float] | None = None) -> TargetView:
+                      left_at: Mapping[int, float] | None = None,
+                      memory: MarketMemory | None = None) -> TargetView:
     """What ``target``'s strategy sees in ``frame``, with ``orders`` (our live orders for it).
 
     ``markets`` gives the GigaSPOT allocation rule (spot always uses ``highest_price``) and the fee
@@ -122,6 +124,8 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     in ``frame``, when the caller has it (a backtest works it out for many ticks at once).
     ``rebuy_block`` (``[bot] rebuy_block``) and ``left_at`` (server id -> when we last cancelled
     an order of this target there) let the strategy avoid buying back what it just left.
+    ``memory`` (one per target, kept between decisions) takes in the rivals' prices now and gives
+    each candidate how contested it has been (``raises_per_hour``, ``hands_per_hour``).
     Servers of our orders are always rows: ``eligible`` False when they no longer match, NaN data
     when they are not in the frame at all.
     """
@@ -176,6 +180,9 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     absent = _orders_absent(orders, order_rows)
     if absent:
         columns = _append_absent(columns, absent, cap)
+    if memory is not None:
+        columns["raises_per_hour"], columns["hands_per_hour"] = memory.observe(
+            now, columns["server_id"], columns["rival_price"])
     return TargetView(now=now, target=spec, candidates=Candidates(**columns), orders=tuple(orders),
                       usd_per_unit=usd_per_unit,
                       recent_wins=np.empty(0) if recent_wins is None else recent_wins,

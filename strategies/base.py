@@ -84,6 +84,11 @@ class Candidates:
     """bool: matches the target and can be rented now"""
     observed_at: np.ndarray
     """float64: when this server's data was observed"""
+    raises_per_hour: np.ndarray | None = None
+    """float64: how often the best rival's price went up lately (``bidder.memory``); None when
+    the caller keeps no market memory"""
+    hands_per_hour: np.ndarray | None = None
+    """float64: how often the best bid changed hands otherwise lately (a rival arriving, leaving)"""
     _index: tuple[np.ndarray, np.ndarray | None] | None = field(
         default=None, init=False, repr=False, compare=False)
     """The ids sorted, and the sorting order unless they already were; built on first look-up."""
@@ -194,6 +199,9 @@ class Strategy(ABC):
     Params: ClassVar[type[Params]] = Params
     history_window: ClassVar[float] = 0.0
     """Seconds of recent winning prices the strategy wants in ``TargetView.recent_wins``."""
+    uses_memory: bool = False
+    """True when ``decide`` looks at how contested servers are (``Candidates.raises_per_hour``,
+    ``hands_per_hour``): the caller then keeps a market memory for the target."""
 
     def __init__(self, **params: Any) -> None:
         self.params = type(self).Params(**params)

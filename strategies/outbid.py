@@ -36,6 +36,14 @@ class Outbid(Strategy):
         """A new server must be this fraction cheaper than a held one to move."""
         payback_hours: float = Field(6.0, gt=0)
         """A move must pay back its new order's creation fee within this many hours."""
+        contest_penalty: float = Field(0.0, ge=0)
+        """Each rival raise per hour seen lately on a server makes it count this fraction dearer
+        (0: off). Against a rival that answers every raise, a near-equal quiet server wins and
+        the escalation stops."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.uses_memory = self.params.contest_penalty > 0
 
     def limit(self, view: TargetView) -> np.ndarray | None:
         """The most to pay per server-day; None when it cannot be known this tick (no change)."""
@@ -50,6 +58,8 @@ class Outbid(Strategy):
         usable = c.eligible & (want <= limit)
         horizon = self.params.payback_hours * 3600.0
         cost = staying_cost(view, want, np.where(usable, want, np.inf), horizon)
+        if self.params.contest_penalty > 0 and c.raises_per_hour is not None:
+            cost = cost * (1.0 + self.params.contest_penalty * np.nan_to_num(c.raises_per_hour))
         return hold_cheapest(view, want, cost, held_discount=self.params.switch_margin,
                              payback=horizon)
 

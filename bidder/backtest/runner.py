@@ -33,6 +33,7 @@ from bidder.backtest.fills import Book, Contest, contest
 from bidder.backtest.market import ReplayMarket
 from bidder.backtest.reactive import ReactiveRivals, ReactiveSettings
 from bidder.config import Config, TargetConfig
+from bidder.memory import MarketMemory
 from bidder.rules import Plan, TargetDecision, plan
 from bidder.view import StaticMatchCache, build_target_view
 from strategies.base import Strategy
@@ -236,6 +237,9 @@ class _Run:
                         for m in sorted({t.market for t in targets})}
         self.caches = {m: StaticMatchCache() for m in self.markets}
         self.strategies = {t.name: variant.instance(t) for t in targets}
+        self.memory = {name: MarketMemory() for name, s in self.strategies.items()
+                       if getattr(s, "uses_memory", False)}
+        """Per target whose strategy looks at how contested servers are."""
         self.started: set[str] = set()
         self.decide_first = settings.fills == "decision"
         """Decide before filling a decision's tick (``RunSettings.fills``)."""
@@ -338,7 +342,8 @@ class _Run:
                 recent_wins=self._recent_wins(target, strategy, static, tick),
                 thresholds=self._thresholds(target),
                 rebuy_block=self.config.bot.rebuy_block,
-                left_at=self.exchange.left_at[target.name])
+                left_at=self.exchange.left_at[target.name],
+                memory=self.memory.get(target.name))
             if target.name not in self.started:
                 strategy.on_start(view.target)
                 self.started.add(target.name)
