@@ -199,3 +199,29 @@ def test_each_target_may_run_its_configured_strategy():
     run = run_variant(history(np.full((3, 1), NONE), floor=1.0), cfg, AS_CONFIGURED,
                       RunSettings(), "replay", keep_trace=True)
     assert run.trace[0][1].actions[0].price == 6.0
+
+
+def _bounced(rebuy_block):
+    """Server 1 is cheap, then a rival above the cap takes it for three minutes, then leaves."""
+    rival = np.full((21, 2), NONE)
+    rival[3:6, 0] = 50.0
+    cfg = config(cap=20.0)
+    cfg.bot.rebuy_block = rebuy_block
+    h = history(rival, floor=np.array([1.0, 5.0]))
+    return metrics(h, cfg, Variant("outbid", "outbid", {"tick": 0.01}))
+
+
+def test_a_server_left_is_not_bought_back_within_the_rebuy_block():
+    free = _bounced(0.0)
+    assert free["rebuys_within_hour"] == 1 and free["orders_created"] == 3
+    blocked = _bounced(3600.0)
+    assert blocked["rebuys_within_hour"] == 0 and blocked["orders_created"] == 2
+    assert blocked["availability"] == pytest.approx(free["availability"])
+
+
+def test_surplus_counts_the_gpus_nobody_asked_for():
+    h = history(np.full((11, 1), NONE), gpus=[4])
+    m = metrics(h, config(count=1), hold(5.0))
+    assert m["surplus_gpu_hours"] == pytest.approx(3 * 10 * 60 / 3600)
+    assert m["gpu_hours"] == pytest.approx(4 * 10 * 60 / 3600)
+    assert m["oracle_whole_servers_gpu_hours"] == pytest.approx(4 * 10 * 60 / 3600)
