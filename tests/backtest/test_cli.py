@@ -55,6 +55,7 @@ def test_table_json_and_plot(recorded, tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["settings"]["exchange"]["step_rule"] == "fraction:0.1"
     assert doc["settings"]["modes"] == ["replay", "reactive"]
+    assert doc["settings"]["fills"] == "tick"
     assert [(r["strategy"], r["mode"]) for r in doc["runs"]] == [
         (s, m) for s in ("outbid", "fixed:price_per_gpu_day=9", "fixed:price_per_gpu_day=20")
         for m in ("replay", "reactive")]
@@ -164,3 +165,14 @@ def test_without_a_recorded_fee_the_config_s_is_charged_and_a_zero_is_never_sile
          "oc": {"pl": 150}}]})
     _, fees = with_creation_fees(free, free.targets, {})
     assert len(fee_warnings(fees)) == 1 and "gigaspot creation fee is 0" in fee_warnings(fees)[0]
+
+
+def test_fills_decision_keeps_the_older_model_for_comparison(recorded, tmp_path, capsys):
+    out = tmp_path / "old.json"
+    assert backtest(recorded, "--strategy", "outbid", "--mode", "replay", "--fills", "decision",
+                    "--json", str(out)) == 0
+    assert json.loads(out.read_text())["settings"]["fills"] == "decision"
+    with pytest.raises(SystemExit) as refused:
+        backtest(recorded, "--strategy", "outbid", "--fills", "later")
+    assert refused.value.code == 2
+    assert "--fills: invalid choice: 'later'" in capsys.readouterr().err

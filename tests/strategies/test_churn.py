@@ -67,3 +67,10 @@ def test_a_held_server_is_never_blocked_by_an_older_cancel_on_it():
     view = replace(with_spec(make_view(rows, orders=(held(1, 10.0),)), rebuy_block=3600.0),
                    left_at={1: NOW - 600})
     assert bids(outbid().decide(view)) == {1: 10.0}
+
+
+def test_an_order_counts_as_held_from_the_moment_it_is_sent():
+    rows = [{"id": 1, "threshold": 12.0}, {"id": 2, "threshold": 11.5}]
+    sent = OwnOrder(1, 12.5, 1, "pending", NOW - 5)  # no id yet, not seen on the market
+    view = make_view(rows, orders=(sent,))
+    assert bids(Outbid(tick=0.5, switch_margin=0.1).decide(view)) == {1: 12.5}
