@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 STRATEGY_API_VERSION = 1
+DAY = 86_400.0
 
 OrderState = Literal["winning", "outbid", "pending", "unknown"]
 """``winning``: our bid holds the server. ``outbid``: a rival holds it. ``pending``: sent, not yet
@@ -348,9 +349,6 @@ def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
         rows = cheapest_cover(spec.count, size, cost)
     return [DesiredBid(sid, price) for sid, price in zip(c.server_id[rows].tolist(),
                                                          bid[rows].tolist())]
-
-
-DAY = 86_400.0
 
 
 def _blocked(view: TargetView, held: np.ndarray) -> np.ndarray:
