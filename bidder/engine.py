@@ -50,7 +50,6 @@ from bidder.reconcile import in_flight
 from bidder.rules import Plan, TargetDecision, action_json, plan
 from bidder.memory import MarketMemory
 from bidder.view import StaticMatchCache, build_target_view
-from bidder.watchlist import listing_frame, target_candidates
 from storage.frames import MarketFrame
 from storage.history import bid_intervals
 from storage.market_views import gigaspot_frame, spot_frame
@@ -62,7 +61,7 @@ from storage.models import (
     SpotOffer,
     SpotPoll,
 )
-from strategies.base import DesiredBid, OwnOrder, Strategy, TargetView
+from strategies.base import OwnOrder, Strategy, TargetView
 from strategies.registry import load_strategy, safe_decide
 
 log = logging.getLogger(__name__)
@@ -156,16 +155,6 @@ class CycleResult:
     execution: Execution | None = None
 
 
-def _no_new_servers(desired: list[DesiredBid], view: TargetView) -> list[DesiredBid]:
-    """``desired`` without new servers: held ones keep what the strategy wants for them, or
-    their price when it wanted to leave them for a new one."""
-    held = {o.server_id: o.price for o in view.orders}
-    if all(b.server_id in held for b in desired):
-        return desired
-    kept = {b.server_id: b for b in desired if b.server_id in held}
-    return [kept.get(sid, DesiredBid(sid, price)) for sid, price in held.items()]
-
-
 class Engine:
     """Runs cycles for one bot run (``run_id``) in ``mode``.
 
@@ -193,10 +182,6 @@ class Engine:
         self._started: set[str] = set()
         self._memory = {name: MarketMemory() for name, s in self._strategies.items()
                         if s.uses_memory}
-        self._since: float | None = None
-        """When this run's first cycle began: spot polls from then on count for priming."""
-        self._primed: set[str] = set()
-        """Spot targets whose candidates have all been polled once in this run."""
         """Per target whose strategy looks at how contested servers are."""
         self._caches = {"spot": StaticMatchCache(), "gigaspot": StaticMatchCache()}
         self._markets: tuple[MarketName, ...] = tuple(sorted({t.market for t in config.targets}))
@@ -209,8 +194,6 @@ class Engine:
     # --- the cycle -------------------------------------------------------------------------------
 
     def cycle(self) -> CycleResult:
-        if self._since is None:
-            self._since = self._clock.now()
         if self._halted():
             log.warning("halted by bidder cancel-all: no more orders; stopping")
             self._stop.set()
@@ -306,35 +289,8 @@ class Engine:
                     self._started.add(target.name)
                     strategy.on_start(view.target)
                 desired = safe_decide(strategy, view, log)
-                if target.market == "spot" and desired is not None \
-                        and not self._spot_primed(session, target, frames["spot"], now):
-                    desired = _no_new_servers(desired, view)
             decisions.append(TargetDecision(view, desired))
         return decisions, views
-
-    def _spot_primed(self, session: Session, target: TargetConfig, frame: MarketFrame,
-                     now: float) -> bool:
-        """Whether the spot target has seen one full watch-list round: every candidate of the
-        newest listing polled since this run began. Before that it creates nothing, or it would
-        buy the first servers polled and move as soon as cheaper ones show up (each move a
-        creation fee and a new cooldown). Two rounds' time is the most it waits, in case a
-        candidate cannot be polled."""
-        if target.name in self._primed:
-            return True
-        listing = listing_frame(session)
-        wanted = np.asarray(target_candidates(listing, target) if listing is not None else [],
-                            dtype=np.int64)
-        since = self._since if self._since is not None else now
-        polled = frame.server_id[frame.observed_at >= since]
-        poller = self._config.poller
-        rounds = math.ceil(len(wanted) / poller.spot_polls_per_round) + 1
-        if (listing is not None and bool(np.isin(wanted, polled).all())) \
-                or now - since >= 2 * rounds * poller.spot_interval:
-            self._primed.add(target.name)
-            log.info("spot target %r: %d candidates polled; it may now create orders",
-                     target.name, len(wanted))
-            return True
-        return False
 
     def _keep_away_from_idle(self, session: Session, orders: Sequence[BotOrder], idle: set[int],
                              blocks: dict[str, set[int]], now: float) -> None:
