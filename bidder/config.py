@@ -130,6 +130,10 @@ class BudgetConfig(Section):
 class BotConfig(Section):
     decide_interval: float = Field(30.0, ge=1)
     """Seconds between decide/execute cycles."""
+    rebuy_block: float = Field(3600.0, ge=0)
+    """Seconds after our own cancel on a server during which a target does not buy it again,
+    unless nothing else can meet its count (0: no block). Every rebuy is a new creation fee and
+    a new 600-s cooldown."""
     heartbeat_stale_after: float = Field(300.0, ge=10)
     """``bidder status`` exits non-zero when the last heartbeat is older than this."""
     misfire_grace_time: float = Field(30.0, ge=1)

@@ -42,11 +42,13 @@ from bidder.orders import (
     kept_away,
     open_orders,
     own_order,
+    recently_cancelled,
     set_market_state,
     update_market_states,
 )
 from bidder.reconcile import in_flight
 from bidder.rules import Plan, TargetDecision, action_json, plan
+from bidder.memory import MarketMemory
 from bidder.view import StaticMatchCache, build_target_view
 from storage.frames import MarketFrame
 from storage.history import bid_intervals
@@ -191,6 +193,9 @@ class Engine:
         self._strategies: dict[str, Strategy] = {
             t.name: load_strategy(t.strategy, t.strategy_params) for t in config.targets}
         self._started: set[str] = set()
+        self._memory = {name: MarketMemory() for name, s in self._strategies.items()
+                        if s.uses_memory}
+        """Per target whose strategy looks at how contested servers are."""
         self._caches = {"spot": StaticMatchCache(), "gigaspot": StaticMatchCache()}
         self._markets: tuple[MarketName, ...] = tuple(sorted({t.market for t in config.targets}))
         self._stale: set[str] = set()
@@ -321,7 +326,12 @@ class Engine:
         """The target's view; ``avoid``: servers it must not hold (made not eligible)."""
         markets = self._config.markets
         own = [own_order(o, markets, state="pending" if o.id in missing else None) for o in rows]
+        block = self._config.bot.rebuy_block
+        left = recently_cancelled(session, target.name, now - block, dry_run=self.dry_run) \
+            if block > 0 else None
         view = build_target_view(frame, target, own, now=now, markets=markets,
+                                 rebuy_block=block, left_at=left,
+                                 memory=self._memory.get(target.name),
                                  static=self._caches[target.market].get(frame, target))
         c = view.candidates
         if avoid:

@@ -43,6 +43,19 @@ def open_orders(session: Session, *, dry_run: bool) -> list[BotOrder]:
                                 .order_by(BotOrder.id)))
 
 
+def recently_cancelled(session: Session, target: str, since: float, *,
+                       dry_run: bool) -> dict[int, float]:
+    """Server id -> when we last cancelled an order of ``target`` there, for cancels after
+    ``since`` (the strategy's rebuy block)."""
+    out: dict[int, float] = {}
+    for server_id, at in session.execute(
+            select(BotOrder.server_id, BotOrder.closed_at)
+            .where(BotOrder.target == target, BotOrder.dry_run.is_(dry_run),
+                   BotOrder.closed_at > since, BotOrder.close_reason.like("cancelled%"))):
+        out[int(server_id)] = max(float(at), out.get(int(server_id), float("-inf")))
+    return out
+
+
 def add_event(session: Session, order: BotOrder, kind: str, at: float, price: float | None = None,
               **detail: Any) -> None:
     session.add(BotOrderEvent(order_ref=order.id, at=at, kind=kind, price=price,

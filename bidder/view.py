@@ -13,12 +13,13 @@ and no server eligible: the bot never guesses a rate.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from bidder.allocation import rival_threshold
 from bidder.config import MarketsConfig, TargetConfig
+from bidder.memory import MarketMemory
 from storage.frames import MarketFrame
 from strategies.base import Candidates, OwnOrder, TargetSpec, TargetView
 
@@ -33,7 +34,8 @@ def cap_per_gpu_day(frame: MarketFrame, target: TargetConfig) -> float:
     return target.max_price_per_gpu_day / usd_per_unit
 
 
-def target_spec(target: TargetConfig, *, cap: float, fee_fraction: float) -> TargetSpec:
+def target_spec(target: TargetConfig, *, cap: float, fee_fraction: float,
+                creation_fee: float = 0.0, rebuy_block: float = 0.0) -> TargetSpec:
     """The strategy's view of a configured target (``cap`` per GPU-day, order currency)."""
     return TargetSpec(
         name=target.name,
@@ -44,6 +46,8 @@ def target_spec(target: TargetConfig, *, cap: float, fee_fraction: float) -> Tar
         cap_per_gpu_day=cap,
         pl=float(target.oc.pl) if target.oc is not None else None,
         fee_fraction=fee_fraction,
+        creation_fee=creation_fee,
+        rebuy_block=rebuy_block,
     )
 
 
@@ -108,13 +112,20 @@ def _live_mask(frame: MarketFrame, target: TargetConfig, floor: np.ndarray,
 def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence[OwnOrder], *,
                       now: float, markets: MarketsConfig, recent_wins: np.ndarray | None = None,
                       static: np.ndarray | None = None,
-                      thresholds: tuple[np.ndarray, np.ndarray] | None = None) -> TargetView:
+                      thresholds: tuple[np.ndarray, np.ndarray] | None = None,
+                      rebuy_block: float = 0.0,
+                      left_at: Mapping[int, float] | None = None,
+                      memory: MarketMemory | None = None) -> TargetView:
     """What ``target``'s strategy sees in ``frame``, with ``orders`` (our live orders for it).
 
     ``markets`` gives the GigaSPOT allocation rule (spot always uses ``highest_price``) and the fee
     fraction. ``static`` is ``static_match(frame, target)`` when the caller keeps it between ticks.
     ``thresholds`` is every server's ``rival_threshold`` (threshold, rival price) for the target
     in ``frame``, when the caller has it (a backtest works it out for many ticks at once).
+    ``rebuy_block`` (``[bot] rebuy_block``) and ``left_at`` (server id -> when we last cancelled
+    an order of this target there) let the strategy avoid buying back what it just left.
+    ``memory`` (one per target, kept between decisions) takes in the rivals' prices now and gives
+    each candidate how contested it has been (``raises_per_hour``, ``hands_per_hour``).
     Servers of our orders are always rows: ``eligible`` False when they no longer match, NaN data
     when they are not in the frame at all.
     """
@@ -130,7 +141,8 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     rules = markets.rules(target.market)
     usd_per_unit = frame.usd_rate(target.currency)
     cap = cap_per_gpu_day(frame, target)
-    spec = target_spec(target, cap=cap, fee_fraction=rules.fee_fraction)
+    spec = target_spec(target, cap=cap, fee_fraction=rules.fee_fraction,
+                       creation_fee=rules.creation_fee, rebuy_block=rebuy_block)
     floor_all = frame.floor(target.currency)
     match = static & _live_mask(frame, target, floor_all, spec.pl)
     if not math.isfinite(cap):
@@ -171,9 +183,13 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     absent = _orders_absent(orders, order_rows)
     if absent:
         columns = _append_absent(columns, absent, cap)
+    if memory is not None:
+        columns["raises_per_hour"], columns["hands_per_hour"] = memory.observe(
+            now, columns["server_id"], columns["rival_price"])
     return TargetView(now=now, target=spec, candidates=Candidates(**columns), orders=tuple(orders),
                       usd_per_unit=usd_per_unit,
-                      recent_wins=np.empty(0) if recent_wins is None else recent_wins)
+                      recent_wins=np.empty(0) if recent_wins is None else recent_wins,
+                      left_at={} if left_at is None else left_at)
 
 
 def _unknown_where_unconvertible(frame: MarketFrame, bid_price: np.ndarray,

@@ -14,8 +14,9 @@ take ``**kwargs`` so new arguments can be added without breaking user strategies
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -23,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 STRATEGY_API_VERSION = 1
+DAY = 86_400.0
 
 OrderState = Literal["winning", "outbid", "pending", "unknown"]
 """``winning``: our bid holds the server. ``outbid``: a rival holds it. ``pending``: sent, not yet
@@ -48,6 +50,12 @@ class TargetSpec:
     fee_fraction: float = 0.0
     """The market's fees on top of the price (``MarketRules.fee_fraction``), for strategies that
     weigh a bid against revenue."""
+    creation_fee: float = 0.0
+    """What each new order costs once (``MarketRules.creation_fee``, order currency): the price of
+    a move, weighed against what the move saves."""
+    rebuy_block: float = 0.0
+    """Seconds after our own cancel on a server during which it is not bought again unless
+    nothing else can meet the count (``[bot] rebuy_block``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,11 @@ class Candidates:
     """bool: matches the target and can be rented now"""
     observed_at: np.ndarray
     """float64: when this server's data was observed"""
+    raises_per_hour: np.ndarray | None = None
+    """float64: how often the best rival's price went up lately (``bidder.memory``); None when
+    the caller keeps no market memory"""
+    hands_per_hour: np.ndarray | None = None
+    """float64: how often the best bid changed hands otherwise lately (a rival arriving, leaving)"""
     _index: tuple[np.ndarray, np.ndarray | None] | None = field(
         default=None, init=False, repr=False, compare=False)
     """The ids sorted, and the sorting order unless they already were; built on first look-up."""
@@ -155,6 +168,9 @@ class TargetView:
     recent_wins: np.ndarray = field(default_factory=lambda: np.empty(0))
     """Winning prices per GPU-day (order currency) seen on matching servers during the strategy's
     ``history_window`` (only filled when the strategy asks for history)."""
+    left_at: Mapping[int, float] = field(default_factory=dict)
+    """Server id -> when we last cancelled an order of this target there, for the servers left
+    within ``target.rebuy_block``: buying one again soon after is churn."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +200,9 @@ class Strategy(ABC):
     Params: ClassVar[type[Params]] = Params
     history_window: ClassVar[float] = 0.0
     """Seconds of recent winning prices the strategy wants in ``TargetView.recent_wins``."""
+    uses_memory: bool = False
+    """True when ``decide`` looks at how contested servers are (``Candidates.raises_per_hour``,
+    ``hands_per_hour``): the caller then keeps a market memory for the target."""
 
     def __init__(self, **params: Any) -> None:
         self.params = type(self).Params(**params)
@@ -204,38 +223,73 @@ def gpus_needed(spec: TargetSpec, gpus: np.ndarray) -> np.ndarray:
 
 
 def cheapest_cover(need: int, size: np.ndarray, cost: np.ndarray) -> np.ndarray:
-    """Rows whose ``size`` adds up to at least ``need`` at (nearly) the lowest total ``cost``.
+    """Rows whose ``size`` adds up to at least ``need`` at the lowest total ``cost``: exact.
 
-    Rows with a non-finite cost are never chosen. Greedy by cost per unit (bigger rows first on
-    ties, so fewer servers), never overshooting the need with a row while smaller rows can fill
-    it; at every step it also weighs finishing with the single cheapest row that covers what is
-    left, so one big cheap server beats several small dear ones, and the count is exceeded only
-    when that is cheaper. When the rows cannot reach ``need`` it returns what they can give.
-    Sizes are counts (not negative).
+    Rows with a non-finite cost are never chosen; costs are not negative (they are prices).
+    Among covers of equal cost the one with the fewest units wins (no GPUs nobody asked for),
+    then the one met first in the order of cost per unit (bigger rows first on ties). When the
+    rows cannot reach ``need`` it returns every usable row (the most they can give).
+
+    The order of cost per unit gives a cover at once when some prefix of it adds up to ``need``
+    exactly: that prefix is the fractional (linear) optimum, so no set of whole rows does better.
+    Otherwise a knapsack over the unit counts decides, on few rows: a cheapest cover holds at
+    most ``ceil(need / s)`` rows of size ``s`` (one fewer would still cover), the cheapest of
+    their size, and no row dearer than a cover already known.
     """
+    need = int(need)
     rows = _by_cost_per_unit(size, cost)
-    s, c = size[rows].astype(np.int64, copy=False), cost[rows]
-    s_list = s.tolist()
-    largest = int(s.max(initial=0))
-    chosen: list[int] = []
-    spent, left = 0.0, int(need)
-    best_cost, best = np.inf, None
-    while left > 0:
-        if left <= largest:  # some row may cover what is left on its own: the first cheapest
-            cover_cost = np.where(s >= left, c, np.inf)
-            cover_cost[chosen] = np.inf
-            i = int(cover_cost.argmin())
-            if cover_cost[i] < np.inf and spent + c[i] < best_cost:
-                best_cost, best = spent + c[i], [*chosen, i]
-        run, units = _greedy_run(s_list, set(chosen), left)
-        if not run:
-            break
-        chosen.extend(run)
-        spent += float(c[run].sum())
-        left -= units
-    if left <= 0 and spent < best_cost:
-        best = chosen
-    return rows[best if best is not None else chosen]
+    if need <= 0:
+        return rows[:0]
+    s = size[rows].astype(np.int64, copy=False)
+    keep = s > 0
+    if not keep.all():
+        rows, s = rows[keep], s[keep]
+    reach = np.cumsum(s)
+    if not len(reach) or reach[-1] <= need:
+        return rows  # everything, when it is not more than the need
+    k = int(reach.searchsorted(need))  # the first prefix that covers
+    if reach[k] == need:
+        return rows[:k + 1]
+    return rows[_knapsack(need, s, cost[rows], float(cost[rows[:k + 1]].sum()))]
+
+
+def _knapsack(need: int, s: np.ndarray, c: np.ndarray, bound: float) -> np.ndarray:
+    """Positions (into ``s``/``c``, in cost-per-unit order) of the cheapest cover of ``need``
+    units; ``bound`` is the cost of a cover already known. Fewest units on equal cost, then
+    fewest rows of each size. A dynamic programme over exact unit counts, one size at a time
+    (the sizes are few: 1, 2, 4, 8 GPUs...), each a handful of vector operations."""
+    usable = np.flatnonzero(c <= bound)  # no row dearer than a known cover is in a cheaper one
+    sizes = s[usable]
+    groups = []  # per size: its cheapest rows (within a size, cost per unit orders by cost)
+    for size in np.flatnonzero(np.bincount(sizes)).tolist():
+        groups.append((size, usable[sizes == size][:-(-need // size)]))
+    top = need + groups[-1][0] - 1  # a cheapest cover never overshoots by a whole row
+    dp = np.full(top + 1, np.inf)
+    dp[0] = 0.0
+    picks = []
+    for size, members in groups:
+        prefix = np.zeros(len(members) + 1)
+        np.cumsum(c[members], out=prefix[1:])
+        source, valid = _shifts(size, len(members), top)
+        options = np.where(valid, dp[source], np.inf) + prefix[:, None]
+        k = options.argmin(axis=0)  # the fewest rows of this size on equal cost
+        dp = options[k, np.arange(top + 1)]
+        picks.append(k)
+    j = need + int(dp[need:].argmin())  # the cheapest, and of those the fewest units
+    chosen = []
+    for (size, members), k in zip(reversed(groups), reversed(picks)):
+        taken = int(k[j])
+        chosen.extend(members[:taken].tolist())
+        j -= taken * size
+    return np.array(sorted(chosen), dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=256)
+def _shifts(size: int, rows: int, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """For taking 0..``rows`` rows of ``size`` units to reach 0..``top`` units: where each total
+    comes from (clipped) and whether it can."""
+    source = np.arange(top + 1)[None, :] - size * np.arange(rows + 1)[:, None]
+    return np.maximum(source, 0), source >= 0
 
 
 def _by_cost_per_unit(size: np.ndarray, cost: np.ndarray) -> np.ndarray:
@@ -252,37 +306,57 @@ def _by_cost_per_unit(size: np.ndarray, cost: np.ndarray) -> np.ndarray:
     return rows
 
 
-def _greedy_run(sizes: list[int], taken: set[int], left: int) -> tuple[list[int], int]:
-    """The rows the greedy takes next, in order: each one not taken yet that fits in ``left``,
-    until one would overshoot what is left; and their total size. A walk over the first few
-    rows instead of vector passes over all of them."""
-    run: list[int] = []
-    total = 0
-    for j, size in enumerate(sizes):
-        if size <= left and j not in taken:
-            if total + size > left:
-                break
-            run.append(j)
-            total += size
-    return run, total
-
-
 def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
-                  held_discount: float = 0.0) -> list[DesiredBid]:
+                  held_discount: float = 0.0, payback: float = 0.0) -> list[DesiredBid]:
     """Desired bids at ``bid`` on the rows that fill the target's count at the lowest ``cost``.
 
     The common last step of the built-in strategies. ``cost`` ranks the rows (per server-day;
-    NaN or inf: do not hold). Rows we already hold count ``held_discount`` cheaper (0..1): the
-    hysteresis that keeps a strategy from churning between servers of nearly the same price, since
-    moving restarts an order's cooldown and step knowledge. 1.0 keeps every usable holding.
+    NaN or inf: do not hold). What leaving a held server costs keeps a strategy from churning:
+
+    - rows we already hold count ``held_discount`` cheaper (0..1), since moving restarts an order's
+      cooldown and step knowledge (1.0 keeps every usable holding);
+    - with ``payback`` (seconds) every row we do not hold also carries the target's creation fee
+      spread over that horizon: a move happens only when it pays its new order back in time, and
+      of two covers of equal price the one with fewer orders wins;
+    - a row we left within ``target.rebuy_block`` (``view.left_at``) is not bought again, unless
+      the count cannot be met without it.
+
+    Our orders count as held from the moment they are sent (``pending`` included).
     """
     c = view.candidates
-    if view.orders and held_discount:
+    spec = view.target
+    held = np.zeros(0, dtype=np.int64)
+    if view.orders:
         held = c.rows_of([o.server_id for o in view.orders])
         held = held[held >= 0]
-        held = held[np.isfinite(cost[held])]
+    if len(held) and held_discount:
+        usable = held[np.isfinite(cost[held])]
         cost = cost.copy()
-        cost[held] *= 1.0 - held_discount
-    rows = cheapest_cover(view.target.count, gpus_needed(view.target, c.gpus), cost)
+        cost[usable] *= 1.0 - held_discount
+    if payback > 0 and spec.creation_fee > 0:
+        fee = np.full(len(c), spec.creation_fee * DAY / payback)
+        fee[held] = 0.0
+        cost = cost + fee
+    size = gpus_needed(spec, c.gpus)
+    blocked = _blocked(view, held) if view.left_at and spec.rebuy_block > 0 else None
+    if blocked is not None and len(blocked):
+        allowed = cost.copy()
+        allowed[blocked] = np.inf
+        rows = cheapest_cover(spec.count, size, allowed)
+        if int(size[rows].sum()) < spec.count:  # not enough without them: they may come back
+            rows = cheapest_cover(spec.count, size, cost)
+    else:
+        rows = cheapest_cover(spec.count, size, cost)
     return [DesiredBid(sid, price) for sid, price in zip(c.server_id[rows].tolist(),
                                                          bid[rows].tolist())]
+
+
+def _blocked(view: TargetView, held: np.ndarray) -> np.ndarray:
+    """Rows of servers we cancelled within ``rebuy_block`` and do not hold now."""
+    since = view.now - view.target.rebuy_block
+    ids = [sid for sid, at in view.left_at.items() if at > since]
+    if not ids:
+        return np.zeros(0, dtype=np.int64)
+    rows = view.candidates.rows_of(ids)
+    rows = rows[rows >= 0]
+    return rows[~np.isin(rows, held)]

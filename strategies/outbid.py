@@ -18,8 +18,12 @@ class Outbid(Strategy):
     (NiceHashBot's pattern). Each tick it asks for ``max(floor, threshold + tick)``: raised at once
     when outbid, and lowered a full step as soon as the cooldown allows when rivals leave (the
     rules engine lowers as far as the exchange permits). Never above the cap; when holding a
-    server would cost more than that, it moves to another. A server it holds counts
-    ``switch_margin`` cheaper than the others, so it does not churn between near-equal servers.
+    server would cost more than that, it moves to another.
+
+    Servers are chosen as the cheapest whole-server cover of the count. Moving has a price, so a
+    server it holds counts ``switch_margin`` cheaper than the others, a new one carries its
+    creation fee spread over ``payback_hours``, and a held order that cannot come down yet (the
+    cooldown, the learned step) counts at what it will really pay over that horizon.
     """
 
     name = "outbid"
@@ -30,6 +34,16 @@ class Outbid(Strategy):
         default suits CLORE; use a smaller one for bitcoin)."""
         switch_margin: float = Field(0.1, ge=0, lt=1)
         """A new server must be this fraction cheaper than a held one to move."""
+        payback_hours: float = Field(6.0, gt=0)
+        """A move must pay back its new order's creation fee within this many hours."""
+        contest_penalty: float = Field(0.0, ge=0)
+        """Each rival raise per hour seen lately on a server makes it count this fraction dearer
+        (0: off). Against a rival that answers every raise, a near-equal quiet server wins and
+        the escalation stops."""
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.uses_memory = self.params.contest_penalty > 0
 
     def limit(self, view: TargetView) -> np.ndarray | None:
         """The most to pay per server-day; None when it cannot be known this tick (no change)."""
@@ -42,5 +56,28 @@ class Outbid(Strategy):
         c = view.candidates
         want = np.maximum(c.floor, c.threshold + self.params.tick)
         usable = c.eligible & (want <= limit)
-        return hold_cheapest(view, want, np.where(usable, want, np.inf),
-                             held_discount=self.params.switch_margin)
+        horizon = self.params.payback_hours * 3600.0
+        cost = staying_cost(view, want, np.where(usable, want, np.inf), horizon)
+        if self.params.contest_penalty > 0 and c.raises_per_hour is not None:
+            cost = cost * (1.0 + self.params.contest_penalty * np.nan_to_num(c.raises_per_hour))
+        return hold_cheapest(view, want, cost, held_discount=self.params.switch_margin,
+                             payback=horizon)
+
+
+def staying_cost(view: TargetView, want: np.ndarray, cost: np.ndarray,
+                 horizon: float) -> np.ndarray:
+    """``cost`` with each held server's replaced by what staying there really costs per day over
+    ``horizon``: an order above ``want`` pays its price until it may lower (``next_lower_at``),
+    then comes down at most to ``lowest_allowed`` when the exchange's step is known."""
+    if not view.orders:
+        return cost
+    c = view.candidates
+    rows = c.rows_of([o.server_id for o in view.orders])
+    cost = cost.copy()
+    for o, row in zip(view.orders, rows.tolist()):
+        if row < 0 or not np.isfinite(cost[row]) or o.price <= want[row]:
+            continue
+        reach = max(float(want[row]), o.lowest_allowed or 0.0)
+        lock = min(max(o.next_lower_at - view.now, 0.0), horizon)
+        cost[row] = max(cost[row], (o.price * lock + reach * (horizon - lock)) / horizon)
+    return cost

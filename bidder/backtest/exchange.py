@@ -30,6 +30,8 @@ from strategies.base import OwnOrder
 PRICE_TOLERANCE = 1e-9
 """Relative: a price this close to a limit counts as on it."""
 TIME_TOLERANCE = 1e-6
+REBUY_WINDOW = 3600.0
+"""A create within this long of our own cancel on the same server counts as a rebuy."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,8 @@ class Counters:
     creation_fees: float = 0.0
     """In the order currency."""
     creation_fee_orders: int = 0
+    rebuys_within_hour: int = 0
+    """Creates on a server this target cancelled an order of its own on within the hour before."""
 
 
 @dataclass(slots=True)
@@ -128,6 +132,9 @@ class EmulatedExchange:
         self._own: dict[str, tuple[int, list[OwnOrder]]] = {}
         self._own_of: dict[int, tuple[tuple[object, ...], OwnOrder]] = {}
         self._oldest: tuple[int, float] = (-1, math.inf)
+        self.left_at: dict[str, dict[int, float]] = {name: {} for name in self._targets}
+        """Per target: server id -> when we last cancelled an order there (kept ``left_keep``)."""
+        self.left_keep = REBUY_WINDOW
 
     def counters(self, target: str) -> Counters:
         return self._targets[target].counters
@@ -201,7 +208,13 @@ class EmulatedExchange:
                     self._lower(order, action.price, now)
             elif isinstance(action, Cancel):
                 self._call(action.target).cancels += 1
-                self.end(self.orders[action.order_id], now)
+                order = self.orders[action.order_id]
+                left = self.left_at[order.target]
+                if len(left) > 64:  # forget what no block or count looks at any more
+                    for sid in [k for k, at in left.items() if now - at > self.left_keep]:
+                        del left[sid]
+                left[order.server_id] = now
+                self.end(order, now)
 
     def expire(self, now: float) -> None:
         """End GigaSPOT orders that reached their maximum life."""
@@ -246,7 +259,11 @@ class EmulatedExchange:
     def _create(self, action: Create, now: float, tick: int) -> None:
         spec = self._targets[action.target]
         row, gpus, _ = self._info(spec.market, action.server_id, spec.currency)
-        self._call(action.target).creates += 1
+        counters = self._call(action.target)
+        counters.creates += 1
+        left = self.left_at[action.target].get(action.server_id)
+        if left is not None and now - left < REBUY_WINDOW:
+            counters.rebuys_within_hour += 1
         order_id = next(self._ids)
         while order_id in self.orders:
             order_id = next(self._ids)

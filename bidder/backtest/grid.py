@@ -184,6 +184,7 @@ def _score(history: History, config: Config, targets: Sequence[TargetConfig],
            ) -> tuple[dict[str, OracleResult], list[dict[str, Any]]]:
     oracles: dict[str, OracleResult] = {}
     like: dict[tuple[int, str], float] = {}
+    whole_like: dict[tuple[int, str], float] = {}
     if not runs:
         return oracles, []
     first = runs[0]
@@ -199,9 +200,12 @@ def _score(history: History, config: Config, targets: Sequence[TargetConfig],
         oracles[target.name] = result
         for k, cost in enumerate(result.like_for_like):
             like[(k, target.name)] = cost
+        for k, cost in enumerate(result.whole_like_for_like):
+            whole_like[(k, target.name)] = cost
     metrics = []
     for k, run in enumerate(runs):
-        rows = [target_metrics(run, run.targets[t.name], oracles[t.name], like[(k, t.name)])
+        rows = [target_metrics(run, run.targets[t.name], oracles[t.name], like[(k, t.name)],
+                               whole_like=whole_like.get((k, t.name)))
                 for t in targets]
         metrics.append({"strategy": run.variant.label, "mode": run.mode, "targets": rows,
                         "total": totals(rows), "reactive_raises": run.reactive_raises})

@@ -13,6 +13,14 @@ Definitions (all time-weighted by step durations; units are the target's: GPUs o
 - ``regret``: cost minus the oracle's cost of holding as many units as were held, step by step
   (never negative, see ``bidder.backtest.oracle``); ``oracle_full_cost`` is the oracle's cost of
   holding the whole target, ``oracle_availability`` how much of it could be held at all.
+- ``oracle_whole_servers_cost`` / ``oracle_whole_servers_gpu_hours``: the whole-server oracle's
+  cost of holding the whole target and the GPU-hours it held (the cheapest hindsight cover with
+  whole servers wherever the fractional oracle covers the target);
+  ``oracle_whole_like_for_like_cost`` the same for as many units as were held, step by step
+  (fractional like-for-like <= it <= ``cost``).
+- ``surplus_gpu_hours``: GPU-hours held beyond the target count (GPUs nobody asked for).
+- ``orders_created``, ``rebuys_within_hour`` (creates on a server within an hour of our own
+  cancel there), ``creation_fees``: churn, and what it cost.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ def _spells(short: np.ndarray, dt: np.ndarray) -> tuple[int, float]:
 
 
 def target_metrics(run: RunRecord, target: TargetRun, oracle: OracleResult,
-                   like_for_like: float) -> dict[str, Any]:
+                   like_for_like: float, *, whole_like: float | None = None) -> dict[str, Any]:
     dt = run.step_dt
     total_time = float(dt.sum())
     c = target.counters
@@ -79,6 +87,12 @@ def target_metrics(run: RunRecord, target: TargetRun, oracle: OracleResult,
         "oracle_like_for_like_cost": like_for_like,
         "oracle_full_cost": oracle.full,
         "oracle_availability": oracle.full_availability,
+        "oracle_whole_servers_cost": _finite(oracle.whole),
+        "oracle_whole_servers_gpu_hours": _finite(oracle.whole_gpu_hours),
+        "oracle_whole_like_for_like_cost": whole_like,
+        "surplus_gpu_hours": surplus_gpu_hours(target, dt),
+        "orders_created": c.creates,
+        "rebuys_within_hour": c.rebuys_within_hour,
         "api_calls": c.api_calls,
         "creates": c.creates,
         "raises": c.raises,
@@ -90,12 +104,26 @@ def target_metrics(run: RunRecord, target: TargetRun, oracle: OracleResult,
     }
 
 
+def surplus_gpu_hours(target: TargetRun, dt: np.ndarray) -> float:
+    """GPU-hours held beyond the target's count. For a count of servers, the extra servers'
+    share of the GPUs held."""
+    units = target.held_units.astype(np.float64)
+    extra = np.maximum(units - target.count, 0.0)
+    if target.unit == "gpus":
+        gpus = extra
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gpus = np.where(units > 0, target.held_gpus * extra / units, 0.0)
+    return float((gpus * dt).sum()) / 3600.0
+
+
 def _finite(x: float) -> float | None:
     return x if np.isfinite(x) else None
 
 
 TOTALS = ("cost", "gpu_hours", "regret", "oracle_full_cost", "api_calls", "lowerings",
-          "preemptions", "gaps", "gap_min")
+          "preemptions", "gaps", "gap_min", "surplus_gpu_hours", "orders_created",
+          "rebuys_within_hour", "creation_fees")
 
 
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -103,7 +131,7 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {k: sum(r[k] for r in rows) for k in TOTALS}
     currencies = {r["currency"] for r in rows}
     if len(currencies) != 1:
-        for k in ("cost", "regret", "oracle_full_cost"):
+        for k in ("cost", "regret", "oracle_full_cost", "creation_fees"):
             out[k] = None
     out["currency"] = currencies.pop() if len(currencies) == 1 else "mixed"
     out["cost_per_gpu_hour"] = (out["cost"] / out["gpu_hours"]

@@ -24,6 +24,14 @@ units as the strategy held at each step (so regret = cost - bound >= 0 always, a
 that holds less is not flattered), and ``full``, the bound for holding the whole target.
 Reactive rivals only ever raise above the recorded book, so the recorded bound holds for both
 modes.
+
+The fractional bound may hold part of a server; nobody can. Beside it, the *whole-server oracle*
+holds, step by step, the cheapest set of whole servers that reaches the count (at the same marginal
+prices): ``whole`` for the whole target (where the fractional one covers it; where the market
+cannot, both hold everything there is), with the GPU-hours it held (``whole_gpu_hours``: a cheapest
+cover may overshoot the count when that is cheaper), and ``whole_like_for_like`` per held series.
+A strategy's held servers are one such set, so fractional <= whole <= strategy, step by step; the
+gap between the fractional and the whole-server oracle is regret nobody could avoid.
 """
 
 from __future__ import annotations
@@ -53,6 +61,12 @@ class OracleResult:
     full_per_unit: np.ndarray
     """Per step: the oracle's price per unit-day when holding the whole target (NaN when nothing
     could be held), for plots"""
+    whole: float = float("nan")
+    """The cheapest cost of holding the whole target with whole servers"""
+    whole_gpu_hours: float = float("nan")
+    """The GPU-hours the whole-server oracle held"""
+    whole_like_for_like: tuple[float, ...] = ()
+    """Per ``held`` series: the cheapest cost of holding that many units with whole servers"""
 
 
 def _versions(history: History, target: TargetConfig, names: tuple[str, ...]
@@ -144,6 +158,9 @@ class _Block:
     available: np.ndarray
     dt: np.ndarray
     """Step durations in days, times the fee factor"""
+    whole: np.ndarray
+    """Per step and unit count j: the cheapest cost per day of at least j units of whole
+    servers (inf: not reachable)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +174,8 @@ class Covers:
     full: float
     full_availability: float
     full_per_unit: np.ndarray
+    whole: float = float("nan")
+    whole_gpu_hours: float = float("nan")
 
 
 def covers(history: History, config: Config, target: TargetConfig, *, step_tick: np.ndarray,
@@ -175,6 +194,7 @@ def covers(history: History, config: Config, target: TargetConfig, *, step_tick:
     full = 0.0
     covered = 0.0
     per_unit = np.full(len(step_tick), np.nan)
+    whole = whole_gpu_seconds = 0.0
     block = max(1, CHUNK_CELLS // max(n, 1))
     streams = (data.facts, data.state, data.rivals)
     wanted = [[c for c in names if c in stream.initial] for stream, names in zip(streams, (
@@ -210,18 +230,26 @@ def covers(history: History, config: Config, target: TargetConfig, *, step_tick:
             c_cost = np.cumsum(np.where(w > 0, u * w, 0.0), axis=1)
         available = weight.sum(axis=1).astype(np.float64)
         b = _Block(int(first), int(last), u, c_units, c_cost, available,
-                   step_dt[first:last] * fee / DAY)
+                   step_dt[first:last] * fee / DAY, _whole_covers(m, weight, most))
         blocks.append(b)
         goal = np.full(last - first, float(target.count))
         cost = _cover(goal, b)
         full += float(np.sum(cost * b.dt))
+        w_cost, w_units = _whole_cover(target.count, b, cost)
+        whole += float(np.sum(w_cost * b.dt))
+        if target.unit == "gpus":
+            w_gpus = w_units
+        else:  # the cheapest servers, as many as the count: their GPUs
+            taken = np.minimum(target.count, w_units)[:, None] > np.arange(order.shape[1])
+            w_gpus = (np.take_along_axis(facts["gpus"][rows], order, axis=1) * taken).sum(axis=1)
+        whole_gpu_seconds += float(np.sum(w_gpus * step_dt[first:last]))
         reachable = np.minimum(goal, available)
         with np.errstate(invalid="ignore", divide="ignore"):
             per_unit[first:last] = np.where(reachable > 0, cost / reachable, np.nan)
         covered += float(np.sum(reachable / goal * step_dt[first:last]))
     total = float(step_dt.sum())
     return Covers(most, tuple(blocks), full, covered / total if total > 0 else float("nan"),
-                  per_unit)
+                  per_unit, whole, whole_gpu_seconds / 3600.0)
 
 
 def bounds(covers: Covers, held: Sequence[np.ndarray]) -> OracleResult:
@@ -232,10 +260,15 @@ def bounds(covers: Covers, held: Sequence[np.ndarray]) -> OracleResult:
         raise ValueError(f"a holding of {most} units exceeds the covers, made for up to "
                          f"{covers.most}")
     like = [0.0] * len(held)
+    whole_like = [0.0] * len(held)
     for b in covers.blocks:
         for k, series in enumerate(held):
-            like[k] += float(np.sum(_cover(series[b.first:b.last], b) * b.dt))
-    return OracleResult(like, covers.full, covers.full_availability, covers.full_per_unit)
+            goal = series[b.first:b.last]
+            fractional = _cover(goal, b)
+            like[k] += float(np.sum(fractional * b.dt))
+            whole_like[k] += float(np.sum(_whole_cover(goal, b, fractional)[0] * b.dt))
+    return OracleResult(like, covers.full, covers.full_availability, covers.full_per_unit,
+                        covers.whole, covers.whole_gpu_hours, tuple(whole_like))
 
 
 def _cheapest_first(unit_cost: np.ndarray, k: int) -> np.ndarray:
@@ -269,3 +302,47 @@ def _cover(goal: np.ndarray, block: _Block) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         extra = np.where(rest > 0, rest * unit_cost[idx, nxt], 0.0)
     return prev_cost + extra
+
+
+def _whole_covers(m: np.ndarray, units: np.ndarray, most: int) -> np.ndarray:
+    """Per step (rows of ``m``, the marginal price per server-day; ``units`` 0 where a server
+    cannot be held), the cheapest cost of at least j whole units for j = 0..``most`` + the
+    largest size - 1. A knapsack over exact unit counts, one server size at a time and every step
+    at once: a cheapest cover holds at most ceil(j / s) servers of size s, the cheapest of them."""
+    steps = len(m)
+    sizes = [z for z in np.flatnonzero(np.bincount(units.ravel(), minlength=1)).tolist() if z]
+    top = most + (max(sizes) - 1 if sizes else 0)
+    dp = np.full((steps, top + 1), np.inf)
+    dp[:, 0] = 0.0
+    for z in sizes:
+        k = min(-(-most // z), m.shape[1])
+        source = np.arange(top + 1)[None, :] - z * np.arange(k + 1)[:, None]
+        valid, source = source >= 0, np.maximum(source, 0)
+        rows = max(1, CHUNK_CELLS // ((k + 1) * (top + 1)))
+        for lo in range(0, steps, rows):  # bounded memory however large the count
+            part = slice(lo, lo + rows)
+            price = np.where(units[part] == z, m[part], np.inf)
+            if k < price.shape[1]:
+                price = np.partition(price, k - 1, axis=1)[:, :k]
+            prefix = np.zeros((len(price), k + 1))
+            prefix[:, 1:] = np.cumsum(np.sort(price, axis=1), axis=1)
+            options = np.where(valid, dp[part][:, source], np.inf) + prefix[:, :, None]
+            dp[part] = options.min(axis=1)
+    # at least j units: the cheapest of exactly j, j + 1, ... (a suffix minimum)
+    return np.minimum.accumulate(dp[:, ::-1], axis=1)[:, ::-1]
+
+
+def _whole_cover(goal: np.ndarray | int, block: _Block,
+                 fractional: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per step of ``block``: the cheapest cost of at least ``goal`` units of whole servers, and
+    the units that cover holds. Where the servers cannot reach ``goal``, both oracles hold every
+    server there is (``fractional``: the fractional cover's cost then)."""
+    w = block.whole
+    idx = np.arange(len(w))
+    need = np.minimum(np.broadcast_to(np.asarray(goal, dtype=np.int64), idx.shape), w.shape[1] - 1)
+    cost = w[idx, need]
+    # the units held: the largest j whose cheapest "at least j" is still that cost
+    reach = (w <= cost[:, None]).sum(axis=1) - 1
+    short = ~np.isfinite(cost)
+    cost = np.where(short, fractional, cost)
+    return cost, np.where(short, block.available, reach).astype(np.float64)

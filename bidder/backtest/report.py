@@ -21,6 +21,12 @@ COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("overpay_p95", "overpay p95", lambda v: f"{v:.3f}"),
     ("regret", "regret", lambda v: f"{v:,.2f}"),
     ("oracle_full_cost", "oracle", lambda v: f"{v:,.2f}"),
+    ("oracle_whole_servers_cost", "oracle whole", lambda v: f"{v:,.2f}"),
+    ("oracle_whole_servers_gpu_hours", "whole GPU-h", lambda v: f"{v:,.1f}"),
+    ("surplus_gpu_hours", "surplus GPU-h", lambda v: f"{v:,.1f}"),
+    ("orders_created", "orders", str),
+    ("rebuys_within_hour", "rebuys 1h", str),
+    ("creation_fees", "creation fees", lambda v: f"{v:,.2f}"),
     ("api_calls", "calls", str),
     ("lowerings", "lowerings", str),
 )

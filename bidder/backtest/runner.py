@@ -33,6 +33,7 @@ from bidder.backtest.fills import Book, Contest, contest
 from bidder.backtest.market import ReplayMarket
 from bidder.backtest.reactive import ReactiveRivals, ReactiveSettings
 from bidder.config import Config, TargetConfig
+from bidder.memory import MarketMemory
 from bidder.rules import Plan, TargetDecision, plan
 from bidder.view import StaticMatchCache, build_target_view
 from strategies.base import Strategy
@@ -65,10 +66,24 @@ class Variant:
 AS_CONFIGURED = Variant("as configured", None)
 
 
+FILLS = ("tick", "decision")
+
+
 @dataclass(frozen=True, slots=True)
 class RunSettings:
     exchange: ExchangeRules = field(default_factory=ExchangeRules)
     reactive: ReactiveSettings = field(default_factory=ReactiveSettings)
+    fills: str = "tick"
+    """``tick``: at a decision, the recorded tick is filled first with our orders as they stood
+    (a rival raise recorded since our last decision preempts us until this decision takes
+    effect, at the next step), then we decide. ``decision``: decide first and fill the tick with
+    the decision already made (the older model: our bids answer a raise before it can cost us,
+    so replay availability is an upper bound). A run given ``decision_times`` (a replay of a
+    live session) always decides first: those steps start when the bot acted."""
+
+    def __post_init__(self) -> None:
+        if self.fills not in FILLS:
+            raise ValueError(f"unknown fills {self.fills!r}; expected one of {FILLS}")
 
 
 @dataclass(slots=True)
@@ -183,6 +198,7 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     if missing:
         raise ValueError(f"the history was loaded without the {', '.join(missing)} market")
     run = _Run(history, config, variant, settings, mode, targets, keep_trace)
+    run.decide_first = settings.fills == "decision" or decision_times is not None
     step_time, step_tick, decide = steps(history, config.bot.decide_interval, decision_times,
                                    seen_at, end)
     step_dt = step_durations(step_time)
@@ -221,12 +237,18 @@ class _Run:
                         for m in sorted({t.market for t in targets})}
         self.caches = {m: StaticMatchCache() for m in self.markets}
         self.strategies = {t.name: variant.instance(t) for t in targets}
+        self.memory = {name: MarketMemory() for name, s in self.strategies.items()
+                       if getattr(s, "uses_memory", False)}
+        """Per target whose strategy looks at how contested servers are."""
         self.started: set[str] = set()
+        self.decide_first = settings.fills == "decision"
+        """Decide before filling a decision's tick (``RunSettings.fills``)."""
         self.reactive = {m: ReactiveRivals(settings.reactive, history.markets[m].server_id)
                          for m in self.markets} if mode == "reactive" else {}
         self.exchange = EmulatedExchange(settings.exchange, config.markets,
                                          [(t.name, t.market, t.currency) for t in targets],
                                          self._server_info)
+        self.exchange.left_keep = max(self.exchange.left_keep, config.bot.rebuy_block)
         self._rules = {m: config.markets.gigaspot.allocation if m == "gigaspot" else
                        "highest_price" for m in self.markets}
         """Each market's allocation rule."""
@@ -272,10 +294,12 @@ class _Run:
             m.advance(tick)
         self.exchange.expire(now)
         rivals = {name: self._rival_prices(name, now) for name in self.markets}
-        if decide:
+        if decide and self.decide_first:
             self._decide(now, tick, rivals)
         for name in self.markets:
             self._fill(name, s, now, dt, rivals[name])
+        if decide and not self.decide_first:
+            self._decide(now, tick, rivals)
 
     def _rival_prices(self, market: str, now: float) -> np.ndarray:
         rm = self.markets[market]
@@ -316,7 +340,10 @@ class _Run:
                 frame, target, self.exchange.own_orders(target.name), now=now,
                 markets=self.config.markets, static=static,
                 recent_wins=self._recent_wins(target, strategy, static, tick),
-                thresholds=self._thresholds(target))
+                thresholds=self._thresholds(target),
+                rebuy_block=self.config.bot.rebuy_block,
+                left_at=self.exchange.left_at[target.name],
+                memory=self.memory.get(target.name))
             if target.name not in self.started:
                 strategy.on_start(view.target)
                 self.started.add(target.name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ class UsageError(ValueError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from bidder.backtest.grid import default_workers
-    from bidder.backtest.runner import MODES
+    from bidder.backtest.runner import FILLS, MODES
     from bidder.sim.options import PAYMENTS
 
     parser.add_argument("--config", type=Path, default=None,
@@ -56,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "'fraction:F' or 'absolute:X' (default: [sim] step_rule)")
     parser.add_argument("--payment", choices=PAYMENTS, default=None,
                         help="what a winner pays (default: [sim] payment)")
+    parser.add_argument("--fills", choices=FILLS, default="tick",
+                        help="tick (default): a rival raise recorded since our last decision "
+                             "preempts us until the next decision takes effect; decision: the "
+                             "older model, which decides before filling each tick (our bids "
+                             "answer every raise before it costs anything: an upper bound on "
+                             "availability), for comparison")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the reactive rivals (default: [sim] seed)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
@@ -130,7 +137,8 @@ def _run_settings(args: argparse.Namespace, config: Config) -> RunSettings:
         raise UsageError(f"--step-rule: {err}") from None
     exchange = ExchangeRules(step_rule=step_rule, payment=args.payment or config.sim.payment)
     return RunSettings(exchange, ReactiveSettings(
-        seed=config.sim.seed if args.seed is None else args.seed))
+        seed=config.sim.seed if args.seed is None else args.seed),
+        fills=getattr(args, "fills", "tick"))
 
 
 def _replay_diff(args: argparse.Namespace) -> int:
@@ -165,6 +173,7 @@ def _replay_diff(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from bidder.backtest.data import HistoryError, count_recorded, load_history
+    from bidder.backtest.fees import fee_warnings, recorded_creation_fees, with_creation_fees
     from bidder.backtest.grid import ProgressBar, expand_grid, run_backtest
     from bidder.backtest.plot import plot, require_matplotlib
     from bidder.backtest.report import as_json, table, write_json
@@ -206,16 +215,21 @@ def _run(args: argparse.Namespace) -> int:
         history = load_history(session, targets, allocation=config.markets.gigaspot.allocation,
                                start=start, end=end, grid_interval=config.bot.decide_interval,
                                clore_usd=args.clore_usd)
+        config, fees = with_creation_fees(config, targets, recorded_creation_fees(
+            session, end=float(history.time[-1])))
     targets, warnings = _preflight(history, config, targets)
+    warnings += [line.removeprefix("warning: ") for line in fee_warnings(fees)]
     progress = ProgressBar(sys.stderr, force=args.progress)  # the stream of now, not of import
     result = run_backtest(history, config, variants, settings, modes=modes, targets=targets,
                           workers=args.workers, progress=progress)
     info = _settings(history, exchange, settings, targets, modes)
     info["clore_usd_given"] = args.clore_usd
     info["warnings"] = warnings
+    info["creation_fees"] = [asdict(f) for f in fees]
     print(f"{len(targets)} target(s), {history.n_ticks:,} ticks from "
           f"{_iso(history.time[0])} to {_iso(history.time[-1])}; exchange step rule "
-          f"{exchange.step_rule}, payment {exchange.payment}; costs in each target's currency")
+          f"{exchange.step_rule}, payment {exchange.payment}; creation fee "
+          f"{', '.join(f.describe() for f in fees)}; costs in each target's currency")
     banner = "".join(f"WARNING: {w}\n" for w in warnings)
     print(banner + table(result.metrics) + ("\n" + banner.rstrip("\n") if banner else ""))
     if args.json is not None:
@@ -270,4 +284,4 @@ def _settings(history: Any, exchange: ExchangeRules, settings: RunSettings, targ
             "exchange": {"step_rule": exchange.step_rule, "payment": exchange.payment,
                          "cooldown": exchange.cooldown,
                          "cooldown_from_creation": exchange.cooldown_from_creation},
-            "reactive_seed": settings.reactive.seed}
+            "reactive_seed": settings.reactive.seed, "fills": settings.fills}

@@ -55,14 +55,24 @@ def test_table_json_and_plot(recorded, tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["settings"]["exchange"]["step_rule"] == "fraction:0.1"
     assert doc["settings"]["modes"] == ["replay", "reactive"]
+    assert doc["settings"]["fills"] == "tick"
     assert [(r["strategy"], r["mode"]) for r in doc["runs"]] == [
         (s, m) for s in ("outbid", "fixed:price_per_gpu_day=9", "fixed:price_per_gpu_day=20")
         for m in ("replay", "reactive")]
     row = doc["runs"][0]["targets"][0]
     for key in ("cost", "cost_per_gpu_hour", "availability", "gaps", "gap_min",
                 "time_to_acquire_min", "preemptions_per_gpu_day", "overpay_mean", "overpay_p95",
-                "regret", "oracle_full_cost", "api_calls", "lowerings"):
+                "regret", "oracle_full_cost", "api_calls", "lowerings",
+                "oracle_whole_servers_cost", "oracle_whole_servers_gpu_hours",
+                "surplus_gpu_hours", "rebuys_within_hour", "orders_created", "creation_fees"):
         assert key in row
+    # the creation fee is the one the simulated get_gigaspot reported, and it was charged
+    assert doc["settings"]["creation_fees"] == [
+        {"market": "gigaspot", "fee": 0.045, "currency": "CLORE-Blockchain",
+         "source": "recorded get_gigaspot"}]
+    assert "creation fee gigaspot 0.045 CLORE-Blockchain (recorded get_gigaspot)" in text
+    assert row["orders_created"] > 0
+    assert row["oracle_full_cost"] <= row["oracle_whole_servers_cost"] + 1e-9
     assert doc["runs"][0]["total"]["currency"] == "CLORE-Blockchain"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -132,3 +142,37 @@ def test_progress_bar_draws_one_line_and_ends_it_once():
     assert text.count("\r") == 2 and text.endswith("\n") and text.count("\n") == 1
     assert "[#####.....]  50%" in text and "~  10 s left" in text
     assert ProgressBar(io.StringIO()).enabled is False  # not a terminal, not forced
+
+
+def test_without_a_recorded_fee_the_config_s_is_charged_and_a_zero_is_never_silent():
+    from bidder.backtest.fees import fee_warnings, with_creation_fees
+    from bidder.config import parse_config
+
+    config = parse_config({"markets": {"spot": {"creation_fee": 0.2}}, "targets": [
+        {"name": "g", "market": "gigaspot", "count": 1, "max_price_per_gpu_day": 5,
+         "oc": {"pl": 150}},
+        {"name": "s", "market": "spot", "count": 1, "max_price_per_gpu_day": 5}]})
+    recorded = {"CLORE-Blockchain": 0.07}
+    changed, fees = with_creation_fees(config, config.targets, recorded)
+    assert changed.markets.gigaspot.creation_fee == 0.07
+    assert [(f.market, f.fee, f.source) for f in fees] == [
+        ("gigaspot", 0.07, "recorded get_gigaspot"), ("spot", 0.2, "config [markets.spot] creation_fee")]
+    assert fee_warnings(fees) == []
+    _, fees = with_creation_fees(config, config.targets, {})
+    assert [(f.market, f.fee) for f in fees] == [("gigaspot", 0.2), ("spot", 0.2)]
+    free = parse_config({"targets": [
+        {"name": "g", "market": "gigaspot", "count": 1, "max_price_per_gpu_day": 5,
+         "oc": {"pl": 150}}]})
+    _, fees = with_creation_fees(free, free.targets, {})
+    assert len(fee_warnings(fees)) == 1 and "gigaspot creation fee is 0" in fee_warnings(fees)[0]
+
+
+def test_fills_decision_keeps_the_older_model_for_comparison(recorded, tmp_path, capsys):
+    out = tmp_path / "old.json"
+    assert backtest(recorded, "--strategy", "outbid", "--mode", "replay", "--fills", "decision",
+                    "--json", str(out)) == 0
+    assert json.loads(out.read_text())["settings"]["fills"] == "decision"
+    with pytest.raises(SystemExit) as refused:
+        backtest(recorded, "--strategy", "outbid", "--fills", "later")
+    assert refused.value.code == 2
+    assert "--fills: invalid choice: 'later'" in capsys.readouterr().err

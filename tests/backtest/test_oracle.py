@@ -5,7 +5,8 @@ import pytest
 
 from bidder.backtest.exchange import ExchangeRules
 from bidder.backtest.grid import expand_grid, run_backtest
-from bidder.backtest.oracle import _cheapest_first, oracle
+from bidder.backtest.oracle import _cheapest_first, _whole_covers, oracle
+from strategies.base import cheapest_cover
 from bidder.backtest.runner import RunSettings
 
 from bt_helpers import config, history
@@ -48,9 +49,14 @@ def test_no_strategy_beats_the_oracle(seed, allocation):
         row = m["targets"][0]
         assert row["regret"] >= -1e-9, (m["strategy"], m["mode"], row)
         assert row["oracle_like_for_like_cost"] <= row["cost"] + 1e-9
+        # fractional <= whole servers <= strategy, for what was held and for the whole target
+        whole_like = row["oracle_whole_like_for_like_cost"]
+        assert row["oracle_like_for_like_cost"] <= whole_like + 1e-9, (m["strategy"], row)
+        assert whole_like <= row["cost"] + 1e-9, (m["strategy"], m["mode"], row)
+        assert row["oracle_full_cost"] <= row["oracle_whole_servers_cost"] + 1e-9
         held = run.targets["t"].held_units
         if (held >= cfg.targets[0].count).all():  # held the whole target throughout
-            assert row["oracle_full_cost"] <= row["cost"] + 1e-9
+            assert row["oracle_whole_servers_cost"] <= row["cost"] + 1e-9
         held_something += int(held.any())
     assert held_something > 0  # the property was exercised
 
@@ -75,6 +81,9 @@ def test_the_oracle_is_the_same_computed_in_blocks_of_ticks(monkeypatch):
     for a, b in zip(whole.metrics, blocks.metrics):
         assert a["targets"][0]["oracle_full_cost"] == pytest.approx(b["targets"][0]["oracle_full_cost"])
         assert a["targets"][0]["regret"] == pytest.approx(b["targets"][0]["regret"])
+        for key in ("oracle_whole_servers_cost", "oracle_whole_servers_gpu_hours",
+                    "oracle_whole_like_for_like_cost"):
+            assert a["targets"][0][key] == pytest.approx(b["targets"][0][key])
     assert np.allclose(whole.oracles["t"].full_per_unit, blocks.oracles["t"].full_per_unit,
                        equal_nan=True)
 
@@ -106,3 +115,21 @@ def test_the_bounds_from_the_covers_made_during_the_runs_are_the_oracle(monkeypa
     assert [m["targets"][0]["oracle_like_for_like_cost"] for m in result.metrics] == \
         direct.like_for_like
     assert result.oracles["t"].full == direct.full
+
+
+def test_the_whole_server_covers_are_the_cheapest_covers_step_by_step():
+    """Every step and every count at once, as the strategies' exact cover finds them one by one."""
+    rng = np.random.default_rng(5)
+    for _ in range(60):
+        steps, n, most = int(rng.integers(1, 6)), int(rng.integers(1, 12)), int(rng.integers(1, 14))
+        units = rng.choice([0, 1, 2, 4, 8], (steps, n))
+        m = np.where(units > 0, rng.uniform(1, 9, (steps, n)) * np.maximum(units, 1), np.nan)
+        got = _whole_covers(m, units, most)
+        for step in range(steps):
+            cost = np.where(units[step] > 0, m[step], np.inf)
+            for need in range(1, most + 1):
+                rows = cheapest_cover(need, units[step], cost)
+                if units[step][rows].sum() >= need:
+                    assert got[step, need] == pytest.approx(cost[rows].sum())
+                else:
+                    assert got[step, need] == np.inf

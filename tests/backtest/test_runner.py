@@ -25,7 +25,12 @@ def one(run):
     return run.targets["t"]
 
 
-def metrics(h, cfg, variant, mode="replay", settings=RunSettings(), **kw):
+DECIDE_FIRST = RunSettings(fills="decision")
+"""The accounting tests here let a decision take effect on its own tick, so that their sums stay
+simple; ``test_fill_resolution.py`` covers the default, which fills a decision's tick first."""
+
+
+def metrics(h, cfg, variant, mode="replay", settings=DECIDE_FIRST, **kw):
     result = run_backtest(h, cfg, [variant], settings, modes=[mode], targets=cfg.targets, **kw)
     return result.metrics[0]["targets"][0]
 
@@ -44,7 +49,7 @@ def test_pay_your_bid_with_fees_and_a_creation_fee_past_ten_minutes():
 
 def test_second_price_pays_the_rival_price_not_the_bid():
     h = history(np.full((11, 1), 3.0), floor=1.0)
-    settings = RunSettings(ExchangeRules(payment="second_price"))
+    settings = RunSettings(ExchangeRules(payment="second_price"), fills="decision")
     m = metrics(h, config(), hold(5.0), settings=settings)
     assert m["price_cost"] == pytest.approx(3.0 * 600 / DAY)
     assert m["overpay_mean"] == pytest.approx(0.0)
@@ -55,7 +60,7 @@ def test_second_price_pays_the_rival_price_not_the_bid():
 
 def test_lowering_waits_600_s_from_creation_then_learns_the_step_and_retries():
     h = history(np.full((22, 1), NONE), floor=1.0)
-    run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=5.0), RunSettings(), "replay",
+    run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=5.0), DECIDE_FIRST, "replay",
                       keep_trace=True)
     c = one(run).counters
     lowered = [(t - T0, a) for t, p in run.trace for a in p.actions if isinstance(a, ChangePrice)]
@@ -194,3 +199,29 @@ def test_each_target_may_run_its_configured_strategy():
     run = run_variant(history(np.full((3, 1), NONE), floor=1.0), cfg, AS_CONFIGURED,
                       RunSettings(), "replay", keep_trace=True)
     assert run.trace[0][1].actions[0].price == 6.0
+
+
+def _bounced(rebuy_block):
+    """Server 1 is cheap, then a rival above the cap takes it for three minutes, then leaves."""
+    rival = np.full((21, 2), NONE)
+    rival[3:6, 0] = 50.0
+    cfg = config(cap=20.0)
+    cfg.bot.rebuy_block = rebuy_block
+    h = history(rival, floor=np.array([1.0, 5.0]))
+    return metrics(h, cfg, Variant("outbid", "outbid", {"tick": 0.01}))
+
+
+def test_a_server_left_is_not_bought_back_within_the_rebuy_block():
+    free = _bounced(0.0)
+    assert free["rebuys_within_hour"] == 1 and free["orders_created"] == 3
+    blocked = _bounced(3600.0)
+    assert blocked["rebuys_within_hour"] == 0 and blocked["orders_created"] == 2
+    assert blocked["availability"] == pytest.approx(free["availability"])
+
+
+def test_surplus_counts_the_gpus_nobody_asked_for():
+    h = history(np.full((11, 1), NONE), gpus=[4])
+    m = metrics(h, config(count=1), hold(5.0))
+    assert m["surplus_gpu_hours"] == pytest.approx(3 * 10 * 60 / 3600)
+    assert m["gpu_hours"] == pytest.approx(4 * 10 * 60 / 3600)
+    assert m["oracle_whole_servers_gpu_hours"] == pytest.approx(4 * 10 * 60 / 3600)

@@ -1,8 +1,8 @@
 """The fast paths of the strategy helpers give what their plain versions give.
 
-``cheapest_cover`` sorts once and walks its greedy runs in Python, and ``Candidates`` looks ids up
-through a sorted index it remembers; both are checked here against the straightforward code they
-replaced, on many random inputs with ties, zero sizes, unusable rows and repeated ids.
+``cheapest_cover`` is exact (a prefix of the cost-per-unit order, else a knapsack over few rows),
+checked against brute force on random small instances; ``Candidates`` looks ids up through a sorted
+index it remembers, checked against a scan, with repeated ids.
 """
 
 import numpy as np
@@ -11,49 +11,54 @@ import pytest
 from strategies.base import Candidates, cheapest_cover
 
 
-def plain_cover(need, size, cost):
-    """``cheapest_cover`` as first written: a two-key sort and vector passes over every row."""
-    usable = np.flatnonzero(np.isfinite(cost))
-    sizes = size[usable].astype(np.int64)
-    costs = cost[usable]
-    order = np.lexsort((-sizes, costs / np.maximum(sizes, 1)))
-    rows, s, c = usable[order], sizes[order], costs[order]
-    free = np.ones(len(rows), dtype=bool)
-    chosen, spent, left = [], 0.0, int(need)
-    best_cost, best = np.inf, None
-    while left > 0:
-        covers = np.flatnonzero(free & (s >= left))
-        if len(covers):
-            i = int(covers[np.argmin(c[covers])])
-            if spent + c[i] < best_cost:
-                best_cost, best = spent + c[i], [*chosen, i]
-        fits = np.flatnonzero(free & (s <= left))
-        if not len(fits):
-            break
-        run = fits[np.cumsum(s[fits]) <= left]
-        free[run] = False
-        chosen.extend(run.tolist())
-        spent += float(c[run].sum())
-        left -= int(s[run].sum())
-    if left <= 0 and spent < best_cost:
-        best = chosen
-    return rows[best if best is not None else chosen]
+def brute_force_cover(need, size, cost):
+    """The cheapest cover by trying every subset of the usable rows: (cost, units) of the best,
+    or of every usable row when they cannot reach ``need``."""
+    usable = [i for i in range(len(size)) if np.isfinite(cost[i]) and size[i] > 0]
+    best = None
+    for mask in range(1 << len(usable)):
+        chosen = [usable[k] for k in range(len(usable)) if mask >> k & 1]
+        units = int(sum(size[i] for i in chosen))
+        if units < need:
+            continue
+        key = (round(float(sum(cost[i] for i in chosen)), 9), units)
+        if best is None or key < best:
+            best = key
+    if best is None:
+        return (round(float(sum(cost[i] for i in usable)), 9),
+                int(sum(size[i] for i in usable)))
+    return best
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_cheapest_cover_chooses_what_the_plain_version_chooses(seed):
+def test_cheapest_cover_is_as_cheap_as_brute_force(seed):
+    """Random small instances with ties, zero sizes and unusable rows: the cover costs what the
+    cheapest subset costs, and of equal-cost covers holds the fewest units."""
     rng = np.random.default_rng(seed)
-    for _ in range(2000):
-        n = int(rng.integers(0, 60))
-        size = rng.choice([0, 1, 2, 4, 8], n)
+    for _ in range(400):
+        n = int(rng.integers(0, 13))
+        size = rng.choice([0, 1, 2, 3, 4, 8], n)
         if rng.random() < 0.5:  # few cost levels: ties in cost and in cost per unit
             cost = rng.choice([1.0, 2.0, 4.0, 8.0], n) * np.maximum(size, 1)
         else:
-            cost = rng.uniform(-1.0, 50.0, n)
+            cost = rng.uniform(0.0, 50.0, n)
         cost[rng.random(n) < 0.2] = rng.choice([np.inf, -np.inf, np.nan])
-        need = int(rng.integers(1, 30))
-        np.testing.assert_array_equal(cheapest_cover(need, size, cost),
-                                      plain_cover(need, size, cost))
+        need = int(rng.integers(1, 20))
+        rows = cheapest_cover(need, size, cost)
+        assert len(set(rows.tolist())) == len(rows)
+        assert np.isfinite(cost[rows]).all()
+        got = (round(float(cost[rows].sum()), 9), int(size[rows].sum()))
+        assert got == brute_force_cover(need, size, cost), (need, size, cost, rows)
+
+
+def test_cheapest_cover_beats_the_greedy_choice():
+    """Greedy by cost per unit fills 12 of 16 GPUs with the cheap small servers and then has to
+    overshoot with the 8-GPU one (200 for 20 GPUs); the cheapest cover leaves one 4 out (160)."""
+    size = np.array([2, 4, 8, 2, 4])
+    cost = np.array([18.0, 36.0, 88.0, 18.0, 40.0])
+    rows = cheapest_cover(16, size, cost)
+    assert sorted(rows.tolist()) == [0, 1, 2, 3]
+    assert float(cost[rows].sum()) == 160.0
 
 
 def candidates(ids):

@@ -1,0 +1,279 @@
+"""The bidding edge: what the built-in strategies pay against the whole-server oracle, a
+NiceHashBot-style baseline and a static bid at the cap, on the project's own synthetic markets.
+
+    python benchmarks/bench_bidding.py [--days 2] [--servers 80] [--seed 11] [--workers N]
+
+Two GigaSPOT markets, generated here from a seed (no recording needed):
+
+- **quiet**: static rivals on about half the servers, repricing every few hours, a daily cycle
+  (prices 25 % higher in the evening than at night) and outages (servers offline for 30-120
+  minutes, about 2 % of the time);
+- **war**: the same plus NiceHashBot-style ratchet bots on a third of the servers: each raises by a
+  step when someone beats it and otherwise steps down 10 % every 10 minutes to its floor, so its
+  recorded price is a saw.
+
+For GPU targets of 8 and 16 (1-, 2-, 4- and 8-GPU servers) it runs, in replay and reactive mode:
+``outbid`` (the default), ``outbid`` with market memory (``contest_penalty``), the baseline
+(``NiceHashBot`` below: a plugin, not a built-in) and ``fixed`` at the cap. It prints, per
+market, target and mode, the "Done means" figures of issue 11:
+
+- outbid's cost per GPU-hour over the whole-server oracle's (<= 1.02 replay, <= 1.05 reactive);
+- outbid's availability against the baseline's (>=) and its cost per GPU-hour (<=);
+- outbid's cost per GPU-hour over the static bid's in the quiet market (<= 0.70);
+- surplus GPU-hours as a share of held GPU-hours (<= 1 %), and rebuys within an hour (0).
+
+Backtest speed is ``bench_backtest.py``'s. Figures, not timings: the same seed gives the same table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a file: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bidder.backtest.data import FLOOR, History, MarketHistory, WinVersions
+from bidder.backtest.events import EventStream
+from bidder.backtest.grid import expand_grid, run_backtest
+from bidder.backtest.runner import RunSettings, Variant
+from bidder.config import CLORE, Config, parse_config
+from strategies import base
+from strategies.base import DesiredBid, Strategy, TargetView
+
+T0 = 1_735_000_000.0
+STEP = 60.0
+DAY = 86_400.0
+CAP = 12.0
+"""The targets' cap per GPU-day (CLORE)."""
+SIZES = (1, 2, 4, 8)
+
+
+# --- the baseline ---------------------------------------------------------------------------------
+
+
+class NiceHashBot(Strategy):
+    """NiceHashBot's pattern as a plugin: take the servers cheapest per GPU to win, one by one,
+    until the count is met (greedy, overshooting with the next server when it must); on a held
+    server raise to the best rival plus ``tick`` when outbid, else step down ``decrease`` of the
+    price whenever the exchange allows, to the floor. It keeps a server while it is under the cap."""
+
+    name = "nicehashbot"
+
+    class Params(base.Params):
+        tick: float = 0.01
+        decrease: float = 0.1
+
+    def decide(self, view: TargetView, **kwargs: Any) -> list[DesiredBid] | None:
+        c = view.candidates
+        want = np.maximum(c.floor, c.threshold + self.params.tick)
+        ok = c.eligible & (want <= c.cap)
+        out: list[DesiredBid] = []
+        have = 0
+        for o in view.orders:
+            row = c.row(o.server_id)
+            if row is None or not ok[row]:
+                continue
+            if o.state == "outbid" or o.price <= c.threshold[row]:
+                price = float(want[row])
+            else:
+                price = max(float(c.floor[row]), float(c.threshold[row]) + self.params.tick,
+                            o.price * (1.0 - self.params.decrease)) \
+                    if view.now >= o.next_lower_at else o.price
+            out.append(DesiredBid(o.server_id, price))
+            have += int(c.gpus[row])
+        taken = {b.server_id for b in out}
+        per_gpu = np.where(ok, want / np.maximum(c.gpus, 1), np.inf)
+        for row in np.argsort(per_gpu, kind="stable").tolist():
+            if have >= view.target.count or not np.isfinite(per_gpu[row]):
+                break
+            sid = int(c.server_id[row])
+            if sid not in taken:
+                out.append(DesiredBid(sid, float(want[row])))
+                have += int(c.gpus[row])
+        return out
+
+
+# --- the markets ----------------------------------------------------------------------------------
+
+
+def market(kind: str, *, days: float, servers: int, seed: int) -> History:
+    """A seeded GigaSPOT market of ``servers`` servers over ``days``, one tick a minute."""
+    rng = np.random.default_rng([seed, 0 if kind == "quiet" else 1])
+    n_ticks = int(days * DAY / STEP) + 1
+    time = T0 + STEP * np.arange(n_ticks)
+    gpus = rng.choice(SIZES, servers, p=(0.2, 0.3, 0.3, 0.2)).astype(np.int32)
+    floor_per_gpu = rng.uniform(2.0, 4.0, servers)
+    # the daily cycle moves the rivals (night low, evening high); floors change once a day
+    cycle = 1.0 + 0.125 * np.sin(2 * np.pi * (time - T0) / DAY - np.pi / 2)
+    daily = rng.uniform(0.95, 1.05, (int(days) + 2, servers))[((time - T0) // DAY).astype(int)]
+    floor = daily * (floor_per_gpu * gpus)
+    online = np.ones((n_ticks, servers), dtype=bool)
+    for i in range(servers):  # outages: about 2 % of the time, 30-120 minutes each
+        for _ in range(rng.poisson(0.3 * days)):
+            start = int(rng.integers(0, n_ticks))
+            online[start:start + int(rng.integers(30, 121)), i] = False
+    rival = np.full((n_ticks, servers), np.nan)
+    static = rng.random(servers) < 0.5
+    for i in np.flatnonzero(static):  # static rivals repricing every few hours
+        t = 0
+        while t < n_ticks:
+            span = int(rng.integers(120, 480))
+            rival[t:t + span, i] = floor[t, i] * cycle[t] * rng.uniform(1.05, 1.6)
+            t += span
+    if kind == "war":
+        ratchets = rng.choice(servers, servers // 3, replace=False)
+        for i in ratchets:  # a saw: raised by someone, then down 10 % every 10 minutes
+            price, t = np.nan, 0
+            top = floor_per_gpu[i] * gpus[i] * rng.uniform(1.8, 2.6)
+            while t < n_ticks:
+                if np.isnan(price) or rng.random() < 0.02:
+                    price = top * rng.uniform(0.8, 1.0)
+                rival[t, i] = max(price * cycle[t], floor[t, i])
+                if t % 10 == 0:
+                    price *= 0.9
+                t += 1
+    return _history(time, gpus, floor, online, rival)
+
+
+def _stream(dense: dict[str, np.ndarray], initial: dict[str, np.ndarray]) -> EventStream:
+    n_ticks = len(next(iter(dense.values())))
+    changed = np.zeros(next(iter(dense.values())).shape, dtype=bool)
+    for name, values in dense.items():
+        before = np.vstack([initial[name][None, :], values[:-1]])
+        same = values == before
+        if values.dtype.kind == "f":
+            same |= np.isnan(values) & np.isnan(before)
+        changed |= ~same
+    tick, row = np.nonzero(changed)
+    return EventStream.build(n_ticks, tick, row, {c: v[tick, row] for c, v in dense.items()},
+                             initial)
+
+
+def _history(time: np.ndarray, gpus: np.ndarray, floor: np.ndarray, online: np.ndarray,
+             rival: np.ndarray) -> History:
+    n_ticks, n = rival.shape
+    shape = (n_ticks, n)
+    facts = _stream({"gpus": np.broadcast_to(gpus, shape).copy(),
+                     "gpu_model": np.full(shape, "RTX 4090", dtype=object),
+                     "country": np.full(shape, "DE", dtype=object),
+                     "pl_min": np.full(shape, 100.0), "pl_max": np.full(shape, 450.0)},
+                    {"gpus": np.zeros(n, np.int32), "gpu_model": np.full(n, "", dtype=object),
+                     "country": np.full(n, "", dtype=object), "pl_min": np.full(n, np.nan),
+                     "pl_max": np.full(n, np.nan)})
+    state = _stream({"online": online, "rentable": online.copy(),
+                     "working_properly": np.ones(shape, bool),
+                     "reliability": np.full(shape, 0.99), "energy_price": np.full(shape, 0.1),
+                     f"{FLOOR}{CLORE}": np.round(floor, 4)},
+                    {"online": np.zeros(n, bool), "rentable": np.zeros(n, bool),
+                     "working_properly": np.zeros(n, bool), "reliability": np.full(n, np.nan),
+                     "energy_price": np.full(n, np.nan), f"{FLOOR}{CLORE}": np.full(n, np.nan)})
+    rival = np.round(rival, 4)
+    bid_id = np.full(shape, -1, dtype=np.int64)
+    birth = np.zeros(shape, dtype=np.int64)
+    present = ~np.isnan(rival)
+    new = present & ~np.vstack([np.zeros((1, n), bool), present[:-1]])
+    new |= present & np.vstack([np.zeros((1, n), bool), rival[1:] != rival[:-1]])
+    ids = np.cumsum(new.ravel()).reshape(shape) + 1000
+    for i in range(n):  # a bid keeps its id while its price stays; a new price is a new bid
+        bid_id[:, i] = np.where(present[:, i], ids[:, i], -1)
+        starts = np.where(new[:, i], np.arange(n_ticks), 0)
+        birth[:, i] = np.maximum.accumulate(starts)
+    cap_hint = np.where(present, np.nanmax(np.where(present, rival, -np.inf), axis=0), np.nan)
+    rivals = _stream({"price": rival, "pl": np.where(present, 200.0, np.nan), "bid_id": bid_id,
+                      "birth": birth, "cap_hint": cap_hint},
+                     {"price": np.full(n, np.nan), "pl": np.full(n, np.nan),
+                      "bid_id": np.full(n, -1, np.int64), "birth": np.zeros(n, np.int64),
+                      "cap_hint": np.full(n, np.nan)})
+    empty = np.empty(0, dtype=np.int64)
+    data = MarketHistory("gigaspot", np.arange(1, n + 1, dtype=np.int64), facts, state, rivals,
+                         WinVersions(empty, empty, empty, np.empty(0)))
+    return History(time, np.full(n_ticks, 0.03), (), np.full(n_ticks, -1, np.int64),
+                   {"gigaspot": data})
+
+
+def config(count: int) -> Config:
+    return parse_config({
+        "bot": {"decide_interval": STEP},
+        "markets": {"gigaspot": {"allocation": "highest_price", "creation_fee": 0.045,
+                                 "fee_fraction": 0.025}},
+        "targets": [{"name": f"gpus{count}", "market": "gigaspot", "count": count,
+                     "gpu_model": "RTX 4090", "max_price_per_gpu_day": CAP,
+                     "oc": {"pl": 200}}]})
+
+
+VARIANTS = [
+    *expand_grid("outbid"),
+    *expand_grid("outbid:contest_penalty=0.05"),
+    Variant("nicehashbot", "benchmarks.bench_bidding:NiceHashBot", {}),
+    *expand_grid(f"fixed:price_per_gpu_day={CAP:g}"),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--days", type=float, default=2.0)
+    parser.add_argument("--servers", type=int, default=80)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    rows = []
+    for kind in ("quiet", "war"):
+        history = market(kind, days=args.days, servers=args.servers, seed=args.seed)
+        for count in (8, 16):
+            cfg = config(count)
+            result = run_backtest(history, cfg, VARIANTS, RunSettings(),
+                                  modes=("replay", "reactive"), targets=cfg.targets,
+                                  workers=args.workers)
+            by = {(m["strategy"], m["mode"]): m["targets"][0] for m in result.metrics}
+            for mode in ("replay", "reactive"):
+                rows.append(_figures(kind, count, mode, by))
+    _print(rows)
+    return 0
+
+
+def _per_gpu_hour(row: dict[str, Any]) -> float:
+    return row["cost_per_gpu_hour"] if row["cost_per_gpu_hour"] is not None else float("nan")
+
+
+def _figures(kind: str, count: int, mode: str, by: dict[tuple[str, str], dict[str, Any]]
+             ) -> dict[str, Any]:
+    out = by[("outbid", mode)]
+    memory = by[("outbid:contest_penalty=0.05", mode)]
+    nhb = by[("nicehashbot", mode)]
+    static = by[(f"fixed:price_per_gpu_day={CAP:g}", mode)]
+    whole = out["oracle_whole_servers_cost"] / out["oracle_whole_servers_gpu_hours"]
+    return {
+        "market": kind, "target": count, "mode": mode,
+        "outbid/whole": _per_gpu_hour(out) / whole,
+        "memory/whole": _per_gpu_hour(memory) / whole,
+        "avail": out["availability"], "avail nhb": nhb["availability"],
+        "cost/nhb": _per_gpu_hour(out) / _per_gpu_hour(nhb),
+        "cost/static": _per_gpu_hour(out) / _per_gpu_hour(static),
+        "surplus %": 100 * out["surplus_gpu_hours"] / max(out["gpu_hours"], 1e-9),
+        "rebuys": out["rebuys_within_hour"], "orders": out["orders_created"],
+        "orders nhb": nhb["orders_created"],
+        "fractional/whole": out["oracle_full_cost"] / out["oracle_whole_servers_cost"],
+    }
+
+
+def _print(rows: list[dict[str, Any]]) -> None:
+    columns = list(rows[0])
+    cells = [[_fmt(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[k]) for row in cells)) for k, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

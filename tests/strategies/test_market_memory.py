@@ -1,0 +1,47 @@
+"""Market memory: rival raises and changes of hands per server, and outbid leaving a server whose
+rival answers every raise for a near-equal quiet one."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from bidder.memory import MarketMemory
+from strategies.outbid import Outbid
+
+from strategy_views import NOW, bids, held, make_view
+
+
+def test_raises_and_changes_of_hands_are_counted_per_server():
+    memory = MarketMemory(half_life=1e9)  # no decay within the test
+    ids = np.array([7, 3])
+    memory.observe(NOW, ids, np.array([5.0, np.nan]))  # first look: no events
+    for k in range(1, 7):  # an hour: server 7's rival raises every 10 minutes
+        memory.observe(NOW + 600 * k, ids, np.array([5.0 + k, np.nan]))
+    raises, hands = memory.observe(NOW + 3600, np.array([3, 7, 9]),
+                                   np.array([4.0, 11.0, 2.0]))  # 3 gets a rival, 9 is new
+    assert raises.tolist() == pytest.approx([0.0, 6.0, 0.0], abs=0.01)
+    assert hands.tolist() == pytest.approx([1.0, 0.0, 0.0], abs=0.01)
+
+
+def test_old_events_fade():
+    memory = MarketMemory(half_life=3600.0)
+    memory.observe(NOW, np.array([1]), np.array([1.0]))
+    memory.observe(NOW + 60, np.array([1]), np.array([2.0]))
+    early, _ = memory.observe(NOW + 120, np.array([1]), np.array([2.0]))
+    late, _ = memory.observe(NOW + 120 + 6 * 3600, np.array([1]), np.array([2.0]))
+    assert late[0] < early[0] / 10
+
+
+def test_outbid_with_a_contest_penalty_leaves_a_ratchet_for_a_quiet_server():
+    rows = [{"id": 1, "threshold": 12.0}, {"id": 2, "threshold": 12.2}]
+    view = make_view(rows, orders=(held(1, 12.5, state="outbid"),))
+    contested = replace(view, candidates=replace(
+        view.candidates, raises_per_hour=np.array([6.0, 0.0]), hands_per_hour=np.zeros(2)))
+    plain = Outbid(tick=0.5, switch_margin=0.1)
+    assert not plain.uses_memory
+    assert bids(plain.decide(contested)) == {1: 12.5}  # keeps escalating
+    wary = Outbid(tick=0.5, switch_margin=0.1, contest_penalty=0.05)
+    assert wary.uses_memory
+    assert bids(wary.decide(contested)) == {2: 12.7}
+    assert bids(wary.decide(view)) == {1: 12.5}  # without memory: as before
