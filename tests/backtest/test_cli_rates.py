@@ -37,6 +37,9 @@ def import_snapshots(db: Path, folder: Path, minutes: range, *extra: str) -> Non
     config.write_text(f'[storage]\nurl = "sqlite:///{db}"\n')
     assert main(["import", "--config", str(config), *extra, *paths]) == 0
 
+FEE = "[markets.gigaspot]\ncreation_fee = 0.05\n"
+"""A creation fee, so that a test of rate warnings sees no warning about a fee of 0."""
+
 
 def write_config(tmp_path: Path, db: Path, *, targets=(("rigs", "1660"),), extra: str = "") -> Path:
     config = tmp_path / "bt.toml"
@@ -77,7 +80,7 @@ def availability(doc: dict) -> float:
 
 def test_clore_usd_given_to_the_backtest_makes_it_hold(imported, tmp_path, capsys):
     out = tmp_path / "out.json"
-    assert backtest(write_config(tmp_path, imported), "--clore-usd", "0.03", "--json",
+    assert backtest(write_config(tmp_path, imported, extra=FEE), "--clore-usd", "0.03", "--json",
                     str(out)) == 0
     assert "WARNING" not in capsys.readouterr().out
     doc = json.loads(out.read_text())
@@ -99,7 +102,7 @@ def test_a_rate_missing_at_some_ticks_is_a_warning_in_the_table_and_the_json(tmp
     import_snapshots(db, tmp_path / "b", range(10, 30), "--clore-usd", "0.03")
     capsys.readouterr()
     out = tmp_path / "out.json"
-    assert backtest(write_config(tmp_path, db), "--json", str(out)) == 0
+    assert backtest(write_config(tmp_path, db, extra=FEE), "--json", str(out)) == 0
     lines = capsys.readouterr().out.splitlines()
     warning = ('WARNING: the GigaSPOT allocation rule "host_profit" ([markets.gigaspot] '
                "allocation) needs USD per CLORE, and it is missing at 10 of 30 ticks")
