@@ -7,6 +7,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bidder import __version__
 from bidder.config import ConfigError
@@ -19,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "import": "bidder.commands.import_",
     "backtest": "bidder.commands.backtest",
     "sim": "bidder.commands.sim",
+    "alerts": "bidder.commands.alerts",
 }
 
 
@@ -40,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log verbosity (default: INFO)")
+    parser.add_argument("--log-file", type=Path, default=None, metavar="PATH",
+                        help="also log to PATH, rotated at 10 MB (5 old files kept)")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="text, or one JSON object per line for log shippers (default: text)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)

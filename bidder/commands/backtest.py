@@ -18,7 +18,7 @@ from bidder.backtest.replay_diff import as_json as replay_json
 from bidder.backtest.report import as_json, table, write_json
 from bidder.backtest.runner import MODES, RunSettings
 from bidder.config import Config, load_config
-from bidder.logs import setup_logging
+from bidder.logs import log_options, setup_logging
 from bidder.status import fmt_time
 from bidder.sim.options import PAYMENTS, StepRule
 from storage.db import open_database
@@ -125,7 +125,7 @@ def _replay_diff(args: argparse.Namespace) -> int:
         raise UsageError(f"--replay-diff replays a bot run as it was: {', '.join(misplaced)} "
                          "cannot be used with it")
     config = load_config(args.config) if args.config is not None else Config()
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, **log_options(args))
     _check_output(args.json, "--json")
     settings = _run_settings(args, config)
     url = args.db or config.storage_url()
@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.run is not None:
         raise UsageError("--run goes with --replay-diff")
     config = load_config(args.config) if args.config is not None else Config()
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, **log_options(args))
     if args.plot is not None:
         require_matplotlib()
     _check_output(args.json, "--json")

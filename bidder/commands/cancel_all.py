@@ -14,12 +14,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bidder.alerts import announce_cancel_all
 from bidder.api import CloreClient, CloreError
 from bidder.clock import Clock, SystemClock
 from bidder.config import Config, load_config
 from bidder.executor import Executor
 from bidder.journal import ActivityLog, Journal
 from bidder.commands.run import logged_key
+from bidder.logs import log_options
 from bidder.orders import open_orders
 from bidder.reconcile import seen_orders
 from storage.db import Database, open_database
@@ -85,7 +87,7 @@ def _listing(client: CloreClient, database: Database) -> list[tuple[int | None, 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    key = logged_key(config, "cancel-all", args.log_level)
+    key = logged_key(config, "cancel-all", args.log_level, **log_options(args))
     if key is None:
         return 2
     try:
@@ -107,9 +109,14 @@ def run(args: argparse.Namespace) -> int:
             except CloreError as err:
                 print(f"bidder cancel-all: the exchange could not be asked: {err}",
                       file=sys.stderr)
+                if not args.dry_run:
+                    announce_cancel_all(config.alerts, database.sessions, clock, wall,
+                                        [key.get_secret_value()], [], [], str(err))
                 return 1
             finally:
                 activity.flush()
+        announce_cancel_all(config.alerts, database.sessions, clock, wall,
+                            [key.get_secret_value()], report.cancelled, report.left)
     return _print(report)
 
 

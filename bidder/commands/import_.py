@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bidder.config import Config, load_config
 from bidder.importer import import_snapshots, snapshot_files
-from bidder.logs import setup_logging
+from bidder.logs import log_options, setup_logging
 from storage.db import open_database
 from storage.errors import StorageError
 from storage.gigaspot_ingest import SnapshotIngester
@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config is not None else Config()
     key = config.api.resolved_key()
-    setup_logging(args.log_level, [key.get_secret_value()] if key else [])
+    setup_logging(args.log_level, [key.get_secret_value()] if key else [], **log_options(args))
     try:
         database = open_database(config.storage_url(), writer=True)
     except StorageError as err:

@@ -14,7 +14,7 @@ from bidder.api import CloreClient
 from bidder.clock import Clock, ScaledClock, SystemClock
 from bidder.commands import positive_seconds
 from bidder.config import Config, load_config
-from bidder.logs import setup_logging
+from bidder.logs import log_options, setup_logging
 from bidder.poller import MarketPoller
 from bidder.scheduler import JobSpec, run_jobs
 from bidder.sim.connect import sim_client, sim_config, sim_market
@@ -55,7 +55,7 @@ def _counts_since(sessions: sessionmaker[Session], since: float) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config is not None else Config()
     key = config.api.resolved_key()
-    setup_logging(args.log_level, [key.get_secret_value()] if key else [])
+    setup_logging(args.log_level, [key.get_secret_value()] if key else [], **log_options(args))
     clock: Clock
     if args.sim:
         clock = ScaledClock(config.sim.speed)

@@ -122,7 +122,16 @@ def seed_v2(connection: Connection) -> None:
         connection.exec_driver_sql(statement)
 
 
-SEEDS: dict[int, Callable[[Connection], None]] = {1: seed_v1, 2: seed_v2}
+def seed_v3(connection: Connection) -> None:
+    """v2's data, and one alert."""
+    seed_v2(connection)
+    connection.exec_driver_sql(
+        "INSERT INTO bot_alert (id, run_id, at, wall_at, event, key, title, body, reminder, "
+        f"delivery) VALUES (1, 1, {T0 + 90}, {T0 + 90}, 'market_stale', 'gigaspot', 'stale', "
+        "'GigaSPOT data 400 s old', 0, 'sent')")
+
+
+SEEDS: dict[int, Callable[[Connection], None]] = {1: seed_v1, 2: seed_v2, 3: seed_v3}
 """For every schema version, data as that version stores it. Add one with each migration."""
 
 
