@@ -175,7 +175,8 @@ class MarketPoller:
             if now - self._tally_since >= self._summary_every:
                 line = self._tally.line(now - self._tally_since)
                 for f in fields(_Tally):
-                    setattr(self._tally, f.name, 0)
+                    if f.name not in ("machines", "servers"):  # "last" values stay known
+                        setattr(self._tally, f.name, 0)
                 self._tally_since = now
             first = kind not in self._logged_first
             self._logged_first.add(kind)

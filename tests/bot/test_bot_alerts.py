@@ -152,3 +152,28 @@ def test_alert_times_are_the_bots_clock(database):
     clock = ManualClock(START + 12_345)
     alerts_for(database, clock, []).notify("test", "t", "hello", "...")
     assert rows(database)[0].at == START + 12_345
+
+
+def test_bidder_alerts_test_reports_each_url(tmp_path, capsys):
+    from bidder.cli import main
+
+    with receiver() as ok:
+        config = tmp_path / "a.toml"
+        config.write_text(f'[alerts]\nurls = ["{ok.url}", "json://127.0.0.1:9/closed"]\n')
+        assert main(["alerts", "test", "--config", str(config)]) == 1
+        body = ok.next()
+    out = capsys.readouterr().out.splitlines()
+    assert body["title"] == "clore-bidder test alert" and "alerts reach you" in body["message"]
+    assert out == [f"ok      json://127.0.0.1:{ok.port}/hook",
+                   "FAILED  json://127.0.0.1:9/closed: not accepted (unreachable or refused)",
+                   "1 of 2 URLs accepted the test alert"]
+
+
+def test_bidder_alerts_test_without_urls_is_a_clear_error(tmp_path, capsys):
+    from bidder.cli import main
+
+    config = tmp_path / "a.toml"
+    config.write_text("")
+    assert main(["alerts", "test", "--config", str(config)]) == 2
+    assert capsys.readouterr().err.startswith("bidder alerts: no [alerts] urls in ")
+    assert not (tmp_path / "data").exists()

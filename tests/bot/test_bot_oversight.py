@@ -5,6 +5,7 @@ running bot serves /metrics and /healthz on a real port."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import Counter
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bidder.alerts import announce_cancel_all
 from bidder.clock import ManualClock, ScaledClock
@@ -24,7 +25,7 @@ from bot_helpers import KEY, START, Faults, assert_books_agree, assert_one_per_s
     drive, giga_target, make_config, new_bot, spot_target
 from ops_helpers import receiver
 from storage.db import open_database
-from storage.models import BotAlert
+from storage.models import BotAlert, GigaspotSnapshot
 
 
 @dataclass
@@ -247,3 +248,25 @@ def test_a_taken_port_is_a_clear_error(rig, tmp_path):
         with pytest.raises(MonitorError, match=rf"\[monitor\] listen 127.0.0.1:{port}: cannot "
                                                "listen there"):
             r.start()
+
+
+def test_routine_polls_fold_into_a_periodic_summary(rig, caplog):
+    config = make_config(spot_target(), giga_target(), monitor={"log_summary_interval": 900.0})
+    r = rig(config)
+    r.start()
+    with caplog.at_level(logging.INFO, logger="bidder.poller"):
+        r.run(1850)
+    info = [rec.getMessage() for rec in caplog.records
+            if rec.name == "bidder.poller" and rec.levelno == logging.INFO]
+    snapshots = [m for m in info if m.startswith("recorded GigaSPOT snapshot")]
+    summaries = [m for m in info if m.startswith("market data in the last 15 min: ")]
+    assert len(snapshots) == 1  # the first one; the next 30 at DEBUG
+    assert len([m for m in info if m.startswith("recorded marketplace listing")]) == 1
+    assert len(summaries) == 2, info
+    with r.database.sessions() as session:
+        recorded = session.scalar(select(func.count()).select_from(GigaspotSnapshot))
+    first = int(summaries[0].split(": ", 1)[1].split(" GigaSPOT")[0])
+    second = int(summaries[1].split(": ", 1)[1].split(" GigaSPOT")[0])
+    assert first > 0 and recorded - 1 <= first + second <= recorded  # one may follow the last
+    assert "(last: 12 machines)" in summaries[1]  # the quiet market has 12
+    assert " spot polls in 30 rounds (0 failed), " in summaries[1]
