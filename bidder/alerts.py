@@ -87,7 +87,7 @@ def send_apprise(urls: Sequence[str], title: str, body: str, timeout: float) -> 
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    row_id: int
+    row_id: int | None
     title: str
     body: str
 
@@ -147,7 +147,8 @@ class Alerts:
 
     def notify(self, event: str, key: str, title: str, body: str,
                level: int = logging.WARNING) -> None:
-        """A one-off alert (no episode)."""
+        """A one-off alert (no episode); ``level``: of its log line (WARNING lines are also kept
+        among ``bidder status``'s last problems)."""
         self._raise(event, key, title, body, reminder=False, level=level)
 
     def _raise(self, event: str, key: str, title: str, body: str, *, reminder: bool,
@@ -157,13 +158,18 @@ class Alerts:
         title, body = self._scrub(("reminder: " if reminder else "") + title), self._scrub(body)
         log.log(level, "alert %s: %s: %s", event, title, body)
         delivery = "queued" if self._urls else "no urls"
-        with self._sessions.begin() as session:
-            row = BotAlert(run_id=self._run_id, at=self._clock.now(), wall_at=self._wall.now(),
-                           event=event, key=key, title=title, body=body, reminder=reminder,
-                           delivery=delivery)
-            session.add(row)
-            session.flush()
-            row_id = row.id
+        row_id: int | None = None
+        try:
+            with self._sessions.begin() as session:
+                row = BotAlert(run_id=self._run_id, at=self._clock.now(),
+                               wall_at=self._wall.now(), event=event, key=key, title=title,
+                               body=body, reminder=reminder, delivery=delivery)
+                session.add(row)
+                session.flush()
+                row_id = row.id
+        except Exception as err:  # the database's trouble must not swallow the alert too
+            log.error("alert %s not recorded (%s: %s); sending it anyway", event,
+                      type(err).__name__, " ".join(str(err).split()))
         if self._on_raise is not None:
             self._on_raise(event)
         if self._urls:
@@ -209,11 +215,13 @@ class Alerts:
         self._delivered(job.row_id, "sent" if not failed else "failed: " + "; ".join(
             f"{r.url} ({r.error})" for r in failed))
 
-    def _delivered(self, row_id: int, delivery: str) -> None:
+    def _delivered(self, row_id: int | None, delivery: str) -> None:
         from sqlalchemy import update
 
         from storage.models import BotAlert
 
+        if row_id is None:
+            return
         with self._sessions.begin() as session:
             session.execute(update(BotAlert).where(BotAlert.id == row_id)
                             .values(delivery=self._scrub(delivery)))
@@ -267,5 +275,6 @@ def announce_cancel_all(config: AlertsConfig, sessions: sessionmaker[Session], c
             + (f"Still open or in flight: {still}. " if left else "")
             + (f"The exchange could not be asked: {error}. " if error else "")
             + "A running bot stops trading.")
-    alerts.notify("cancel_all", "cancel-all", title, body)
+    alerts.notify("cancel_all", "cancel-all", title, body,
+                  level=logging.WARNING if left or error else logging.INFO)
     alerts.close(config.timeout + 1.0)

@@ -19,6 +19,7 @@ alerts, the metrics and ``bidder status`` never disagree. Times are the bot's cl
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,9 @@ class Oversight:
         self._short_since: dict[str, float] = {}
         self._in_flight_since: dict[int, float] = {}
         self._stopped = False
+        self._lock = threading.Lock()
+        self._key_rejected: tuple[str, float] | None = None
+        """(endpoint, when) of the last call refused for the key, until a call goes through."""
 
     # --- life ------------------------------------------------------------------------------------
 
@@ -101,7 +105,8 @@ class Oversight:
         self.alerts.notify("bot_stopped", "bot", f"bot stopped ({self._mode}): {reason}",
                            f"The {self._mode} bot stopped at {fmt_time(self._clock.now())}: "
                            f"{reason}. It holds nothing new until restarted; its open orders stay "
-                           "at the exchange (bidder cancel-all cancels them).")
+                           "at the exchange (bidder cancel-all cancels them).",
+                           level=logging.WARNING if reason.startswith("an error") else logging.INFO)
 
     def close(self, timeout: float = 0.0) -> None:
         """Stop serving; give queued alerts up to ``timeout`` seconds."""
@@ -113,18 +118,16 @@ class Oversight:
     # --- hooks -----------------------------------------------------------------------------------
 
     def observe_call(self, event: CallEvent) -> None:
-        """Every API call attempt (from the client's thread): count it, watch for a bad key."""
+        """Every API call attempt (from the client's thread): count it, note a refused key. The
+        alert itself is raised after the cycle: this may run inside another job's call."""
         self.metrics.api_calls.labels(event.endpoint, event.outcome).inc()
         if event.cdn:
             return
-        if event.code == KEY_REJECTED:
-            self.alerts.problem(
-                "key_rejected", "api", "the API key was rejected",
-                f"The API answered code 3 (invalid key) to {event.endpoint} at "
-                f"{fmt_time(event.finished_at)}. Nothing can be read or changed until the key "
-                "(CLORE_API_KEY or [api] key) is fixed and the bot restarted.")
-        elif event.outcome == "ok" and self.alerts.active("key_rejected", "api"):
-            self.alerts.solved("key_rejected", "api")
+        with self._lock:
+            if event.code == KEY_REJECTED:
+                self._key_rejected = (event.endpoint, event.finished_at)
+            elif event.outcome == "ok":
+                self._key_rejected = None
 
     def after_cycle(self, result: CycleResult | None, seconds: float) -> None:
         """After each decide cycle (the heartbeat): metrics, alerts, health, systemd."""
@@ -141,6 +144,7 @@ class Oversight:
         self._budget(status, result)
         self._stale_markets(now)
         self._unresolved(in_flight, now)
+        self._key()
         summary = self.summary(status)
         self.health.beat({"summary": summary, "skipped": result.skipped if result else None})
         self.notifier.heartbeat(summary)
@@ -163,6 +167,19 @@ class Oversight:
         budget = "" if status.budget_per_day is None else f" of {status.budget_per_day:g}"
         return f"holding {held or 'nothing'}; spend {spend}{budget} " \
                f"{_short_currency(status.budget_currency)}/day"
+
+    def _key(self) -> None:
+        with self._lock:
+            rejected = self._key_rejected
+        if rejected is None:
+            self.alerts.solved("key_rejected", "api")
+            return
+        endpoint, at = rejected
+        self.alerts.problem(
+            "key_rejected", "api", "the API key was rejected",
+            f"The API answered code 3 (invalid key) to {endpoint} at {fmt_time(at)}. Nothing can "
+            "be read or changed until the key (CLORE_API_KEY or [api] key) is fixed and the bot "
+            "restarted.")
 
     def _update_metrics(self, status: Status) -> None:
         m = self.metrics

@@ -270,3 +270,36 @@ def test_routine_polls_fold_into_a_periodic_summary(rig, caplog):
     assert first > 0 and recorded - 1 <= first + second <= recorded  # one may follow the last
     assert "(last: 12 machines)" in summaries[1]  # the quiet market has 12
     assert " spot polls in 30 rounds (0 failed), " in summaries[1]
+
+
+def test_bidder_run_stops_on_a_taken_port_with_a_clear_error_and_an_alert(tmp_path, capsys):
+    """The real command: a port already taken is a one-line error (exit 2), and the stop is
+    recorded as a bot_stopped alert naming the error; then a --duration run says so when it stops."""
+    import socket
+
+    from bidder.cli import main
+
+    db = tmp_path / "sim.db"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "bot.toml"
+        config.write_text(f'[storage]\nurl = "sqlite:///{db}"\n[monitor]\n'
+                          f'listen = "127.0.0.1:{port}"\n[sim]\nspot_servers = 8\n'
+                          'gigaspot_machines = 12\n[[targets]]\nname = "s"\nmarket = "spot"\n'
+                          'count = 1\nmax_price_per_gpu_day = 400.0\n')
+        assert main(["run", "--sim", "--config", str(config), "--duration", "5"]) == 2
+    err = capsys.readouterr().err
+    assert f"bidder run: [monitor] listen 127.0.0.1:{port}: cannot listen there: " in err
+    assert "Traceback" not in err
+    with open_database(f"sqlite:///{db}", writer=False) as database:
+        [alert] = alerts_in(database)
+    assert alert.event == "bot_stopped" and alert.delivery == "no urls"
+    assert "an error: MonitorError: [monitor] listen" in alert.title
+
+    config.write_text(config.read_text().replace(f"127.0.0.1:{port}", "127.0.0.1:0"))
+    assert main(["run", "--sim", "--config", str(config), "--duration", "2"]) == 0
+    with open_database(f"sqlite:///{db}", writer=False) as database:
+        last = alerts_in(database)[-1]
+    assert last.title == "bot stopped (sim): ran for 2 s as asked"
