@@ -23,8 +23,8 @@ from bidder.config import Config, Mode
 from bidder.engine import CycleResult, Engine, stale_after
 from bidder.executor import Executor
 from bidder.journal import SECRET_FIELDS, SECRET_MAPS, ActivityLog, Journal
-from bidder.oversight import Oversight
 from bidder.orders import add_event, close, newly_outbid, open_orders
+from bidder.oversight import Oversight
 from bidder.poller import GigaspotPollResult, MarketPoller, MarketplaceResult, SpotRoundResult
 from bidder.scheduler import JobSpec
 from storage.db import Database
