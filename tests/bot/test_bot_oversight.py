@@ -303,3 +303,36 @@ def test_bidder_run_stops_on_a_taken_port_with_a_clear_error_and_an_alert(tmp_pa
     with open_database(f"sqlite:///{db}", writer=False) as database:
         last = alerts_in(database)[-1]
     assert last.title == "bot stopped (sim): ran for 2 s as asked"
+
+
+def test_bidder_run_tells_systemd_and_says_why_it_stopped(tmp_path, monkeypatch):
+    """The real command under a real notify socket: READY=1 after the first cycle, then SIGTERM
+    (as systemd sends it): STOPPING=1, and a bot_stopped alert naming the signal."""
+    import os
+    import signal
+
+    from bidder.cli import main
+    from ops_helpers import datagrams, notify_socket
+
+    db = tmp_path / "sim.db"
+    config = tmp_path / "bot.toml"
+    config.write_text(f'[storage]\nurl = "sqlite:///{db}"\n[sim]\nspot_servers = 8\n'
+                      'gigaspot_machines = 12\n[[targets]]\nname = "s"\nmarket = "spot"\n'
+                      'count = 1\nmax_price_per_gpu_day = 400.0\n')
+    first: list[list[dict[str, str]]] = []
+    with notify_socket(tmp_path) as (address, sock):
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+
+        def stop_when_ready() -> None:
+            first.append(datagrams(sock, timeout=60))
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        killer = threading.Thread(target=stop_when_ready, daemon=True)
+        killer.start()
+        assert main(["run", "--sim", "--config", str(config), "--duration", "120"]) == 0
+        killer.join(10)
+        rest = datagrams(sock, timeout=5)
+    assert first[0] and first[0][0]["READY"] == "1" and first[0][0]["WATCHDOG"] == "1"
+    assert rest[-1] == {"STOPPING": "1", "STATUS": "stopping: SIGTERM received"}
+    with open_database(f"sqlite:///{db}", writer=False) as database:
+        assert alerts_in(database)[-1].title == "bot stopped (sim): SIGTERM received"
