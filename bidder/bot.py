@@ -17,13 +17,14 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from bidder.api import CloreClient
+from bidder.api import CallEvent, CloreClient
 from bidder.clock import Clock, SystemClock
 from bidder.config import Config, Mode
-from bidder.engine import CycleResult, Engine
+from bidder.engine import CycleResult, Engine, stale_after
 from bidder.executor import Executor
 from bidder.journal import SECRET_FIELDS, SECRET_MAPS, ActivityLog, Journal
 from bidder.orders import add_event, close, newly_outbid, open_orders
+from bidder.oversight import Oversight
 from bidder.poller import GigaspotPollResult, MarketPoller, MarketplaceResult, SpotRoundResult
 from bidder.scheduler import JobSpec
 from storage.db import Database
@@ -74,7 +75,8 @@ class Bot:
                  transport: httpx.BaseTransport | None = None,
                  cdn_transport: httpx.BaseTransport | None = None,
                  state_dir: str | os.PathLike[str] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None,
+                 oversight: dict[str, Any] | None = None) -> None:
         self.config = config
         self.database = database
         self.mode = mode
@@ -87,7 +89,7 @@ class Bot:
                                     secrets=[key.get_secret_value()] if key else [])
         self.client = CloreClient.from_config(config.api, clock=clock, transport=transport,
                                               cdn_transport=cdn_transport,
-                                              observer=self.activity.observe, state_dir=state_dir)
+                                              observer=self._observe, state_dir=state_dir)
         self.checks = MarketChecks()
         self.poller = MarketPoller(self.client, sessions, clock, config,
                                    own_servers=self._own_spot_servers, stop=self.stop)
@@ -101,6 +103,12 @@ class Bot:
             session.flush()
             self.run_id = run.id
             self._started_wall = run.started_wall
+        self.oversight = Oversight(config, sessions, clock, self.wall, run_id=self.run_id,
+                                   mode=mode, checked_at=self.checks.at,
+                                   stale_after=lambda m: stale_after(config, m),
+                                   secrets=[key.get_secret_value()] if key else [],
+                                   **(oversight or {}))
+        """Alerts, metrics, health, systemd (``oversight``: its test doubles: send, environ)."""
         self.engine = Engine(config, sessions, clock, self.executor, run_id=self.run_id,
                              mode=mode, wall=self.wall, checked_at=self.checks.at,
                              halted=self.halted, stop=self.stop)
@@ -115,6 +123,7 @@ class Bot:
         """Record problems in the database from now on, settle what a previous run left in
         flight, and reconcile with the exchange."""
         self.activity.attach()
+        self.oversight.start()
         log.info("bot run %d started (%s): %d targets", self.run_id, self.mode,
                  len(self.config.targets))
         try:
@@ -151,13 +160,16 @@ class Bot:
             run.stopped_at = self.clock.now()
             run.stop_reason = reason
         log.info("bot run %d stopped: %s", self.run_id, reason)
+        self.oversight.stopped(reason)
         self.activity.flush()
-        self.close()
+        self.close(alert_timeout=self.config.alerts.timeout + 1.0)
 
-    def close(self) -> None:
-        """Let go of resources without writing anything (also what a crash leaves)."""
+    def close(self, alert_timeout: float = 0.0) -> None:
+        """Let go of resources without writing anything (also what a crash leaves); queued
+        alerts get ``alert_timeout`` seconds."""
         self.activity.detach()
         self.client.close()
+        self.oversight.close(alert_timeout)
 
     def halted(self) -> bool:
         """Whether ``bidder cancel-all`` has pulled the kill switch since this run started."""
@@ -181,8 +193,10 @@ class Bot:
 
     def decide_job(self) -> CycleResult:
         try:
+            began = self.wall.now()
             with self._cycle:
                 result = self.engine.cycle()
+            self.oversight.after_cycle(result, self.wall.now() - began)
             now = self.clock.now()
             if now - self._pruned_at >= CALL_HISTORY / 24:
                 self.activity.prune(now - CALL_HISTORY, now - LOG_HISTORY)
@@ -239,6 +253,10 @@ class Bot:
                 self._listing_seen = session.scalar(select(MarketplaceListing.id).limit(1)) \
                     is not None
         return self._listing_seen
+
+    def _observe(self, event: CallEvent) -> None:
+        self.activity.observe(event)
+        self.oversight.observe_call(event)
 
     def _own_spot_servers(self) -> list[int]:
         with self.database.sessions() as session:

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -26,11 +27,16 @@ COMMANDS: dict[str, str] = {
     "import": "bidder.commands.import_",
     "backtest": "bidder.commands.backtest",
     "sim": "bidder.commands.sim",
+    "alerts": "bidder.commands.alerts",
 }
 
 GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--log-level",), {"default": "INFO", "choices": ["DEBUG", "INFO", "WARNING", "ERROR"],
                         "help": "log verbosity (default: INFO)"}),
+    (("--log-file",), {"type": Path, "default": None, "metavar": "PATH",
+                       "help": "also log to PATH, rotated at 10 MB (5 old files kept)"}),
+    (("--log-format",), {"default": "text", "choices": ["text", "json"],
+                         "help": "text, or one JSON object per line for log shippers (default: text)"}),
 ]
 """Options every command takes, before or after the command's name (``bidder --log-level DEBUG
 run`` = ``bidder run --log-level DEBUG``): one entry each, ``(flags, add_argument keywords)``."""

@@ -152,6 +152,58 @@ class BotConfig(Section):
     again an order whose GigaSPOT edit was too low."""
 
 
+class AlertsConfig(Section):
+    """Messages to people when something needs them, sent through Apprise."""
+
+    urls: list[SecretStr] = Field(default_factory=list)
+    """Apprise URLs (``tgram://``, ``discord://``, ``json://host/path``, ``mailto://`` ...); empty
+    sends nothing. Held secret: they carry tokens."""
+    repeat_after: float = Field(3600.0, gt=0)
+    """Seconds of the bot's clock between reminders while one problem goes on (one alert per
+    episode otherwise)."""
+    capacity_grace: float = Field(600.0, ge=0)
+    """Seconds a target may stay below its count before ``capacity_short`` is sent."""
+    unresolved_after: float = Field(900.0, gt=0)
+    """Seconds an order's outcome may stay unknown before ``order_unresolved`` is sent."""
+    timeout: float = Field(10.0, gt=0)
+    """Seconds each URL is given to connect and to answer (in the sender thread, never a cycle)."""
+
+    @field_validator("urls")
+    @classmethod
+    def _known_schemes(cls, v: list[SecretStr]) -> list[SecretStr]:
+        bad = [i for i, u in enumerate(v) if "://" not in u.get_secret_value()]
+        if bad:
+            raise ValueError(f"entries {bad} are not Apprise URLs (scheme://...)")
+        return v
+
+
+class MonitorConfig(Section):
+    """Prometheus metrics, the health endpoint and the log summary of a running bot."""
+
+    listen: str = ""
+    """``host:port`` serving ``/metrics`` and ``/healthz`` (e.g. ``127.0.0.1:9108``); empty: off
+    (the default, so a second bot, a dry run, a test or the demo never fight over a port)."""
+    log_summary_interval: float = Field(900.0, gt=0)
+    """Seconds of the bot's clock between the INFO summaries of routine market polls (each poll
+    itself logs at DEBUG)."""
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        if v:
+            host, sep, port = v.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"expected host:port such as 127.0.0.1:9108, got {v!r}")
+        return v
+
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` to listen on, or None when off (``[::1]`` loses its brackets)."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 class TargetConfig(Section):
     """What to hold: the user's words, e.g. 4 x RTX 4090, reliability >= 0.95, <= 30 CLORE/GPU-day."""
 
@@ -241,6 +293,8 @@ class Config(Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     bot: BotConfig = Field(default_factory=BotConfig)
     sim: SimConfig = Field(default_factory=SimConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     targets: list[TargetConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -13,6 +13,10 @@ the bot's cancels, edits and creates first. Each poll records what it got in its
 A poll never raises for what the market or the database may do (refusals, timeouts, bad snapshots,
 a locked database): it logs one line naming what failed and says so in its result; the next run
 tries again. Between two requests a poll checks ``stop``, so a shutdown waits for one call at most.
+
+Routine successes are folded: the first GigaSPOT snapshot and the first listing are logged at INFO,
+the next ones at DEBUG, and every ``[monitor] log_summary_interval`` seconds one INFO line sums up
+what was recorded since, so that what matters stands out.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from sqlalchemy import select
@@ -94,6 +98,27 @@ class MarketplaceResult:
     stopped: bool = False
 
 
+@dataclass(slots=True)
+class _Tally:
+    """Routine poll results since the last summary line."""
+
+    snapshots: int = 0
+    machines: int = 0
+    """In the last snapshot."""
+    spot_rounds: int = 0
+    spot_polled: int = 0
+    spot_failed: int = 0
+    listings: int = 0
+    servers: int = 0
+    """In the last listing."""
+
+    def line(self, seconds: float) -> str:
+        return (f"market data in the last {seconds / 60:.0f} min: {self.snapshots} GigaSPOT "
+                f"snapshots recorded (last: {self.machines} machines), {self.spot_polled} spot "
+                f"polls in {self.spot_rounds} rounds ({self.spot_failed} failed), "
+                f"{self.listings} marketplace listings (last: {self.servers} servers)")
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
@@ -130,6 +155,34 @@ class MarketPoller:
         self._done_url: str | None = None
         """The last snapshot URL dealt with for good (recorded, already there or rejected)."""
         self._my_user_id: int | None = None
+        self._summary_every = config.monitor.log_summary_interval
+        self._tally = _Tally()
+        self._tally_since = clock.now()
+        self._tally_lock = threading.Lock()
+        self._logged_first: set[str] = set()
+
+    def _routine(self, kind: str, **counts: int) -> int:
+        """Count a routine success; log the summary when its interval has passed. Returns the
+        level for the success's own line: INFO the first time of its kind, DEBUG after."""
+        now = self._clock.now()
+        line = None
+        with self._tally_lock:
+            for name, value in counts.items():
+                if name in ("machines", "servers"):
+                    setattr(self._tally, name, value)
+                else:
+                    setattr(self._tally, name, getattr(self._tally, name) + value)
+            if now - self._tally_since >= self._summary_every:
+                line = self._tally.line(now - self._tally_since)
+                for f in fields(_Tally):
+                    if f.name not in ("machines", "servers"):  # "last" values stay known
+                        setattr(self._tally, f.name, 0)
+                self._tally_since = now
+            first = kind not in self._logged_first
+            self._logged_first.add(kind)
+        if line is not None:
+            log.info("%s", line)
+        return logging.INFO if first else logging.DEBUG
 
     @property
     def my_user_id(self) -> int | None:
@@ -168,8 +221,9 @@ class MarketPoller:
         except (CloreError, SQLAlchemyError) as err:
             return self._gigaspot_failed("failed", url, f"snapshot {url}: {_one_line(err)}")
         self._done_url = url
-        log.info("recorded GigaSPOT snapshot %s: %d machines (new versions: %d states, %d bids)",
-                 url, result.machines, result.new_states, result.new_bids)
+        level = self._routine("gigaspot", snapshots=1, machines=result.machines)
+        log.log(level, "recorded GigaSPOT snapshot %s: %d machines (new versions: %d states, "
+                "%d bids)", url, result.machines, result.new_states, result.new_bids)
         return GigaspotPollResult("recorded", url, snapshot_time, result)
 
     def _is_recorded(self, snapshot_time: int) -> bool:
@@ -224,6 +278,7 @@ class MarketPoller:
                           message)
                 return SpotRoundResult(plan, tuple(polled), tuple(failed), error=message)
             polled.append(server_id)
+        self._routine("spot", spot_rounds=1, spot_polled=len(polled), spot_failed=len(failed))
         log.debug("spot round: %d servers polled, %d failed", len(polled), len(failed))
         return SpotRoundResult(plan, tuple(polled), tuple(failed))
 
@@ -241,6 +296,7 @@ class MarketPoller:
             message = f"marketplace poll failed: {_one_line(err)}"
             log.error("%s", message)
             return MarketplaceResult(None, message)
-        log.info("recorded marketplace listing: %d servers (%d new or changed, %d ended)",
-                 listing.servers, listing.changed, listing.closed)
+        level = self._routine("listing", listings=1, servers=listing.servers)
+        log.log(level, "recorded marketplace listing: %d servers (%d new or changed, %d ended)",
+                listing.servers, listing.changed, listing.closed)
         return MarketplaceResult(listing)

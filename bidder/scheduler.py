@@ -117,15 +117,19 @@ def build_scheduler(jobs: Sequence[JobSpec], *, speed: float = 1.0,
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event, install: bool) -> Iterator[None]:
-    """SIGINT and SIGTERM set ``stop`` (main thread only); the previous handlers come back after."""
+def _stop_on_signals(stop: threading.Event, install: bool,
+                     on_signal: Callable[[str], None] | None = None) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` (main thread only; ``on_signal`` hears the signal's name);
+    the previous handlers come back after."""
     if not install or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handle(signum: int, _frame: object) -> None:
-        log.info("%s received: finishing the calls in flight, then stopping",
-                 signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        log.info("%s received: finishing the calls in flight, then stopping", name)
+        if on_signal is not None:
+            on_signal(name)
         stop.set()
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -153,9 +157,11 @@ def _quiet_apscheduler() -> Iterator[None]:
 def run_jobs(jobs: Sequence[JobSpec], *, speed: float = 1.0, duration: float | None = None,
              misfire_grace_time: float = 30.0, stop: threading.Event | None = None,
              install_signal_handlers: bool = True,
-             on_job_error: Callable[[str, BaseException], None] | None = None) -> int:
-    """Run ``jobs`` until ``stop`` is set (by the caller, SIGINT or SIGTERM) or ``duration`` real
-    seconds have passed; wait for running jobs to return; return 0 (the exit status)."""
+             on_job_error: Callable[[str, BaseException], None] | None = None,
+             on_signal: Callable[[str], None] | None = None) -> int:
+    """Run ``jobs`` until ``stop`` is set (by the caller, SIGINT or SIGTERM: ``on_signal`` hears
+    its name) or ``duration`` real seconds have passed; wait for running jobs to return; return 0
+    (the exit status)."""
     if duration is not None and not duration >= 0:
         raise ValueError(f"duration must be 0 or more seconds, got {duration}")
     stop = stop if stop is not None else threading.Event()
@@ -174,7 +180,7 @@ def run_jobs(jobs: Sequence[JobSpec], *, speed: float = 1.0, duration: float | N
                          daemon=True).start()
 
     scheduler.add_listener(on_started, EVENT_SCHEDULER_STARTED)
-    with _stop_on_signals(stop, install_signal_handlers), _quiet_apscheduler():
+    with _stop_on_signals(stop, install_signal_handlers, on_signal), _quiet_apscheduler():
         scheduler.start()  # blocks until shut_down_when_told has shut it down
     return 0
 

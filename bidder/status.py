@@ -26,6 +26,7 @@ from bidder.orders import open_orders, strategy_state
 from bidder.rules import next_lower_at
 from storage.models import (
     ApiCall,
+    BotAlert,
     BotCycle,
     BotDecision,
     BotLog,
@@ -39,6 +40,7 @@ from storage.models import (
 
 HOUR = 3600.0
 LAST_ERRORS = 10
+LAST_ALERTS = 10
 POLL_ENDPOINTS = ("get_gigaspot", "spot_marketplace", "marketplace")
 
 
@@ -107,6 +109,8 @@ class Status:
     last_cycle: dict[str, Any] | None = None
     next_steps: list[NextStep] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    """The last alerts raised (newest first), with what became of their sending."""
 
     @property
     def exit_code(self) -> int:
@@ -177,8 +181,9 @@ def _next_text(d: dict[str, Any], now: float) -> str:
     return f"wants {server} at {price:.6g}: {words.get(reason, reason)}"
 
 
-def collect(session: Session, database: str, wall: Clock) -> Status:
-    """Everything ``bidder status`` shows, from ``session`` (a reader)."""
+def collect(session: Session, database: str, wall: Clock, *, brief: bool = False) -> Status:
+    """Everything ``bidder status`` shows, from ``session`` (a reader); ``brief``: only the
+    run, targets, orders and spend (what a running bot checks after each cycle)."""
     run = session.scalars(select(BotRun).order_by(BotRun.id.desc()).limit(1)).first()
     if run is None:
         return Status(database, False, "no bot run recorded in this database")
@@ -209,11 +214,17 @@ def collect(session: Session, database: str, wall: Clock) -> Status:
     _orders(session, status, markets, rates, dry_run=run.mode == "dry-run")
     _targets(status, cfg["targets"])
     _budget(status, cfg["budget"], markets, rates)
+    if brief:
+        return status
     _market_and_calls(session, status, bot_now)
     _cycle(session, status, run.id, bot_now)
     status.errors = [{"at": r.at, "level": r.level, "source": r.source, "message": r.message}
                      for r in session.scalars(select(BotLog).order_by(BotLog.id.desc())
                                               .limit(LAST_ERRORS))]
+    status.alerts = [{"at": a.at, "event": a.event, "title": a.title, "body": a.body,
+                      "delivery": a.delivery}
+                     for a in session.scalars(select(BotAlert).order_by(BotAlert.id.desc())
+                                              .limit(LAST_ALERTS))]
     return status
 
 
@@ -370,6 +381,10 @@ def render(status: Status) -> str:
     if status.next_steps:
         out.append("next:")
         out += [f"  {s.target}: {s.text}" for s in status.next_steps]
+    if status.alerts:
+        out.append("recent alerts:")
+        out += [f"  {fmt_time(a['at'])} {a['event']}: {a['title']} ({a['delivery']})"
+                for a in status.alerts]
     if status.errors:
         out.append("last problems:")
         out += [f"  {fmt_time(e['at'])} {e['level']} {e['source']}: {e['message']}"

@@ -235,10 +235,28 @@ def _v3_spot_offer_currency(connection: Connection) -> None:
     md.create_all(connection)
 
 
+def _v4_alerts(connection: Connection) -> None:
+    """Alerts: what the bot told people (or tried to), for ``bidder status``."""
+    md = MetaData()
+    Table("bot_alert", md,
+          Column("id", Integer, primary_key=True),
+          Column("run_id", Integer),
+          Column("at", Double, nullable=False, index=True),
+          Column("wall_at", Double, nullable=False),
+          Column("event", String, nullable=False),
+          Column("key", String, nullable=False),
+          Column("title", String, nullable=False),
+          Column("body", String, nullable=False),
+          Column("reminder", Boolean, nullable=False),
+          Column("delivery", String, nullable=False))
+    md.create_all(connection)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "market recorder: GigaSPOT snapshots, spot polls, marketplace listings",
               _v1_market_recorder),
     Migration(2, "bot: runs, orders and their events, call journal, cycles and decisions",
               _v2_bot),
     Migration(3, "the currency spot offers state", _v3_spot_offer_currency),
+    Migration(4, "alerts: what the bot told people", _v4_alerts),
 )

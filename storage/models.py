@@ -467,3 +467,24 @@ class BotLog(Base):
     level: Mapped[str] = mapped_column(String)
     source: Mapped[str] = mapped_column(String)
     message: Mapped[str] = mapped_column(String)
+
+
+class BotAlert(Base):
+    """An alert raised by the bot (``bidder.alerts``): recorded when raised, ``delivery`` filled in
+    by the sender thread (``queued``, ``sent``, ``failed: ...``, ``no urls``, ``dropped``)."""
+
+    __tablename__ = "bot_alert"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    """The bot run that raised it (None: ``cancel-all``, ``alerts test``)."""
+    at: Mapped[float] = mapped_column(index=True)
+    """The bot's clock (simulated time in a simulation)."""
+    wall_at: Mapped[float]
+    event: Mapped[str] = mapped_column(String)
+    key: Mapped[str] = mapped_column(String)
+    """What the episode is about (a target, a market, an order); one alert per episode."""
+    title: Mapped[str] = mapped_column(String)
+    body: Mapped[str] = mapped_column(String)
+    reminder: Mapped[bool]
+    delivery: Mapped[str] = mapped_column(String)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bidder.commands import usd_per_clore
+from bidder.logs import log_options
 
 if TYPE_CHECKING:
     from bidder.backtest.exchange import ExchangeRules
@@ -158,7 +159,7 @@ def _replay_diff(args: argparse.Namespace) -> int:
     from storage.db import open_database
 
     config = load_config(args.config) if args.config is not None else Config()
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, **log_options(args))
     _check_output(args.json, "--json")
     settings = _run_settings(args, config)
     url = args.db or config.storage_url()
@@ -187,7 +188,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.run is not None:
         raise UsageError("--run goes with --replay-diff")
     config = load_config(args.config) if args.config is not None else Config()
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, **log_options(args))
     if args.plot is not None:
         require_matplotlib()
     _check_output(args.json, "--json")

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bidder.logs import log_options
+
 if TYPE_CHECKING:
     from bidder.api import CloreClient
     from bidder.clock import Clock
@@ -89,6 +91,7 @@ def _listing(client: CloreClient, database: Database) -> list[tuple[int | None, 
 
 
 def run(args: argparse.Namespace) -> int:
+    from bidder.alerts import announce_cancel_all
     from bidder.api import CloreClient, CloreError
     from bidder.clock import SystemClock
     from bidder.commands.run import logged_key
@@ -99,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from storage.models import BotHalt
 
     config = load_config(args.config)
-    key = logged_key(config, "cancel-all", args.log_level)
+    key = logged_key(config, "cancel-all", args.log_level, **log_options(args))
     if key is None:
         return 2
     try:
@@ -121,9 +124,14 @@ def run(args: argparse.Namespace) -> int:
             except CloreError as err:
                 print(f"bidder cancel-all: the exchange could not be asked: {err}",
                       file=sys.stderr)
+                if not args.dry_run:
+                    announce_cancel_all(config.alerts, database.sessions, clock, wall,
+                                        [key.get_secret_value()], [], [], str(err))
                 return 1
             finally:
                 activity.flush()
+        announce_cancel_all(config.alerts, database.sessions, clock, wall,
+                            [key.get_secret_value()], report.cancelled, report.left)
     return _print(report)
 
 

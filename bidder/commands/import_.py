@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bidder.commands import usd_per_clore
+from bidder.logs import log_options
 
 HELP = ("Record saved GigaSPOT snapshot files (the CDN's *_<unix time>.json) into the database, "
         "oldest first; already recorded ones are skipped.")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config) if args.config is not None else Config()
     key = config.api.resolved_key()
-    setup_logging(args.log_level, [key.get_secret_value()] if key else [])
+    setup_logging(args.log_level, [key.get_secret_value()] if key else [], **log_options(args))
     try:
         snapshots, replies = split_replies(import_files(args.paths))
     except ImportInputError as err:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bidder.commands import positive_seconds
+from bidder.logs import log_options
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config) if args.config is not None else Config()
     key = config.api.resolved_key()
-    setup_logging(args.log_level, [key.get_secret_value()] if key else [])
+    setup_logging(args.log_level, [key.get_secret_value()] if key else [], **log_options(args))
     clock: Clock
     if args.sim:
         clock = ScaledClock(config.sim.speed)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bidder.commands import positive_seconds, strategy_problem
+from bidder.logs import log_options
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
@@ -46,13 +47,15 @@ def demo_config() -> Config:
     return parse_config(tomllib.loads(text), "the built-in demo config (bidder/demo.toml)")
 
 
-def logged_key(config: Config, command: str, log_level: str) -> SecretStr | None:
+def logged_key(config: Config, command: str, log_level: str,
+               **log_options: object) -> SecretStr | None:
     """Set up logging with the API key redacted, and return the key; without one, say so on
     stderr and return None."""
     from bidder.logs import setup_logging
 
     key = config.api.resolved_key()
-    setup_logging(log_level, [key.get_secret_value()] if key else [])
+    setup_logging(log_level, [key.get_secret_value()] if key else [],
+                  **log_options)  # type: ignore[arg-type]
     if key is None:
         print(f"bidder {command}: no API key: set CLORE_API_KEY or [api] key in the config",
               file=sys.stderr)
@@ -84,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config is not None else demo_config()
     if mode == "sim":
         config = sim_config(config)
-    if logged_key(config, "run", args.log_level) is None:
+    if logged_key(config, "run", args.log_level, **log_options(args)) is None:
         return 2
     if not config.targets:
         print("bidder run: the config has no [[targets]]: nothing to hold", file=sys.stderr)
@@ -117,14 +120,18 @@ def _run(config: Config, database: Database, mode: Mode, duration: float | None)
     bot = Bot(config, database, mode=mode, clock=clock, speed=speed,
               transport=transport, cdn_transport=transport,
               state_dir=None if mode == "sim" else config.resolved_data_dir())
+    signals: list[str] = []
     try:
         bot.start()
         run_jobs(bot.jobs(), speed=speed, duration=duration,
-                 misfire_grace_time=config.bot.misfire_grace_time, stop=bot.stop)
-    except BaseException:
-        bot.close()
+                 misfire_grace_time=config.bot.misfire_grace_time, stop=bot.stop,
+                 on_signal=signals.append)
+    except BaseException as err:
+        bot.oversight.stopped(f"an error: {type(err).__name__}: {' '.join(str(err).split())}")
+        bot.close(alert_timeout=config.alerts.timeout + 1.0)
         raise
-    bot.finish("halted by cancel-all" if bot.halted() else "stopped")
+    bot.finish("halted by cancel-all" if bot.halted() else f"{signals[0]} received" if signals
+               else f"ran for {duration:g} s as asked" if duration is not None else "stopped")
     if mode == "sim":
         print("see what it holds: bidder status --sim", file=sys.stderr)
     return 0

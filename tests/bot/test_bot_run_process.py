@@ -175,7 +175,7 @@ def test_killed_and_restarted_runs_keep_one_order_per_server(sim_url, tmp_path):
     assert len(orders) == WANTED
     assert {o.order_id for o in open_rows} == {o["id"] for o in orders}
     assert {o.state for o in open_rows} == {"live"}
-    assert [r.stop_reason for r in runs] == [None] * len(KILL_AT) + ["stopped"]
+    assert [r.stop_reason for r in runs] == [None] * len(KILL_AT) + ["SIGTERM received"]
 
     cancel = bidder("cancel-all", config=config)
     out, log = cancel.communicate(timeout=60)

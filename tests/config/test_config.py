@@ -101,3 +101,19 @@ def test_every_default_is_spelled_out_in_the_example():
         for key, value in values.items():
             assert key in example.get(section, {}), f"[{section}] {key} is missing from the example"
             assert example[section][key] == value, f"[{section}] {key}: example differs from default"
+
+
+@pytest.mark.parametrize("listen", ["9108", "localhost", ":9108", "host:port", "127.0.0.1:70000"])
+def test_monitor_listen_must_be_host_and_port(listen):
+    with pytest.raises(ConfigError, match=r"monitor.listen: .*expected host:port"):
+        parse_config({"monitor": {"listen": listen}})
+
+
+def test_monitor_is_off_by_default_and_takes_ipv6():
+    assert parse_config({}).monitor.address() is None
+    assert parse_config({"monitor": {"listen": "[::1]:9108"}}).monitor.address() == ("::1", 9108)
+
+
+def test_alert_urls_are_secret():
+    cfg = parse_config({"alerts": {"urls": ["tgram://123:token/456"]}})
+    assert "token" not in repr(cfg) and "token" not in str(cfg.alerts)

@@ -145,6 +145,13 @@ def test_sigterm_stops_cleanly_and_restores_the_handler():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_the_signal_is_named_to_on_signal():
+    heard = []
+    assert run_jobs([JobSpec("job", lambda: os.kill(os.getpid(), signal.SIGTERM), 3600)],
+                    duration=30, on_signal=heard.append) == 0
+    assert heard == ["SIGTERM"]
+
+
 def test_a_failing_job_is_reported_and_runs_again_while_the_others_go_on(caplog):
     errors = []
     calls = {"bad": 0, "good": 0}

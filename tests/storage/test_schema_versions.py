@@ -129,7 +129,16 @@ def seed_v3(connection: Connection) -> None:
                                "VALUES (1, 39, 'bitcoin')")
 
 
-SEEDS: dict[int, Callable[[Connection], None]] = {1: seed_v1, 2: seed_v2, 3: seed_v3}
+def seed_v4(connection: Connection) -> None:
+    """v3's data, and one alert."""
+    seed_v3(connection)
+    connection.exec_driver_sql(
+        "INSERT INTO bot_alert (id, run_id, at, wall_at, event, key, title, body, reminder, "
+        f"delivery) VALUES (1, 1, {T0 + 90}, {T0 + 90}, 'market_stale', 'gigaspot', 'stale', "
+        "'GigaSPOT data 400 s old', 0, 'sent')")
+
+
+SEEDS: dict[int, Callable[[Connection], None]] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4}
 """For every schema version, data as that version stores it. Add one with each migration."""
 
 
