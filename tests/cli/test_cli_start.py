@@ -84,14 +84,23 @@ def test_global_options_go_before_or_after_the_command(argv, level):
 
 def test_a_new_global_option_is_one_line(monkeypatch):
     monkeypatch.setattr(cli, "GLOBAL_OPTIONS", [
-        *cli.GLOBAL_OPTIONS, (("--log-file",), {"default": None, "help": "write the log here"})])
-    for argv in (["--log-file", "x.log", "status"], ["status", "--log-file", "x.log"]):
+        *cli.GLOBAL_OPTIONS, (("--note",), {"default": None, "help": "a note"})])
+    for argv in (["--note", "x", "status"], ["status", "--note", "x"]):
         args = build_parser(argv).parse_args(argv)
-        assert args.log_file == "x.log" and args.command == "status"
+        assert args.note == "x" and args.command == "status"
     # a global option's value that is a command's name is not taken for the command
-    args = build_parser(["--log-file", "run", "status"]).parse_args(["--log-file", "run", "status"])
-    assert (args.log_file, args.command) == ("run", "status")
-    assert build_parser(["status"]).parse_args(["status"]).log_file is None
+    args = build_parser(["--note", "run", "status"]).parse_args(["--note", "run", "status"])
+    assert (args.note, args.command) == ("run", "status")
+    assert build_parser(["status"]).parse_args(["status"]).note is None
+
+
+def test_the_log_options_work_before_and_after_the_command():
+    for argv in (["--log-file", "x.log", "--log-format", "json", "status"],
+                 ["status", "--log-file", "x.log", "--log-format", "json"]):
+        args = build_parser(argv).parse_args(argv)
+        assert (str(args.log_file), args.log_format, args.command) == ("x.log", "json", "status")
+    args = build_parser(["status"]).parse_args(["status"])
+    assert (args.log_file, args.log_format) == (None, "text")
 
 
 def test_an_unknown_command_or_option_exits_2(capsys):

@@ -36,7 +36,7 @@ def test_the_unit_is_notify_with_a_watchdog_and_hardened():
 def test_the_unit_runs_a_command_the_cli_accepts():
     argv = shlex.split(settings()["ExecStart"][0])
     assert argv[0].endswith("/bidder")
-    args = build_parser().parse_args(argv[1:])
+    args = build_parser(argv[1:]).parse_args(argv[1:])
     assert args.command == "run" and args.log_file is not None
     assert str(args.log_file).startswith("/var/log/clore-bidder/")  # LogsDirectory
     assert str(args.config).startswith("/etc/clore-bidder/")
