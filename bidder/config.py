@@ -146,6 +146,9 @@ class BotConfig(Section):
     create_grace_max: float = Field(1800.0, ge=0)
     """Seconds after which an unfound GigaSPOT create is marked failed even when no snapshot
     newer than it was published."""
+    lease_stale_after: float = Field(600.0, ge=60)
+    """Seconds without a heartbeat after which another bot may take over this database's lease
+    (the holder renews it every cycle); until then a second ``bidder run`` refuses to start."""
     failed_rent_block: float = Field(3600.0, ge=0)
     """Seconds to keep away from a GigaSPOT machine that failed to rent, or from a server whose
     order the exchange ended."""

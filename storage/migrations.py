@@ -223,9 +223,27 @@ def _v2_bot(connection: Connection) -> None:
     md.create_all(connection)
 
 
+def _v3_bot_lease(connection: Connection) -> None:
+    """The one-bot lease: a single row a running bot holds and heartbeats, so a second bot on the
+    same database refuses to start."""
+    md = MetaData()
+    lease = Table("bot_lease", md,
+                  Column("name", String, primary_key=True),
+                  Column("token", String),
+                  Column("run_id", Integer),
+                  Column("mode", String),
+                  Column("pid", Integer),
+                  Column("host", String),
+                  Column("acquired_wall", Double),
+                  Column("heartbeat_wall", Double))
+    md.create_all(connection)
+    connection.execute(lease.insert().values(name="bot"))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "market recorder: GigaSPOT snapshots, spot polls, marketplace listings",
               _v1_market_recorder),
     Migration(2, "bot: runs, orders and their events, call journal, cycles and decisions",
               _v2_bot),
+    Migration(3, "bot lease: one running bot per database", _v3_bot_lease),
 )

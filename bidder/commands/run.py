@@ -15,6 +15,7 @@ from bidder.bot import Bot
 from bidder.clock import Clock, ScaledClock, SystemClock
 from bidder.commands import positive_seconds
 from bidder.config import Config, Mode, load_config, parse_config
+from bidder.lease import LeaseHeld
 from bidder.logs import setup_logging
 from bidder.scheduler import run_jobs
 from bidder.sim.connect import sim_config, sim_market
@@ -96,9 +97,13 @@ def _run(config: Config, database: Database, mode: Mode, duration: float | None)
     speed = config.sim.speed if mode == "sim" else 1.0
     clock: Clock = ScaledClock(speed) if mode == "sim" else SystemClock()
     transport = sim_market(config, clock).transport() if mode == "sim" else None
-    bot = Bot(config, database, mode=mode, clock=clock, speed=speed,
-              transport=transport, cdn_transport=transport,
-              state_dir=None if mode == "sim" else config.resolved_data_dir())
+    try:
+        bot = Bot(config, database, mode=mode, clock=clock, speed=speed,
+                  transport=transport, cdn_transport=transport,
+                  state_dir=None if mode == "sim" else config.resolved_data_dir())
+    except LeaseHeld as err:
+        print(f"bidder run: {err}", file=sys.stderr)
+        return 2
     try:
         bot.start()
         run_jobs(bot.jobs(), speed=speed, duration=duration,

@@ -122,7 +122,15 @@ def seed_v2(connection: Connection) -> None:
         connection.exec_driver_sql(statement)
 
 
-SEEDS: dict[int, Callable[[Connection], None]] = {1: seed_v1, 2: seed_v2}
+def seed_v3(connection: Connection) -> None:
+    """v2's data, and the one-bot lease held by its run."""
+    seed_v2(connection)
+    connection.exec_driver_sql(
+        "UPDATE bot_lease SET token = 'abc', run_id = 1, mode = 'live', pid = 4242, "
+        f"host = 'h', acquired_wall = {T0 + 30}, heartbeat_wall = {T0 + 30} WHERE name = 'bot'")
+
+
+SEEDS: dict[int, Callable[[Connection], None]] = {1: seed_v1, 2: seed_v2, 3: seed_v3}
 """For every schema version, data as that version stores it. Add one with each migration."""
 
 
