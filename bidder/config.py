@@ -233,6 +233,9 @@ class SimConfig(Section):
     agent_lifetime: float = Field(1800.0, gt=0)
     """Simulated seconds a competitor stays on average: short by default, so that a one-minute
     demo shows rivals leaving and the bot stepping its prices down after them."""
+    faults: float = Field(0.0, ge=0, le=1)
+    """Fraction of requests answered with an injected fault (HTTP 500/502/429, hangs, invalid
+    JSON, code 1, lost replies of executed calls, bad snapshots); 0: none."""
 
 
 class Config(Section):
