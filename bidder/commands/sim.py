@@ -138,3 +138,4 @@ def _report(market: SimMarket, db_url: str | None) -> int:
             report = invariant_report(market, database)
     print(report.text(), flush=True)
     return 0 if report.ok else 1
+
