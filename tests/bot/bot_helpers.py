@@ -16,6 +16,7 @@ from bidder.bot import Bot
 from bidder.clock import ManualClock
 from bidder.config import CLORE, Config, parse_config
 from bidder.sim import Order, SimMarket
+from bidder.sim.faults import NoReply
 from bidder.sim.invariants import InvariantReport, invariant_report
 from storage.db import Database
 from storage.models import BotOrder
@@ -80,7 +81,10 @@ class Faults:
             raise httpx.ConnectError("connection refused", request=request)
         if kind == "timeout_before":
             raise httpx.ReadTimeout("timed out", request=request)
-        response = self.market.handle(request)
+        try:
+            response = self.market.handle(request)
+        except NoReply as lost:  # the market's own injected faults (``SimOptions.faults``)
+            raise httpx.ReadTimeout(f"no reply ({lost.kind})", request=request) from None
         if kind == "crash_after":
             raise Crash(f"killed after {name} was processed")
         if kind == "timeout_after":

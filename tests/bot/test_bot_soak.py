@@ -29,7 +29,10 @@ FEES = 0.025
 CALL_KILLS = [("create_gigaspot_orders", "crash_after"), ("create_gigaspot_orders", "crash_before"),
               ("create_order", "crash_after"), ("cancel_orders", "crash_after"),
               ("edit_gigaspot_orders", "crash_after"), ("set_spot_price", "crash_after"),
-              ("my_orders", "crash_after")]
+              ("my_orders", "crash_after"), ("my_orders", "crash_before"),
+              ("get_gigaspot", "crash_after"), ("spot_marketplace", "crash_before")]
+KILL_BETWEEN_JOBS = 0.01
+"""Chance that the bot is killed after any job (on top of the armed kill points)."""
 STEP_KILLS = ["_found", "_sync", "_adopt", "_reopen", "_give_up"]
 """Steps inside a reconciliation: a kill after one leaves its transaction uncommitted."""
 
@@ -63,10 +66,12 @@ class Soak:
             self.bot.close()
         self.database.close()
 
-    def check(self, _job: str = "") -> None:
+    def check(self, job: str = "") -> None:
         assert_one_per_server(self.market)
         committed = sum(o.price * (1 + FEES) for o in ours(self.market))
         assert committed <= BUDGET * (1 + 1e-9), f"over the budget: {committed:.4f}"
+        if self.random.random() < KILL_BETWEEN_JOBS:
+            raise Crash(f"killed after a {job} job")
 
     def start(self) -> None:
         if self.bot is not None:
@@ -138,15 +143,16 @@ class Soak:
         assert_invariants(self.market, self.database)
 
     def settle(self) -> None:
-        """Faults off, a few minutes for what is in flight, then one reconciliation."""
+        """Kills and faults off, a few minutes for what is in flight, then one reconciliation."""
         self.faults.rules.clear()
         self.market.faults.rate = 0.0
+        self.random.random = lambda: 1.0  # type: ignore[method-assign]  (no more kills)
         self.run(600)
         self.bot.executor.reconcile()
 
 
 @pytest.mark.soak
-@pytest.mark.parametrize("faults", [0.0, 0.05], ids=["no-faults", "faults"])
+@pytest.mark.parametrize("faults", [0.0, 0.15], ids=["no-faults", "faults"])
 @pytest.mark.parametrize("kind", ["gigaspot", "spot"])
 def test_soak_with_kills_and_restarts(tmp_path, monkeypatch, kind, faults):
     soak = Soak(tmp_path, kind, faults, seed=23 if kind == "gigaspot" else 29)
@@ -164,7 +170,7 @@ def test_soak_with_kills_and_restarts(tmp_path, monkeypatch, kind, faults):
         assert report.open_at_exchange > 0  # it held something at the end
         assert len(soak.kills) >= HOURS, soak.kills  # it was killed again and again
         if faults:
-            assert sum(report.faults.values()) > 50
+            assert sum(report.faults.values()) > 20, report.faults
     finally:
         monkeypatch.undo()
         soak.close()
