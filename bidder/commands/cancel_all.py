@@ -211,7 +211,8 @@ def run(args: argparse.Namespace) -> int:
                 with database.sessions.begin() as session:
                     session.add(BotHalt(wall_at=wall.now(), reason="bidder cancel-all"))
                 report = cancel_all(client, database, clock, config, wait=args.wait,
-                                    progress=lambda line: print(line, flush=True))
+                                    progress=lambda line: print(line, file=sys.stderr,
+                                                                flush=True))
             except CloreError as err:
                 print(f"bidder cancel-all: the exchange could not be asked: {err}",
                       file=sys.stderr)
