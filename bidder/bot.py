@@ -23,6 +23,7 @@ from bidder.config import Config, Mode
 from bidder.engine import CycleResult, Engine, stale_after
 from bidder.executor import Executor
 from bidder.journal import SECRET_FIELDS, SECRET_MAPS, ActivityLog, Journal
+from bidder.lease import Lease
 from bidder.orders import add_event, close, newly_outbid, open_orders
 from bidder.oversight import Oversight
 from bidder.poller import GigaspotPollResult, MarketPoller, MarketplaceResult, SpotRoundResult
@@ -75,7 +76,7 @@ class Bot:
                  transport: httpx.BaseTransport | None = None,
                  cdn_transport: httpx.BaseTransport | None = None,
                  state_dir: str | os.PathLike[str] | None = None,
-                 stop: threading.Event | None = None,
+                 stop: threading.Event | None = None, lease: Lease | None = None,
                  oversight: dict[str, Any] | None = None) -> None:
         self.config = config
         self.database = database
@@ -96,13 +97,20 @@ class Bot:
         self.journal = Journal(clock, dry_run=mode == "dry-run")
         self.executor = Executor(self.client, sessions, clock, config, journal=self.journal,
                                  stop=self.stop, halted=self.halted)
-        with sessions.begin() as session:
-            run = BotRun(mode=mode, started_at=clock.now(), started_wall=self.wall.now(),
-                         speed=speed, pid=os.getpid(), config=public_config(config))
-            session.add(run)
-            session.flush()
-            self.run_id = run.id
-            self._started_wall = run.started_wall
+        self.lease = lease if lease is not None else Lease(
+            sessions, self.wall, stale_after=config.bot.lease_stale_after)
+        try:
+            with sessions.begin() as session:
+                run = BotRun(mode=mode, started_at=clock.now(), started_wall=self.wall.now(),
+                             speed=speed, pid=os.getpid(), config=public_config(config))
+                session.add(run)
+                session.flush()
+                self.lease.acquire(session, run.id, mode)  # refused: no run is recorded
+                self.run_id = run.id
+                self._started_wall = run.started_wall
+        except BaseException:
+            self.client.close()
+            raise
         self.oversight = Oversight(config, sessions, clock, self.wall, run_id=self.run_id,
                                    mode=mode, checked_at=self.checks.at,
                                    stale_after=lambda m: stale_after(config, m),
@@ -162,6 +170,7 @@ class Bot:
         log.info("bot run %d stopped: %s", self.run_id, reason)
         self.oversight.stopped(reason)
         self.activity.flush()
+        self.lease.release()
         self.close(alert_timeout=self.config.alerts.timeout + 1.0)
 
     def close(self, alert_timeout: float = 0.0) -> None:
@@ -191,8 +200,20 @@ class Bot:
             jobs.append(JobSpec("poll_spot", self.poll_spot_job, poller.spot_interval))
         return jobs
 
+    def renew_lease(self) -> bool:
+        """Heartbeat the one-bot lease; when another bot has taken it over (this one looked
+        dead), stop at once rather than fight over the orders."""
+        if self.lease.heartbeat():
+            return True
+        log.error("bot run %d lost its lease on the database to another bot; stopping",
+                  self.run_id)
+        self.stop.set()
+        return False
+
     def decide_job(self) -> CycleResult:
         try:
+            if not self.renew_lease():
+                return CycleResult(0, "this run lost its lease to another bot")  # none recorded
             began = self.wall.now()
             with self._cycle:
                 result = self.engine.cycle()

@@ -142,8 +142,17 @@ class BotConfig(Section):
     create_slack: float = Field(120.0, ge=0)
     """Seconds a found order's creation time (``ct``) may lie before our send time (clock skew,
     ``ct`` rounded down) and still be taken for the order we created."""
-    create_grace: int = Field(3, ge=1)
-    """Reconciliations a create may go unfound in ``my_orders`` before it is marked failed."""
+    create_grace_seconds: float = Field(180.0, ge=0)
+    """Seconds after its reply a create may go unfound before it is marked failed."""
+    create_grace: int = Field(2, ge=1)
+    """GigaSPOT snapshots taken after a create's reply that must not show it (and ``my_orders``
+    neither) before it is marked failed: ``my_orders`` may not list GigaSPOT orders."""
+    create_grace_max: float = Field(1800.0, ge=0)
+    """Seconds after which an unfound GigaSPOT create is marked failed even when no snapshot
+    newer than it was published."""
+    lease_stale_after: float = Field(600.0, ge=60)
+    """Seconds without a heartbeat after which another bot may take over this database's lease
+    (the holder renews it every cycle); until then a second ``bidder run`` refuses to start."""
     failed_rent_block: float = Field(3600.0, ge=0)
     """Seconds to keep away from a GigaSPOT machine that failed to rent, or from a server whose
     order the exchange ended."""
@@ -280,6 +289,9 @@ class SimConfig(Section):
     agent_lifetime: float = Field(1800.0, gt=0)
     """Simulated seconds a competitor stays on average: short by default, so that a one-minute
     demo shows rivals leaving and the bot stepping its prices down after them."""
+    faults: float = Field(0.0, ge=0, le=1)
+    """Fraction of requests answered with an injected fault (HTTP 500/502/429, hangs, invalid
+    JSON, code 1, lost replies of executed calls, bad snapshots); 0: none."""
 
 
 class Config(Section):

@@ -49,7 +49,7 @@ from bidder.clock import Clock
 from bidder.config import Config, TargetConfig
 from bidder.journal import Journal, Sent
 from bidder.orders import OPEN_STATES, add_event, close, describe_price, keep_away, own_order
-from bidder.reconcile import Reconciler, ReconcileReport
+from bidder.reconcile import CreateGrace, Reconciler, ReconcileReport
 from bidder.rules import Cancel, ChangePrice, Create, Plan
 from storage.models import FACTS, BotOrder
 from strategies.base import TargetView
@@ -135,7 +135,10 @@ class Executor:
         self._halted = halted
         self.dry_run = journal.dry_run
         self.reconciler = Reconciler(client, sessions, clock, config.targets,
-                                     slack=config.bot.create_slack, grace=config.bot.create_grace,
+                                     slack=config.bot.create_slack,
+                                     grace=CreateGrace(config.bot.create_grace_seconds,
+                                                       config.bot.create_grace,
+                                                       config.bot.create_grace_max),
                                      ended_block=config.bot.failed_rent_block)
         self.last_reconcile = -math.inf
         """When the last reconciliation succeeded (``reconcile_soon`` forgets it)."""

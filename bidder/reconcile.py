@@ -4,10 +4,14 @@ Run at start, every ``reconcile_interval``, and whenever an order is in flight (
 is not found yet, a call whose outcome is unknown). The exchange is the truth:
 
 - ``my_orders`` (and, for GigaSPOT, our bids in the newest snapshot) list our open orders;
-- an order of ours in the database but not at the exchange has ended: it is closed;
+- an order is closed only on evidence newer than our last call about it: ``my_orders`` (current)
+  no longer listing a spot order or listing it ended, or a GigaSPOT snapshot taken after the call
+  without it. A snapshot older than the call says nothing either way;
+- an order we closed that ``my_orders`` or a snapshot newer than the close shows open is re-opened;
 - a create not yet matched finds its order by server and creation time (``si`` and ``ct`` no
-  earlier than the send time minus a slack, an id not already ours); one not found after a few
-  reconciliations is marked failed, saying what was checked;
+  earlier than the send time minus a slack, an id not already ours); one not found within its
+  grace (time since the reply and, for GigaSPOT, snapshots taken since) is marked failed, saying
+  what was checked;
 - an order at the exchange unknown to the database is adopted with a warning: assigned to the first
   target whose filters it matches, else kept unmanaged (shown by ``status``, touched only by
   ``cancel-all``).
@@ -19,7 +23,7 @@ transaction, so a crash half-way leaves the book as it was.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,7 +47,7 @@ from bidder.view import static_match
 from bidder.watchlist import listing_frame
 from storage.frames import MarketFrame
 from storage.market_views import gigaspot_frame
-from storage.models import BotOrder, BotOrderEvent
+from storage.models import BotOrder, BotOrderEvent, GigaspotSnapshot, ServerBlock
 from storage.spot_record import parse_gpu_spec
 
 log = logging.getLogger(__name__)
@@ -66,15 +70,48 @@ class SeenOrder:
     gpus: int | None = None
 
 
-def seen_orders(reply: MyOrdersReply, snapshot: MarketFrame | None) -> list[SeenOrder]:
+RENTAL_ONLY_FIELDS: tuple[str, ...] = ()
+"""``my_orders`` fields that only on-demand rentals carry. None is known yet: how GigaSPOT orders
+appear there is not published, so a ``spot: false`` row is kept unless something known says it is
+a rental (see ``may_be_ours``)."""
+
+
+def may_be_ours(order: object, *, gigaspot_servers: Collection[int],
+                gigaspot_ids: Collection[int], spot_servers: Collection[int]) -> bool:
+    """Whether a ``my_orders`` row flagged ``spot: false`` may still be one of our bids.
+
+    GigaSPOT orders may carry ``spot: false`` (unpublished), so such a row is dropped as an
+    on-demand rental only when everything known says so: its server is not a GigaSPOT machine in
+    the recorded snapshots, its id is none of our GigaSPOT orders, and it is a known spot server
+    (or carries a field only rentals carry)."""
+    server_id = int(getattr(order, "si"))
+    if server_id in gigaspot_servers or getattr(order, "id") in gigaspot_ids:
+        return True
+    extra = getattr(order, "model_extra", None) or {}
+    if any(name in extra for name in RENTAL_ONLY_FIELDS):
+        return False
+    return server_id not in spot_servers
+
+
+def seen_orders(reply: MyOrdersReply, snapshot: MarketFrame | None, *,
+                gigaspot_ids: Collection[int] = (),
+                spot_servers: Collection[int] = ()) -> list[SeenOrder]:
     """Our open bids (spot and GigaSPOT) in ``my_orders``, then those only the snapshot shows.
 
-    On-demand rentals (``spot: false``) are not bids and are left out.
-    """
+    A ``spot: false`` row is left out as an on-demand rental only when ``may_be_ours`` says it
+    cannot be a GigaSPOT order of ours (``gigaspot_ids``: ids of our GigaSPOT orders, open or
+    closed; ``spot_servers``: servers known from the spot market)."""
+    giga_servers: Collection[int] = set()
+    if snapshot is not None and snapshot.n_servers:
+        giga_servers = set(snapshot.server_id.tolist())
+    ids = set(gigaspot_ids)
+    spot = set(spot_servers)
     seen = [SeenOrder(o.id, int(o.si), o.price, o.currency,
                       float(o.ct) if o.ct is not None else None, "my_orders", o.spend,
                       parse_gpu_spec(o.specs.gpu if o.specs else None)[0])
-            for o in reply.orders if o.si is not None and not o.expired and o.spot is not False]
+            for o in reply.orders if o.si is not None and not o.expired
+            and (o.spot is not False or may_be_ours(o, gigaspot_servers=giga_servers,
+                                                    gigaspot_ids=ids, spot_servers=spot))]
     listed = {s.order_id for s in seen}
     if snapshot is not None and snapshot.n_servers:
         rows = snapshot.bid_server_rows()
@@ -88,6 +125,35 @@ def seen_orders(reply: MyOrdersReply, snapshot: MarketFrame | None) -> list[Seen
     return seen
 
 
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What one reconciliation has to judge by, besides the orders it sees."""
+
+    now: float
+    snapshot_time: float | None = None
+    """The newest recorded GigaSPOT snapshot's time (None: none recorded)."""
+    ended: frozenset[int] = frozenset()
+    """Ids ``my_orders`` lists as ended (``expired``)."""
+    snapshots_after: Callable[[float], int] = lambda _t: 0
+    """How many recorded GigaSPOT snapshots are newer than a time."""
+    gigaspot_listed: bool = False
+    """Whether this ``my_orders`` reply lists GigaSPOT orders (one of our known GigaSPOT ids is in
+    it): then it is current evidence about them too. Unpublished, so learned from each reply."""
+
+
+@dataclass(frozen=True, slots=True)
+class CreateGrace:
+    """How long a create may go unfound before it is marked failed: measured in time since the
+    reply and, for GigaSPOT, in recorded snapshots newer than the reply (``my_orders`` may not
+    list GigaSPOT orders at all), never in reconciliations (they may come seconds apart)."""
+
+    seconds: float = 180.0
+    snapshots: int = 2
+    longest: float = 1800.0
+    """Seconds after which a GigaSPOT create is failed even if no snapshot newer than it came
+    (the exchange published none): without a limit it would stay in flight for ever."""
+
+
 @dataclass(slots=True)
 class Matches:
     """What one reconciliation changes. Rows are identified by their local id."""
@@ -97,21 +163,35 @@ class Matches:
     found: list[tuple[int, SeenOrder]] = field(default_factory=list)
     """Creates whose order was found."""
     gone: list[int] = field(default_factory=list)
-    """Orders the exchange no longer shows."""
+    """Orders the exchange no longer shows, on evidence newer than our last call about them."""
+    unsure: list[int] = field(default_factory=list)
+    """Orders nothing newer than our last call speaks about: left as they are."""
     not_found: list[int] = field(default_factory=list)
     """Creates whose order was not found this time (still within the grace)."""
     given_up: list[int] = field(default_factory=list)
     """Creates not found after the grace: failed."""
+    reopen: list[tuple[int, SeenOrder]] = field(default_factory=list)
+    """Orders we had closed that the exchange shows open on evidence newer than the close."""
     adopt: list[SeenOrder] = field(default_factory=list)
 
 
-def match(orders: Sequence[BotOrder], seen: Sequence[SeenOrder], *, closed_ids: set[int],
-          touched: Mapping[int, float], slack: float, grace: int) -> Matches:
+def _newer(hit: SeenOrder, than: float) -> bool:
+    """Whether ``hit`` speaks about the exchange after ``than``: ``my_orders`` is current; a
+    snapshot only if it was taken after ``than``."""
+    return hit.source == "my_orders" or (hit.created is not None and hit.created > than)
+
+
+def match(orders: Sequence[BotOrder], seen: Sequence[SeenOrder], *,
+          closed: Mapping[int, tuple[int, float]], touched: Mapping[int, float], slack: float,
+          grace: CreateGrace, evidence: Evidence) -> Matches:
     """Pair our open ``orders`` with the exchange's ``seen`` orders.
 
-    A snapshot is up to a minute old: ``closed_ids`` (ids of orders we already closed) and
-    ``touched`` (local id -> when we last acted on the order) keep it from reviving an order we
-    have cancelled since; only ``my_orders``, which is current, can.
+    An order is closed only on evidence newer than our last call about it (``touched``: local id
+    -> time of that call): ``my_orders`` not listing a spot order (it is current), listing it
+    ended, or a GigaSPOT snapshot taken after the call without it. A snapshot older than the call
+    says nothing: the order is ``unsure`` and left alone. ``closed`` (exchange id -> (local id,
+    last touch) of orders we closed) lets an order we closed come back when ``my_orders`` or a
+    snapshot newer than the close shows it open; a stale snapshot cannot revive it.
     """
     out = Matches()
     by_id = {s.order_id: s for s in seen}
@@ -119,33 +199,56 @@ def match(orders: Sequence[BotOrder], seen: Sequence[SeenOrder], *, closed_ids: 
     for order in orders:
         if order.order_id is None:
             continue
+        last = touched.get(order.id, 0.0)
         hit = by_id.get(order.order_id)
-        if hit is not None and hit.source == "snapshot" \
-                and (hit.created or 0.0) <= touched.get(order.id, 0.0):
-            hit = None  # the snapshot predates our last call about it: it cannot tell
-        if hit is None:
+        if hit is not None and _newer(hit, last):
+            out.present.append((order.id, hit))
+        elif order.order_id in evidence.ended:
+            out.gone.append(order.id)
+        elif order.market != "gigaspot" or evidence.gigaspot_listed:
+            out.gone.append(order.id)  # my_orders is current and lists every such order
+        elif hit is None and evidence.snapshot_time is not None \
+                and evidence.snapshot_time > last:
             out.gone.append(order.id)
         else:
-            out.present.append((order.id, hit))
+            out.unsure.append(order.id)
     claimed: set[int] = set()
     for order in sorted((o for o in orders if o.order_id is None),
                         key=lambda o: (o.sent_at or 0.0, o.id)):
         since = (order.sent_at if order.sent_at is not None else order.created_at) - slack
         candidates = sorted((s for s in seen if s.server_id == order.server_id
                              and s.order_id not in ours and s.order_id not in claimed
-                             and (s.source == "my_orders" or s.order_id not in closed_ids)
+                             and s.order_id not in closed
                              and (s.created is None or s.created >= since)),
                             key=lambda s: (s.source != "my_orders", s.created or 0.0, s.order_id))
         if candidates:
             claimed.add(candidates[0].order_id)
             out.found.append((order.id, candidates[0]))
-        elif order.lookups + 1 >= grace:
+        elif _grace_over(order, grace, evidence):
             out.given_up.append(order.id)
         else:
             out.not_found.append(order.id)
-    out.adopt = [s for s in seen if s.order_id not in ours and s.order_id not in claimed
-                 and (s.source == "my_orders" or s.order_id not in closed_ids)]
+    for s in seen:
+        if s.order_id in ours or s.order_id in claimed:
+            continue
+        if s.order_id in closed:
+            local_id, last = closed[s.order_id]
+            if _newer(s, last):
+                out.reopen.append((local_id, s))
+        else:
+            out.adopt.append(s)
     return out
+
+
+def _grace_over(order: BotOrder, grace: CreateGrace, evidence: Evidence) -> bool:
+    """Whether a create unfound now has had its full grace: ``grace.seconds`` since its reply
+    (or its send) and, for GigaSPOT, ``grace.snapshots`` recorded snapshots taken after it
+    (unless ``my_orders`` is seen to list GigaSPOT orders: then it is current evidence)."""
+    sent = max(order.sent_at or order.created_at, order.created_at)
+    if evidence.now - sent < grace.seconds:
+        return False
+    return order.market != "gigaspot" or evidence.gigaspot_listed \
+        or evidence.snapshots_after(sent) >= grace.snapshots or evidence.now - sent >= grace.longest
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,8 +300,8 @@ class Reconciler:
     """Asks ``my_orders`` (reconcile priority) and brings the order book in line with it."""
 
     def __init__(self, client: CloreClient, sessions: sessionmaker[Session], clock: Clock,
-                 targets: Sequence[TargetConfig], *, slack: float = 120.0, grace: int = 3,
-                 ended_block: float = 3600.0) -> None:
+                 targets: Sequence[TargetConfig], *, slack: float = 120.0,
+                 grace: CreateGrace = CreateGrace(), ended_block: float = 3600.0) -> None:
         self._client = client
         self._sessions = sessions
         self._clock = clock
@@ -223,17 +326,29 @@ class Reconciler:
             if unsettled:
                 settle_final_spend(session, reply, unsettled, now)
             placement = load_placement(session, self._targets)
-            seen = seen_orders(reply, placement.gigaspot)
+            giga_ids = set(session.scalars(select(BotOrder.order_id).where(
+                BotOrder.market == "gigaspot", BotOrder.order_id.is_not(None),
+                BotOrder.dry_run.is_(False))))
+            spot_servers = placement.spot.server_id.tolist() if placement.spot is not None else []
+            seen = seen_orders(reply, placement.gigaspot, gigaspot_ids=giga_ids,
+                               spot_servers=spot_servers)
             orders = open_orders(session, dry_run=False)
-            snapshot_ids = [s.order_id for s in seen if s.source == "snapshot"]
-            closed_ids = set(session.scalars(select(BotOrder.order_id).where(
-                BotOrder.order_id.in_(snapshot_ids), BotOrder.state.in_(("closed", "failed")))))
-            touched = {ref: at for ref, at in session.execute(
-                select(BotOrderEvent.order_ref, func.max(BotOrderEvent.at))
-                .where(BotOrderEvent.order_ref.in_([o.id for o in orders]))
-                .group_by(BotOrderEvent.order_ref))}
-            m = match(orders, seen, closed_ids=closed_ids, touched=touched, slack=self.slack,
-                      grace=self.grace)
+            closed_rows = list(session.scalars(select(BotOrder).where(
+                BotOrder.order_id.in_([s.order_id for s in seen]),
+                BotOrder.state.in_(("closed", "failed")), BotOrder.dry_run.is_(False))
+                .order_by(BotOrder.id)))
+            touched = last_calls(session, [o.id for o in orders] + [o.id for o in closed_rows])
+            closed = {int(o.order_id): (o.id, max(touched.get(o.id, 0.0), o.closed_at or 0.0))
+                      for o in closed_rows if o.order_id is not None}
+            evidence = Evidence(
+                now=now, snapshot_time=placement.gigaspot.time if placement.gigaspot else None,
+                ended=frozenset(o.id for o in reply.orders if o.expired),
+                gigaspot_listed=any(o.id in giga_ids for o in reply.orders),
+                snapshots_after=lambda t: session.scalar(
+                    select(func.count()).select_from(GigaspotSnapshot)
+                    .where(GigaspotSnapshot.time > t)) or 0)
+            m = match(orders, seen, closed=closed, touched=touched, slack=self.slack,
+                      grace=self.grace, evidence=evidence)
             rows = {o.id: o for o in orders}
             for local_id, hit in m.present:
                 _sync(session, rows[local_id], hit, now)
@@ -245,18 +360,58 @@ class Reconciler:
                          order.server_id)
                 close(session, order, now, "gone at Clore")
                 if order.target is not None:
-                    keep_away(session, order.server_id, order.target, "ended at Clore",
+                    keep_away(session, order.server_id, order.target, ENDED_AT_CLORE,
                               now + self.ended_block, now)
             for local_id in m.not_found:
                 rows[local_id].lookups += 1
             for local_id in m.given_up:
                 _give_up(session, rows[local_id], now, self.slack)
+            closed_by_id = {o.id: o for o in closed_rows}
+            for local_id, hit in m.reopen:
+                _reopen(session, closed_by_id[local_id], hit, now)
             for hit in m.adopt:
                 _adopt(session, hit, placement, now)
             _assign_unmanaged(session, [o for o in orders if o.target is None and o.adopted],
                               placement, now)
         return ReconcileReport(len(m.present), len(m.found), len(m.gone), len(m.given_up),
-                               len(m.adopt), len(m.not_found))
+                               len(m.adopt) + len(m.reopen), len(m.not_found))
+
+
+ENDED_AT_CLORE = "ended at Clore"
+CALL_EVENTS = ("sending", "created", "lowered", "raised", "outcome_unknown", "refused",
+               "cooldown_told", "step_learned", "too_low", "lowering_refused", "closed", "failed",
+               "reopened")
+"""Order events written when we called the exchange about an order (or closed it): a snapshot
+taken before the newest of them cannot tell how the order stands."""
+
+
+def last_calls(session: Session, local_ids: Sequence[int]) -> dict[int, float]:
+    """Local id -> when we last called the exchange about the order (or closed it)."""
+    if not local_ids:
+        return {}
+    return {ref: at for ref, at in session.execute(
+        select(BotOrderEvent.order_ref, func.max(BotOrderEvent.at))
+        .where(BotOrderEvent.order_ref.in_(local_ids), BotOrderEvent.kind.in_(CALL_EVENTS))
+        .group_by(BotOrderEvent.order_ref))}
+
+
+def _reopen(session: Session, order: BotOrder, hit: SeenOrder, now: float) -> None:
+    """The exchange shows open an order we had closed: it is ours and open again (the block set
+    when it was taken for ended is lifted, or the target would cancel it)."""
+    log.warning("order %d on server %d, closed here (%s), is open at Clore (%s); re-opened",
+                order.order_id, order.server_id, order.close_reason, hit.source)
+    order.state = "live"
+    order.closed_at = None
+    order.close_reason = None
+    if hit.price is not None:
+        order.price = hit.price
+    if hit.spend is not None:
+        order.spend = hit.spend
+    if order.target is not None:
+        session.execute(ServerBlock.__table__.delete().where(
+            ServerBlock.server_id == order.server_id, ServerBlock.target == order.target,
+            ServerBlock.reason == ENDED_AT_CLORE))
+    add_event(session, order, "reopened", now, order.price, source=hit.source)
 
 
 FINAL_SPEND_WINDOW = 2 * 86_400.0
@@ -322,9 +477,10 @@ def _found(session: Session, order: BotOrder, hit: SeenOrder, now: float) -> Non
 
 def _give_up(session: Session, order: BotOrder, now: float, slack: float) -> None:
     since = (order.sent_at if order.sent_at is not None else order.created_at) - slack
-    log.warning("the %s create on server %d (sent at %.0f) was not found after %d reconciliations "
-                "(my_orders: no order of ours with si=%d and ct >= %.0f; snapshot: no bid of ours "
-                "on it); marked failed", order.market, order.server_id, order.sent_at or 0.0,
+    log.warning("the %s create on server %d (sent at %.0f) was not found in %.0f s and %d "
+                "reconciliations (my_orders: no order of ours with si=%d and ct >= %.0f; "
+                "snapshots since: no bid of ours on it); marked failed", order.market,
+                order.server_id, order.sent_at or 0.0, now - (order.sent_at or order.created_at),
                 order.lookups + 1, order.server_id, since)
     close(session, order, now, "create not found at Clore", state="failed")
 

@@ -179,6 +179,12 @@ def spot_frame(session: Session, *, at: float | None = None,
     o_server, offer_id, bid, active, mine, offer_currency = to_columns(
         offers, (np.int64, np.int64, np.float64, bool, bool, object))
 
+    # The listing's ``rented`` is documented as "rented on demand", but nothing guarantees it
+    # stays false while our own offer runs: a server where an offer of ours is seen is ours to
+    # keep, whatever the listing says.
+    ours = np.isin(server_id, o_server[mine]) if len(o_server) else np.zeros(len(server_id), bool)
+    rented = _pick(l_rented, row, found, False) & ~ours
+
     rates_row = session.execute(select(CurrencyRates.rates).where(CurrencyRates.first_seen <= at)
                                 .order_by(CurrencyRates.id.desc()).limit(1)).scalar_one_or_none()
     rates = {str(k): float(v) for k, v in (rates_row or {}).items()}
@@ -194,7 +200,7 @@ def spot_frame(session: Session, *, at: float | None = None,
         country=_pick(l_cc, row, found, ""),
         reliability=_pick(l_reliability, row, found, np.nan),
         online=online & exists,
-        rentable=exists & open_market & ~_pick(l_rented, row, found, False),
+        rentable=exists & open_market & ~rented,
         working_properly=np.ones(n, dtype=bool),
         energy_price=np.full(n, np.nan),
         pl_min=np.full(n, np.nan),

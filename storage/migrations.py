@@ -250,6 +250,21 @@ def _v4_alerts(connection: Connection) -> None:
           Column("reminder", Boolean, nullable=False),
           Column("delivery", String, nullable=False))
     md.create_all(connection)
+def _v5_bot_lease(connection: Connection) -> None:
+    """The one-bot lease: a single row a running bot holds and heartbeats, so a second bot on the
+    same database refuses to start."""
+    md = MetaData()
+    lease = Table("bot_lease", md,
+                  Column("name", String, primary_key=True),
+                  Column("token", String),
+                  Column("run_id", Integer),
+                  Column("mode", String),
+                  Column("pid", Integer),
+                  Column("host", String),
+                  Column("acquired_wall", Double),
+                  Column("heartbeat_wall", Double))
+    md.create_all(connection)
+    connection.execute(lease.insert().values(name="bot"))
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -259,4 +274,5 @@ MIGRATIONS: tuple[Migration, ...] = (
               _v2_bot),
     Migration(3, "the currency spot offers state", _v3_spot_offer_currency),
     Migration(4, "alerts: what the bot told people", _v4_alerts),
+    Migration(5, "bot lease: one running bot per database", _v5_bot_lease),
 )

@@ -287,6 +287,22 @@ class BotRun(Base):
     stop_reason: Mapped[str | None] = mapped_column(String)
 
 
+class BotLease(Base):
+    """The one-bot lease (a single row, ``name`` = ``bot``): the run holding it (``token``, NULL
+    when free) heartbeats ``heartbeat_wall``; a second bot refuses to start while it is fresh."""
+
+    __tablename__ = "bot_lease"
+
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    token: Mapped[str | None] = mapped_column(String)
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    mode: Mapped[str | None] = mapped_column(String)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String)
+    acquired_wall: Mapped[float | None]
+    heartbeat_wall: Mapped[float | None]
+
+
 class BotHalt(Base):
     """The kill switch: ``bidder cancel-all`` writes one; a bot started before it stops trading."""
 

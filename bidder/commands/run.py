@@ -111,15 +111,20 @@ def run(args: argparse.Namespace) -> int:
 def _run(config: Config, database: Database, mode: Mode, duration: float | None) -> int:
     from bidder.bot import Bot
     from bidder.clock import Clock, ScaledClock, SystemClock
+    from bidder.lease import LeaseHeld
     from bidder.scheduler import run_jobs
     from bidder.sim.connect import sim_market
 
     speed = config.sim.speed if mode == "sim" else 1.0
     clock: Clock = ScaledClock(speed) if mode == "sim" else SystemClock()
     transport = sim_market(config, clock).transport() if mode == "sim" else None
-    bot = Bot(config, database, mode=mode, clock=clock, speed=speed,
-              transport=transport, cdn_transport=transport,
-              state_dir=None if mode == "sim" else config.resolved_data_dir())
+    try:
+        bot = Bot(config, database, mode=mode, clock=clock, speed=speed,
+                  transport=transport, cdn_transport=transport,
+                  state_dir=None if mode == "sim" else config.resolved_data_dir())
+    except LeaseHeld as err:
+        print(f"bidder run: {err}", file=sys.stderr)
+        return 2
     signals: list[str] = []
     try:
         bot.start()

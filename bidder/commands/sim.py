@@ -6,6 +6,10 @@ import argparse
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bidder.sim.market import SimMarket
 
 HELP = ("Serve a simulated Clore market (spot and GigaSPOT, with competitors) on loopback; "
         "prints its base URL and runs until Ctrl-C or SIGTERM.")
@@ -32,6 +36,16 @@ def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text}")
     return value
 
 
@@ -64,6 +78,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--payment", choices=PAYMENTS, default=defaults.payment,
                         help="what a winning order pays: its own price, or the lowest price that "
                              "would still have won (at least the floor)")
+    parser.add_argument("--faults", type=_fraction, default=0.0, metavar="RATE",
+                        help="answer this fraction of requests (0..1) with an injected fault: HTTP "
+                             "500, 502 with HTML, hangs past the client timeout, invalid JSON, "
+                             "code 1, HTTP 429 with Retry-After, executed calls whose reply is "
+                             "lost, truncated or invalid snapshots")
+    parser.add_argument("--check-db", default=None, metavar="URL",
+                        help="on exit, print the invariant report against the bot's database at "
+                             "this SQLAlchemy URL (our open orders here and there, bids per "
+                             "server, code-5 replies, step and 600-s refusals); exit 1 if broken")
     parser.add_argument("--quiet-market", action="store_true",
                         help="no competitors and no outages, rentals or CLORE price drift: nothing "
                              "moves unless you move it")
@@ -79,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, api_key=args.api_key, spot_servers=args.spot_servers,
         gigaspot_machines=args.gigaspot_machines, step_rule=args.step_rule,
         allocation=args.allocation, payment=args.payment,
-        agents=not args.quiet_market, world_events=not args.quiet_market,
+        agents=not args.quiet_market, world_events=not args.quiet_market, faults=args.faults,
     )
     market = SimMarket(options, ScaledClock(args.speed))
     stop = threading.Event()
@@ -99,7 +122,29 @@ def run(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             pass
         server.shutdown()
-        return 0
+        return _report(market, args.check_db)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _report(market: SimMarket, db_url: str | None) -> int:
+    """Print the invariant report (against the bot's database with ``--check-db``); 1 if an
+    invariant is broken."""
+    from bidder.sim.invariants import invariant_report
+    from storage.db import open_database
+    from storage.errors import StorageError
+
+    if db_url is None:
+        report = invariant_report(market, None)
+    else:
+        try:
+            database = open_database(db_url, writer=False)
+        except StorageError as err:
+            print(f"bidder sim: {err}", file=sys.stderr)
+            return 2
+        with database:
+            report = invariant_report(market, database)
+    print(report.text(), flush=True)
+    return 0 if report.ok else 1
+

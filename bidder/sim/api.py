@@ -185,7 +185,9 @@ class Api:
                   if s.visibility == "public" and s.online]
         servers = [{"id": s.id, "owner": s.owner, "mrl": s.mrl_hours,
                     "price": {"on_demand": dict(s.on_demand), "spot": dict(s.floors)},
-                    "rented": s.rented, "specs": s.specs, "reliability": s.reliability}
+                    "rented": s.rented or (self._options.listing_rented_by_spot
+                                           and self._exchange.holder(s.id) is not None),
+                    "specs": s.specs, "reliability": s.reliability}
                    for s in listed]
         return {"servers": servers, "my_servers": [], "code": 0}
 
@@ -195,8 +197,9 @@ class Api:
             raise BadInput(f"return_completed: expected true or false, got {flag!r}")
         completed = flag in ("true", "1")
         self._exchange.settle(call.now)
+        hidden = self._options.gigaspot_in_my_orders == "hidden"
         orders = [self._order_json(o, call.now) for o in self._exchange.orders_of(call.user)
-                  if o.open or completed]
+                  if (o.open or completed) and not (hidden and o.kind == GIGASPOT)]
         return {"orders": orders, "limit": self._options.order_limit, "code": 0}
 
     def spot_marketplace(self, call: Call) -> JSON:
@@ -321,7 +324,9 @@ class Api:
             "currency": order.currency, "spend": order.spend, "ct": int(order.created), "p": 1,
             "specs": specs, "si": order.venue_id, "pub_cluster": ["n1.c1.clorecloud.net"],
             "tcp_ports": [f"22:{10000 + order.id % 50000}"], "http_port": "8888",
-            "spot": order.kind != ON_DEMAND, "expired": not order.open,
+            "spot": order.kind == SPOT or (order.kind == GIGASPOT
+                                           and self._options.gigaspot_in_my_orders == "spot"),
+            "expired": not order.open,
         }
 
 

@@ -29,7 +29,8 @@ def sim_options(config: Config) -> SimOptions:
     s = config.sim
     return SimOptions(seed=s.seed, spot_servers=s.spot_servers,
                       gigaspot_machines=s.gigaspot_machines, step_rule=s.step_rule,
-                      allocation=s.allocation, payment=s.payment, agent_lifetime=s.agent_lifetime)
+                      allocation=s.allocation, payment=s.payment, agent_lifetime=s.agent_lifetime,
+                      faults=s.faults)
 
 
 def sim_market(config: Config, clock: Clock) -> SimMarket:

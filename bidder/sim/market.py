@@ -19,6 +19,7 @@ from bidder.sim.api import Api, CdnStats, KeyStats
 from bidder.sim.dynamics import WorldEvents
 from bidder.sim.events import EventQueue
 from bidder.sim.exchange import SPOT, Exchange, Order, Refused
+from bidder.sim.faults import AFTER_ACTING, FaultInjector, NoReply
 from bidder.sim.options import SimOptions
 from bidder.sim.snapshot import SnapshotCdn
 from bidder.sim.world import CLORE, Machine, SpotServer, Venue, generate_world
@@ -39,6 +40,8 @@ class SimMarket:
         cdn = SnapshotCdn(self.exchange, keep=options.snapshot_keep,
                           interval=options.snapshot_interval, prefix=f"sim{options.seed}")
         self._api = Api(options, self.exchange, cdn)
+        self.faults = FaultInjector(options.faults, options.seed)
+        """Injected faults (``options.faults``), counted by kind in ``faults.counts``."""
         if options.world_events:
             WorldEvents(self.exchange, self._events, options.seed).start(self._time)
         if options.agents:
@@ -48,16 +51,31 @@ class SimMarket:
     # --- serving ---------------------------------------------------------------------------------
 
     def handle(self, request: httpx.Request) -> httpx.Response:
-        """Answer one API or CDN request at the clock's current time (thread-safe)."""
+        """Answer one API or CDN request at the clock's current time (thread-safe). With faults
+        on, some requests get a fault instead (``bidder.sim.faults``); ``NoReply`` is raised when
+        the reply never arrives."""
         with self._lock:
             self._catch_up()
+            fault = self.faults.pick(request)
+            if fault is not None and fault not in AFTER_ACTING:
+                return FaultInjector.before(fault)
             response = self._api.handle(request, self._time)
             self._events.run_until(self._time)  # competitors that answer without delay
+            if fault is not None:
+                return FaultInjector.after(fault, response)
             return response
 
     def transport(self) -> httpx.MockTransport:
-        """An httpx transport serving the API (``/v1/...``) and the snapshot CDN (``/cdn/...``)."""
-        return httpx.MockTransport(self.handle)
+        """An httpx transport serving the API (``/v1/...``) and the snapshot CDN (``/cdn/...``);
+        a reply that never arrives is a read timeout."""
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            try:
+                return self.handle(request)
+            except NoReply as lost:
+                raise httpx.ReadTimeout(f"no reply ({lost.kind})", request=request) from None
+
+        return httpx.MockTransport(answer)
 
     def advance_to(self, t: float) -> None:
         """Run competitors, world events and billing up to ``t`` (never backwards)."""

@@ -14,6 +14,7 @@ from bidder.allocation import RULES
 
 PAYMENTS = ("pay_your_bid", "second_price")
 OUTBID_POLICIES = ("wait", "terminate")
+GIGASPOT_LISTINGS = ("spot", "not_spot", "hidden")
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,15 @@ class SimOptions:
     """Least seconds between two published snapshots (0: a new one once the market changed)."""
     order_limit: int = 128
     """Most open orders per user (``limit`` in ``my_orders``)."""
+    gigaspot_in_my_orders: str = "spot"
+    """How ``my_orders`` lists GigaSPOT orders, which is not published: ``spot`` (``spot: true``),
+    ``not_spot`` (``spot: false``, like an on-demand rental) or ``hidden`` (not at all: only the
+    snapshot shows them)."""
+    listing_rented_by_spot: bool = False
+    """The marketplace listing says ``rented: true`` while a spot order runs on a server (the
+    documented meaning is "rented on demand"; nothing guarantees it)."""
+    faults: float = 0.0
+    """Fraction of requests (0..1) answered with an injected fault (``bidder.sim.faults``)."""
     starting_balances: tuple[tuple[str, float], ...] = (
         ("bitcoin", 0.05), ("CLORE-Blockchain", 1_000_000.0), ("USD-Blockchain", 1_000.0))
 
@@ -119,7 +129,8 @@ class SimOptions:
         StepRule.parse(self.step_rule)
         if self.gigaspot_step_rule is not None:
             StepRule.parse(self.gigaspot_step_rule)
-        choices = {"allocation": RULES, "payment": PAYMENTS, "outbid_policy": OUTBID_POLICIES}
+        choices = {"allocation": RULES, "payment": PAYMENTS, "outbid_policy": OUTBID_POLICIES,
+                   "gigaspot_in_my_orders": GIGASPOT_LISTINGS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r}: expected one of {allowed}")
@@ -138,6 +149,8 @@ class SimOptions:
         for name in non_negative:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.faults <= 1.0:
+            raise ValueError(f"faults must be a fraction in 0..1, got {self.faults}")
         if self.gigaspot_cooldown is not None and not self.gigaspot_cooldown >= 0:
             raise ValueError(f"gigaspot_cooldown must be >= 0, got {self.gigaspot_cooldown}")
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
+from bidder.sim.faults import NoReply
 from bidder.sim.market import SimMarket
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,9 @@ log = logging.getLogger(__name__)
 HOP_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
 TICK_SECONDS = 1.0
 """Real seconds between two catch-ups of an idle market."""
+HANG_SECONDS = 35.0
+"""Real seconds an injected hang holds a request before dropping it: past the client's default
+timeout (30 s)."""
 
 
 class SimServer:
@@ -67,7 +72,13 @@ def serve(market: SimMarket, host: str = "127.0.0.1", port: int = 8765) -> SimSe
             headers = [(k, v) for k, v in self.headers.items() if k.lower() not in HOP_HEADERS]
             request = httpx.Request(self.command, f"http://{authority}{self.path}", headers=headers,
                                     content=body)
-            response = market.handle(request)
+            try:
+                response = market.handle(request)
+            except NoReply as lost:
+                if lost.kind == "hang":
+                    time.sleep(HANG_SECONDS)
+                self.close_connection = True  # no reply at all
+                return
             content = response.content
             self.send_response(response.status_code)
             for name, value in response.headers.items():

@@ -16,6 +16,8 @@ from bidder.bot import Bot
 from bidder.clock import ManualClock
 from bidder.config import CLORE, Config, parse_config
 from bidder.sim import Order, SimMarket
+from bidder.sim.faults import NoReply
+from bidder.sim.invariants import InvariantReport, invariant_report
 from storage.db import Database
 from storage.models import BotOrder
 
@@ -79,7 +81,10 @@ class Faults:
             raise httpx.ConnectError("connection refused", request=request)
         if kind == "timeout_before":
             raise httpx.ReadTimeout("timed out", request=request)
-        response = self.market.handle(request)
+        try:
+            response = self.market.handle(request)
+        except NoReply as lost:  # the market's own injected faults (``SimOptions.faults``)
+            raise httpx.ReadTimeout(f"no reply ({lost.kind})", request=request) from None
         if kind == "crash_after":
             raise Crash(f"killed after {name} was processed")
         if kind == "timeout_after":
@@ -146,3 +151,11 @@ def assert_books_agree(market: SimMarket, database: Database) -> None:
     exchange = {o.id: o.venue_id for o in ours(market)}
     known = {o.order_id: o.server_id for o in book(database)}
     assert exchange == known
+
+
+def assert_invariants(market: SimMarket, database: Database) -> InvariantReport:
+    """The simulator's invariant report (``bidder.sim.invariants``) for our key: the books agree,
+    no server carries two bids of ours, no rate-limit or 600-s refusal."""
+    report = invariant_report(market, database, [KEY])
+    assert report.ok, report.text()
+    return report

@@ -15,7 +15,10 @@ from bot_helpers import KEY, Crash, assert_books_agree, assert_one_per_server, b
     giga_target, make_config, ours, spot_target
 from storage.models import BotOrder, BotOrderEvent
 
-CONFIG = make_config(spot_target(count=2), giga_target(count=3, max_gpus_per_server=1))
+CONFIG = make_config(spot_target(count=2), giga_target(count=3, max_gpus_per_server=1),
+                     bot={"create_grace_max": 300.0})
+"""The quiet market publishes no snapshot while nothing changes: a GigaSPOT create killed before
+it was sent is given up after ``create_grace_max``."""
 
 
 def provoke(r) -> None:

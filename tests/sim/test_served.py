@@ -120,6 +120,6 @@ def test_help_describes_every_option():
     flags = {flag for a in options for flag in a.option_strings}
     assert flags == {"--host", "--port", "--seed", "--api-key", "--speed", "--spot-servers",
                      "--gigaspot-machines", "--step-rule", "--allocation", "--payment",
-                     "--quiet-market"}
+                     "--quiet-market", "--faults", "--check-db"}
     assert all(a.help and len(a.help) > 15 for a in options)
     assert sim_command.HELP

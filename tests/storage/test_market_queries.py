@@ -221,11 +221,26 @@ def test_offer_currencies_and_rates_inside_market_are_recorded(database, fixture
 def test_rented_servers_are_not_rentable(database, fixture_json):
     listing = fixture_json("marketplace.json")
     listing["servers"][0]["rented"] = True
+    theirs = {"offer_id": 1, "bid": 1.0, "active": True, "my": False}
     with database.sessions.begin() as session:
         record_marketplace(session, 900.0, MarketplaceReply.model_validate(listing))
-        record_spot_poll(session, 6, 1000.0, spot_reply(fixture_json))
+        record_spot_poll(session, 6, 1000.0, spot_reply(fixture_json, offers=[theirs]))
     with database.sessions() as session:
         assert spot_frame(session).rentable.tolist() == [False]
+
+
+def test_a_server_our_offer_is_on_stays_rentable_whatever_the_listing_says(database,
+                                                                          fixture_json):
+    """Issue 9, item 5: ``rented`` is documented as "rented on demand", but an exchange may set it
+    while our own spot order runs; the server is ours to keep."""
+    listing = fixture_json("marketplace.json")
+    listing["servers"][0]["rented"] = True
+    ours = {"offer_id": 1, "bid": 1.0, "active": True, "my": True}
+    with database.sessions.begin() as session:
+        record_marketplace(session, 900.0, MarketplaceReply.model_validate(listing))
+        record_spot_poll(session, 6, 1000.0, spot_reply(fixture_json, offers=[ours]))
+    with database.sessions() as session:
+        assert spot_frame(session).rentable.tolist() == [True]
 
 
 def test_currency_rates_are_stored_again_only_when_they_change(database, fixture_json):

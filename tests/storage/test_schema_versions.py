@@ -138,7 +138,16 @@ def seed_v4(connection: Connection) -> None:
         "'GigaSPOT data 400 s old', 0, 'sent')")
 
 
-SEEDS: dict[int, Callable[[Connection], None]] = {1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4}
+def seed_v5(connection: Connection) -> None:
+    """v4's data, and the one-bot lease held by its run."""
+    seed_v4(connection)
+    connection.exec_driver_sql(
+        "UPDATE bot_lease SET token = 'abc', run_id = 1, mode = 'live', pid = 4242, "
+        f"host = 'h', acquired_wall = {T0 + 30}, heartbeat_wall = {T0 + 30} WHERE name = 'bot'")
+
+
+SEEDS: dict[int, Callable[[Connection], None]] = {
+    1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5}
 """For every schema version, data as that version stores it. Add one with each migration."""
 
 
