@@ -110,10 +110,9 @@ def test_cancel_all_amid_in_flight_gigaspot_creates_leaves_nothing_open(rig, clo
 
 def test_cancel_all_dry_run_creates_no_database(tmp_path, capsys, monkeypatch, quiet):
     from bidder.cli import main
-    from bidder.commands import cancel_all as command
 
     real = CloreClient.from_config.__func__
-    monkeypatch.setattr(command.CloreClient, "from_config", classmethod(
+    monkeypatch.setattr(CloreClient, "from_config", classmethod(
         lambda cls, api, **kw: real(cls, api, **{**kw, "transport": quiet.transport(),
                                                   "cdn_transport": quiet.transport()})))
     db = tmp_path / "data" / "bidder.db"

@@ -30,7 +30,7 @@ def test_faults_are_off_by_default_and_rates_are_checked():
     assert market(0.0).faults.rate == 0.0
     with pytest.raises(ValueError, match="faults must be a fraction"):
         SimOptions(faults=1.5)
-    parser = build_parser()
+    parser = build_parser(["sim"])
     with pytest.raises(SystemExit):
         parser.parse_args(["sim", "--faults", "2"])
     assert parser.parse_args(["sim", "--faults", "0.05"]).faults == 0.05
