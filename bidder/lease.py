@@ -79,6 +79,17 @@ class Lease:
         self._alive = alive
         self.token: str | None = None
 
+    def check(self, session: Session) -> None:
+        """Raise ``LeaseHeld`` when another live bot holds the lease: what ``acquire`` would
+        refuse, asked without writing (``bidder run --sim`` asks before it starts afresh)."""
+        now = self._wall.now()
+        row = session.execute(select(BotLease).where(BotLease.name == LEASE)).scalar_one_or_none()
+        if row is None or row.token is None:
+            return
+        holder = Holder(row.run_id, row.mode, row.pid, row.host, row.heartbeat_wall)
+        if not self._may_take(holder, now):
+            raise LeaseHeld(holder, now, self.stale_after)
+
     def acquire(self, session: Session, run_id: int, mode: str) -> None:
         """Take the lease for ``run_id`` in ``session``'s transaction (so a refused start records
         no run). Raises ``LeaseHeld`` naming the holder when another live bot has it."""

@@ -62,19 +62,33 @@ def logged_key(config: Config, command: str, log_level: str,
     return key
 
 
-def _fresh_sim_database(url: str) -> None:
-    """The default simulation database is started afresh: each run is a new simulated market."""
-    from storage.db import sqlite_path
+def _fresh_sim_database(url: str, config: Config) -> None:
+    """The default simulation database is started afresh: each run is a new simulated market;
+    but never under a simulated bot that is still running on it (``LeaseHeld``)."""
+    from bidder.clock import SystemClock
+    from bidder.lease import Lease
+    from storage.db import open_database, sqlite_path
+    from storage.errors import StorageError
 
     path = sqlite_path(url)
     if path is None:
         return
+    if Path(path).exists():
+        try:
+            database = open_database(url, writer=False)
+        except StorageError:  # an older or unreadable sim database: nothing runs on it
+            database = None
+        if database is not None:
+            with database, database.sessions() as session:
+                Lease(database.sessions, SystemClock(),
+                      stale_after=config.bot.lease_stale_after).check(session)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from bidder.config import load_config
+    from bidder.lease import LeaseHeld
     from bidder.sim.connect import sim_config
     from storage.db import open_database
     from storage.errors import StorageError
@@ -98,7 +112,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     url = config.storage_url(mode)
     if mode == "sim" and not config.storage.url:
-        _fresh_sim_database(url)
+        try:
+            _fresh_sim_database(url, config)
+        except LeaseHeld as err:
+            print(f"bidder run: {err}; its simulation database is kept", file=sys.stderr)
+            return 2
     try:
         database = open_database(url, writer=True)
     except StorageError as err:

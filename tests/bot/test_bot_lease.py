@@ -112,3 +112,23 @@ def test_bidder_run_refuses_with_one_line_and_exit_2(tmp_path: Path, capsys, clo
     assert "Traceback" not in "\n".join(err)
     with open_database(url, writer=False) as database:
         assert runs(database) == 0
+
+
+def test_bidder_run_sim_keeps_the_database_of_a_running_sim_bot(tmp_path: Path, capsys, clock,
+                                                                monkeypatch):
+    """``--sim`` starts its default database afresh, but never under a bot still running on it."""
+    from bidder.commands.run import demo_config
+    from bidder.sim.connect import sim_config
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    url = sim_config(demo_config()).storage_url("sim")
+    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    with open_database(url, writer=True) as database, database.sessions.begin() as session:
+        other_bot_lease(database, clock, alive=lambda _pid: True).acquire(session, 7, "sim")
+        session.get_one(BotLease, "bot").heartbeat_wall = time.time()
+    assert main(["run", "--sim", "--duration", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("bidder run: another bot is running on this database: run 7 (sim, ")
+    assert err[-1].endswith("its simulation database is kept")
+    with open_database(url, writer=False) as database, database.sessions() as session:
+        assert session.get_one(BotLease, "bot").run_id == 7
