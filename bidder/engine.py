@@ -2,7 +2,8 @@
 
 The same frame, view, strategy and rules code as the backtester, on the newest recorded market:
 
-1. reconcile first when an order is in flight or ``reconcile_interval`` has passed (live only);
+1. reconcile first when ``reconcile_interval`` has passed, or an order is in flight and the last
+   reconciliation is ``IN_FLIGHT_RECHECK`` seconds old (live only);
 2. build each market's frame (``storage.market_views``) and refresh our orders' market states;
 3. per target: its view (``bidder.view``), minus the servers it keeps away from, with our
    orders as ``OwnOrder``s, and recent winning prices when its strategy wants them; the strategy's
@@ -66,6 +67,12 @@ from strategies.base import OwnOrder, Strategy, TargetView
 from strategies.registry import load_strategy, safe_decide
 
 log = logging.getLogger(__name__)
+
+IN_FLIGHT_RECHECK = 10.0
+"""Seconds between reconciliations while an order is in flight. Its outcome is settled by
+``my_orders`` and by snapshots newer than the send, over up to ``create_grace_seconds``: asking
+every cycle (a 1-s decide interval) would spend the whole rate budget on ``my_orders`` and starve
+the pollers whose snapshots settle it."""
 
 
 STALE_POLLS = 5
@@ -214,8 +221,9 @@ class Engine:
         with self._sessions() as session:
             waiting = not self.dry_run and in_flight(session)
             frames = self._frames(session)  # reconciliation changes orders, not market data
-        due = self._clock.now() - self.executor.last_reconcile >= self._config.bot.reconcile_interval
-        if not self.dry_run and (waiting or due):
+        since = self._clock.now() - self.executor.last_reconcile
+        due = since >= self._config.bot.reconcile_interval
+        if not self.dry_run and (due or (waiting and since >= IN_FLIGHT_RECHECK)):
             self.executor.reconcile()
         now = self._clock.now()
         fresh = {m: self._fresh(m, frames[m], now) for m in self._markets}

@@ -79,6 +79,11 @@ url = "sqlite:///{tmp_path / 'bot.db'}"
 [bot]
 decide_interval = 1.0
 reconcile_interval = 10.0
+# a create the kill left unsent is given up after these (180 s and, for GigaSPOT while no newer
+# snapshot came, 1800 s by default: longer than the test waits; a quiet simulated market publishes
+# a snapshot only when something changed)
+create_grace_seconds = 15.0
+create_grace_max = 30.0
 [poller]
 gigaspot_interval = 5.0
 spot_interval = 1.0
