@@ -19,6 +19,8 @@ COMMANDS: dict[str, str] = {
     "import": "bidder.commands.import_",
     "backtest": "bidder.commands.backtest",
     "sim": "bidder.commands.sim",
+    "optimize": "bidder.commands.optimize",
+    "db": "bidder.commands.db",
 }
 
 

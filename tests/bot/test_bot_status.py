@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
+from sqlalchemy import create_engine, inspect
 
 from bidder.cli import main
 from bidder.clock import SystemClock
@@ -95,11 +96,17 @@ def test_a_stopped_bot_exits_1(running, capsys, config_file):
     assert json.loads(text)["summary"].startswith("not running: stopped at 2023-11-14 ")
 
 
-def test_a_missing_database_is_said_plainly(capsys, config_file, db_url):
+def test_a_missing_database_is_said_plainly(capsys, config_file, db_url, db_backend):
     code, text = status(capsys, config_file)
     assert code == 2
-    assert "bidder status: no database at " in text and "nothing has been recorded" in text
-    assert not Path(db_url.removeprefix("sqlite:///")).exists()
+    if db_backend == "sqlite":
+        assert "bidder status: no database at " in text and "nothing has been recorded" in text
+        assert not Path(db_url.removeprefix("sqlite:///")).exists()
+    else:  # a server database nothing has written to yet: status creates no tables in it
+        assert "has schema version 0; this clore-bidder needs" in text
+        engine = create_engine(db_url)
+        assert inspect(engine).get_table_names() == []
+        engine.dispose()
 
 
 def test_a_database_without_a_run_is_not_healthy(capsys, config_file, db_url):
