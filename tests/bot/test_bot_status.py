@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, select
 
 from bidder.cli import main
 from bidder.clock import SystemClock
 from bot_helpers import START, make_config, spot_target
 from storage.db import open_database
-from storage.models import SchemaVersion
+from storage.models import BotLog, BotRun, SchemaVersion
 
 SERVER = 1084
 T0 = "2023-11-14 22:13:20"
@@ -79,6 +79,23 @@ def test_a_fresh_bot_is_healthy_and_shown_in_full(running, capsys, config_file):
     [step] = report["next_steps"]
     assert (step["reason"], step["wanted_price"]) == ("cooldown", 11.1014)
     assert any("marketplace" in e["message"] for e in report["errors"])
+
+
+def test_status_reads_the_last_commit_while_the_bot_is_writing(running, capsys, config_file):
+    """The bot in the middle of a write (a new problem logged, its run stopping, not committed
+    yet): ``bidder status`` is not blocked and shows what was committed, on both backends."""
+    with freeze_time("2023-11-14 22:14:20"), running.database.sessions.begin() as writing:
+        writing.add(BotLog(at=START + 300, wall_at=START + 300, level="ERROR", source="test",
+                           message="half-written problem"))
+        run = writing.scalars(select(BotRun)).one()
+        run.stopped_at, run.stop_reason = START + 300, "stopped"
+        writing.flush()  # written, holding the writer's lock / row versions, not committed
+        code, text = status(capsys, config_file)
+        assert code == 0 and "bidder status: running: last heartbeat 60 s ago" in text
+        assert "half-written problem" not in text
+    with freeze_time("2023-11-14 22:14:20"):
+        code, text = status(capsys, config_file)
+    assert code == 1 and "half-written problem" in text
 
 
 def test_a_stale_heartbeat_exits_1(running, capsys, config_file):
