@@ -2,7 +2,7 @@
 PostgreSQL.
 
     python benchmarks/bench_scale.py [--days 7] [--machines 10000] [--backend both|sqlite|postgresql]
-                                     [--pg-url URL]
+                                     [--layout time|machine] [--pg-url URL]
 
 Writes the history straight into the recorder's tables (as ``bench_backtest`` does; on PostgreSQL
 with COPY), then prints, per backend: the size on disk, the time to build the live market frame at
@@ -117,8 +117,10 @@ def _write(connection: Any, table: str, rows: list[tuple[Any, ...]]) -> None:
                                          "gigaspot_bid": BIDS}[table]), names, rows)
 
 
-def build(url: str, snapshots: int, machines: int, seed: int = 5) -> int:
-    """Write the history; return the rows written."""
+def build(url: str, snapshots: int, machines: int, seed: int = 5, time_order: bool = True) -> int:
+    """Write the history; return the rows written. ``time_order``: rows in snapshot order, as the
+    recorder writes them (a machine's open row near the table's end); else machine by machine
+    (each machine's open row in a page of its own: the worst case for the live frame)."""
     rng = np.random.default_rng(seed)
     written = 0
     with open_database(url, writer=True) as db, db.sessions.begin() as session:
@@ -131,12 +133,22 @@ def build(url: str, snapshots: int, machines: int, seed: int = 5) -> int:
                       0.03 * (1 + 0.1 * math.sin(i / 1440)), ME, machines)
                      for i in range(1, snapshots + 1)])
         next_bid = 1_000_000
+        pending: dict[str, list[tuple[Any, ...]]] = {name: [] for name in COLUMNS}
         for start in range(0, machines, CHUNK):
             rows, next_bid = machines_rows(rng, snapshots, 10_000 + start,
                                            min(CHUNK, machines - start), next_bid)
             for table, table_rows in rows.items():
-                _write(connection, table, table_rows)
+                if time_order:
+                    pending[table] += table_rows
+                else:
+                    _write(connection, table, table_rows)
                 written += len(table_rows)
+        for table, table_rows in pending.items():  # in the order the recorder writes them
+            first = COLUMNS[table].index("first_snapshot")
+            table_rows.sort(key=lambda row: row[first])
+            for lo in range(0, len(table_rows), 200_000):
+                _write(connection, table, table_rows[lo:lo + 200_000])
+            table_rows.clear()
     if url.startswith("postgresql"):
         with open_database(url, writer=True) as db, db.engine.connect() as connection:
             connection.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))
@@ -210,18 +222,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=float, default=7.0)
     parser.add_argument("--machines", type=int, default=10_000)
     parser.add_argument("--backend", choices=("both", "sqlite", "postgresql"), default="both")
+    parser.add_argument("--layout", choices=("time", "machine"), default="time",
+                        help="row order: time (snapshot by snapshot, as the recorder writes) or "
+                             "machine (machine by machine)")
     parser.add_argument("--pg-url", default=None,
                         help="an empty PostgreSQL database to fill (default: a throwaway server)")
     args = parser.parse_args(argv)
     snapshots = int(args.days * 1440)
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    print(f"{snapshots:,} snapshots ({args.days:g} days at 1 minute) x {args.machines:,} machines; "
-          f"load average {_load_average()}")
+    print(f"{snapshots:,} snapshots ({args.days:g} days at 1 minute) x {args.machines:,} machines, "
+          f"rows in {args.layout} order; load average {_load_average()}")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         for backend, url in _servers(backends, Path(tmp), args.pg_url):
             started = time.perf_counter()
-            written = build(url, snapshots, args.machines)
+            written = build(url, snapshots, args.machines, time_order=args.layout == "time")
             build_s = time.perf_counter() - started
             m = measure(url)
             print(f"{backend}: {written:,} rows written in {build_s:.0f} s; live frame of "
