@@ -28,6 +28,8 @@ COMMANDS: dict[str, str] = {
     "backtest": "bidder.commands.backtest",
     "sim": "bidder.commands.sim",
     "alerts": "bidder.commands.alerts",
+    "optimize": "bidder.commands.optimize",
+    "db": "bidder.commands.db",
 }
 
 GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [

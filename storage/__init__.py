@@ -7,6 +7,7 @@
   ``storage.gigaspot_parse``: the strict, fast snapshot parser and ``SnapshotError``.
 - ``storage.spot_record``: ``record_spot_poll``, ``record_marketplace``.
 - ``storage.market_views``: ``gigaspot_frame``, ``spot_frame`` (``storage.frames.MarketFrame``).
+- ``storage.transfer``: ``copy_tables`` (``bidder db copy``), ``row_counts``, ``reset_sequences``.
 - ``storage.history``: ``machine_history``, ``bid_intervals``, ``bid_prices``, ``state_intervals``,
   ``fact_intervals``, ``snapshot_times`` as numpy arrays.
 """

@@ -11,6 +11,10 @@ can follow. The pragmas make one writer and many readers get along:
 - ``foreign_keys`` on, ``synchronous=NORMAL`` (durable across application crashes; WAL keeps the
   file consistent across power loss), a 32 MiB page cache.
 
+PostgreSQL needs none of this: its readers see the last commit and never block a writer (MVCC),
+and readers' sessions are read-only (``default_transaction_read_only``). Its driver is psycopg 3
+(``pip install 'clore-bidder[postgres]'``, URLs ``postgresql+psycopg://user@host/db``).
+
 No global engine or session: callers make a ``sessionmaker`` here and pass it in.
 """
 
@@ -55,7 +59,15 @@ def make_engine(url: str, *, writer: bool, busy_timeout: float = DEFAULT_BUSY_TI
             path.parent.mkdir(parents=True, exist_ok=True)
         elif not path.exists():
             raise StorageError(f"no database at {path}: nothing has been recorded there yet")
-    engine = create_engine(url)
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":  # no driver named: the one the [postgres] extra brings
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "postgresql" and not writer:
+        # readers (``bidder status``, a backtest) cannot write by mistake, as SQLite's query_only
+        engine = create_engine(parsed, connect_args={
+            "options": "-c default_transaction_read_only=on"})
+    else:
+        engine = create_engine(parsed)
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine, writer=writer, busy_timeout=busy_timeout)
     return engine

@@ -215,9 +215,9 @@ def _score(history: History, config: Config, targets: Sequence[TargetConfig],
 class ProgressBar:
     """A one-line progress bar on a terminal (``\\r``), silent elsewhere unless forced."""
 
-    def __init__(self, stream: TextIO = sys.stderr, *, force: bool = False, width: int = 30,
+    def __init__(self, stream: TextIO | None = None, *, force: bool = False, width: int = 30,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.stream = stream
+        self.stream = sys.stderr if stream is None else stream  # today's, not the one at import
         self.enabled = force or (hasattr(stream, "isatty") and stream.isatty())
         self.width = width
         self._clock = clock

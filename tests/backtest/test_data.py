@@ -29,8 +29,8 @@ def config(**target):
 
 
 @pytest.fixture
-def db(tmp_path: Path):
-    with open_database(f"sqlite:///{tmp_path / 'b.db'}", writer=True) as database:
+def db(db_url: str):
+    with open_database(db_url, writer=True) as database:
         yield database
 
 
@@ -92,8 +92,8 @@ def test_an_empty_range_is_refused(db):
         load(db, config(), start=T + 3600, end=T + 7200)
 
 
-def test_a_recorded_simulated_market_replays_on_both_markets(tmp_path):
-    with open_database(f"sqlite:///{tmp_path / 'sim.db'}", writer=True) as database:
+def test_a_recorded_simulated_market_replays_on_both_markets(db_url):
+    with open_database(db_url, writer=True) as database:
         record_sim(database, SimOptions(seed=2, spot_servers=12, gigaspot_machines=40),
                    start=1_700_000_000.0, minutes=40)
         cfg = parse_config({"targets": [

@@ -24,11 +24,6 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'bot.db'}"
-
-
-@pytest.fixture
 def database(db_url: str) -> Iterator[Database]:
     with open_database(db_url, writer=True) as db:
         yield db

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
+from sqlalchemy import create_engine, inspect, select
 
 from bidder.cli import main
 from bidder.clock import SystemClock
 from bot_helpers import START, make_config, spot_target
 from storage.db import open_database
-from storage.models import SchemaVersion
+from storage.models import BotLog, BotRun, SchemaVersion
 
 SERVER = 1084
 T0 = "2023-11-14 22:13:20"
@@ -80,6 +81,23 @@ def test_a_fresh_bot_is_healthy_and_shown_in_full(running, capsys, config_file):
     assert any("marketplace" in e["message"] for e in report["errors"])
 
 
+def test_status_reads_the_last_commit_while_the_bot_is_writing(running, capsys, config_file):
+    """The bot in the middle of a write (a new problem logged, its run stopping, not committed
+    yet): ``bidder status`` is not blocked and shows what was committed, on both backends."""
+    with freeze_time("2023-11-14 22:14:20"), running.database.sessions.begin() as writing:
+        writing.add(BotLog(at=START + 300, wall_at=START + 300, level="ERROR", source="test",
+                           message="half-written problem"))
+        run = writing.scalars(select(BotRun)).one()
+        run.stopped_at, run.stop_reason = START + 300, "stopped"
+        writing.flush()  # written, holding the writer's lock / row versions, not committed
+        code, text = status(capsys, config_file)
+        assert code == 0 and "bidder status: running: last heartbeat 60 s ago" in text
+        assert "half-written problem" not in text
+    with freeze_time("2023-11-14 22:14:20"):
+        code, text = status(capsys, config_file)
+    assert code == 1 and "half-written problem" in text
+
+
 def test_a_stale_heartbeat_exits_1(running, capsys, config_file):
     with freeze_time("2023-11-14 22:15:30"):  # 130 s of wall time: over the 120-s limit
         code, text = status(capsys, config_file)
@@ -95,11 +113,17 @@ def test_a_stopped_bot_exits_1(running, capsys, config_file):
     assert json.loads(text)["summary"].startswith("not running: stopped at 2023-11-14 ")
 
 
-def test_a_missing_database_is_said_plainly(capsys, config_file, db_url):
+def test_a_missing_database_is_said_plainly(capsys, config_file, db_url, db_backend):
     code, text = status(capsys, config_file)
     assert code == 2
-    assert "bidder status: no database at " in text and "nothing has been recorded" in text
-    assert not Path(db_url.removeprefix("sqlite:///")).exists()
+    if db_backend == "sqlite":
+        assert "bidder status: no database at " in text and "nothing has been recorded" in text
+        assert not Path(db_url.removeprefix("sqlite:///")).exists()
+    else:  # a server database nothing has written to yet: status creates no tables in it
+        assert "has schema version 0; this clore-bidder needs" in text
+        engine = create_engine(db_url)
+        assert inspect(engine).get_table_names() == []
+        engine.dispose()
 
 
 def test_a_database_without_a_run_is_not_healthy(capsys, config_file, db_url):

@@ -42,8 +42,8 @@ def client(clock: ManualClock, transport: HookedTransport) -> Iterator[CloreClie
 
 
 @pytest.fixture
-def database(tmp_path: Path) -> Iterator[Database]:
-    with open_database(f"sqlite:///{tmp_path / 'bidder.db'}", writer=True) as db:
+def database(db_url: str) -> Iterator[Database]:
+    with open_database(db_url, writer=True) as db:
         yield db
 
 

@@ -1,4 +1,5 @@
-"""Storage test fixtures: a fresh SQLite database per test and the documented example snapshot."""
+"""Storage test fixtures: a fresh database per test (SQLite and PostgreSQL: ``db_url`` in
+``tests/conftest.py``) and the documented example snapshot."""
 
 from __future__ import annotations
 
@@ -30,11 +31,6 @@ def doc_snapshot() -> dict[str, Any]:
 @pytest.fixture
 def fixture_json() -> Callable[[str], Any]:
     return lambda name: json.loads((FIXTURES / name).read_text())
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'data' / 'bidder.db'}"
 
 
 @pytest.fixture

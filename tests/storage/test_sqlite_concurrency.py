@@ -15,6 +15,13 @@ from storage.models import Currency
 T0 = 1735176176
 
 
+@pytest.fixture
+def db_url(sqlite_url):
+    """SQLite's own locking and pragmas: these tests run on SQLite only (both backends:
+    ``test_concurrency.py``)."""
+    return sqlite_url
+
+
 def pragmas(sessions, *names):
     with sessions() as session:
         return [session.execute(text(f"PRAGMA {name}")).scalar() for name in names]

@@ -1,0 +1,317 @@
+"""``bidder optimize``: tune a strategy's parameters with Optuna, one backtest per trial; a study in
+a database (``--storage``) is shared by every process, on any machine, that names it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+HELP = ("Search a strategy's parameters for the lowest cost per GPU-hour at an availability floor "
+        "(Optuna; each trial a backtest); with --storage, many processes and machines share one "
+        "study.")
+DEFAULT_FLOOR = 0.95
+TOP = 5
+STUDY_LOCK = 0x0C10BE
+"""PostgreSQL advisory lock key held while a process creates or loads the study."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help="TOML config file with the target (default: built-in defaults, "
+                             "which have no targets)")
+    parser.add_argument("--db", default=None,
+                        help="database URL of the recorded market (default: the config's "
+                             "[storage] url or bidder.db)")
+    parser.add_argument("--target", required=True, metavar="NAME",
+                        help="the configured target to tune for")
+    parser.add_argument("--strategy", required=True, metavar="NAME",
+                        help="the strategy whose parameters are searched, e.g. outbid")
+    parser.add_argument("--space", required=True, metavar="SPEC",
+                        help="parameters and their ranges: 'tick=0.01:2.0:log,"
+                             "switch_margin=0.0:0.3' (low:high, ':log' for a log scale)")
+    parser.add_argument("--trials", type=int, required=True, metavar="N",
+                        help="trials this process runs (added to the study's)")
+    parser.add_argument("--study", default=None, metavar="NAME",
+                        help="study name (default: STRATEGY-TARGET); processes naming the same "
+                             "study in the same --storage share its trials")
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="database URL Optuna keeps the study in (any SQLAlchemy URL it "
+                             "accepts, e.g. the bot's PostgreSQL); default: in memory, this "
+                             "process only")
+    parser.add_argument("--objective", choices=("cost_per_gpu_hour", "cost", "regret"),
+                        default="cost_per_gpu_hour",
+                        help="what to minimise among trials that reach --min-availability")
+    parser.add_argument("--min-availability", type=float, default=DEFAULT_FLOOR, metavar="X",
+                        help="availability floor (0-1): a trial below it ranks after every "
+                             "trial that reaches it")
+    parser.add_argument("--mode", choices=("replay", "reactive"), default="replay",
+                        help="replay: rivals as recorded; reactive: the best rival answers our "
+                             "bids")
+    parser.add_argument("--holdout", default=None, metavar="PERIOD",
+                        help="keep the last PERIOD of the history (6h, 2d, 90m, seconds) out of "
+                             "the search and score the top trials on it, beside in-sample")
+    parser.add_argument("--from", dest="start", default=None, metavar="T",
+                        help="start: ISO 8601 (UTC unless it says otherwise) or UNIX seconds")
+    parser.add_argument("--to", dest="end", default=None, metavar="T", help="end, inclusive")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="sampler seed (default: random; the reactive rivals use [sim] seed)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT",
+                        help="write the study's result as JSON")
+
+
+class UsageError(ValueError):
+    """Bad input: shown as it is, exit code 2, nothing written."""
+
+
+def run(args: argparse.Namespace) -> int:
+    from bidder.backtest.data import HistoryError
+    from bidder.optimize import SpaceError
+    from storage.errors import StorageError
+    from strategies.registry import StrategyError
+
+    try:
+        return _run(args)
+    except (UsageError, SpaceError, StrategyError, HistoryError, StorageError) as err:
+        print(f"bidder optimize: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bidder.commands.backtest import _run_settings, parse_time
+    from bidder.commands.backtest import UsageError as BacktestUsage
+    from bidder.config import Config, load_config
+    from bidder.logs import setup_logging
+    from bidder.optimize import parse_duration, parse_space, study_setup
+
+    if args.trials < 0:
+        raise UsageError(f"--trials {args.trials}: expected 0 or more")
+    if not 0.0 <= args.min_availability <= 1.0:
+        raise UsageError(f"--min-availability {args.min_availability}: expected 0 to 1")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise UsageError(f"--json {args.json}: folder {args.json.parent} does not exist")
+    config = load_config(args.config) if args.config is not None else Config()
+    setup_logging(args.log_level)
+    known = {t.name: t for t in config.targets}
+    if args.target not in known:
+        raise UsageError(f"unknown target {args.target!r}; configured: {sorted(known)}"
+                         if known else "the config has no [[targets]]: nothing to tune "
+                                       "(give --config)")
+    target = known[args.target]
+    dims = parse_space(args.space, args.strategy)
+    try:
+        holdout = parse_duration(args.holdout) if args.holdout is not None else None
+        start, end = parse_time(args.start, "--from"), parse_time(args.end, "--to")
+        settings = _run_settings(args_for_settings(args), config)
+    except (ValueError, BacktestUsage) as err:
+        raise UsageError(f"--holdout {err}" if "duration" in str(err) else str(err)) from None
+    optuna = _optuna()
+    in_sample, held_out = _load(args, config, target, start, end, holdout)
+    setup = study_setup(args.strategy, target.name, args.mode, args.objective,
+                        args.min_availability, dims, holdout, start, end)
+    study = _study(optuna, args, setup)
+    from bidder.optimize import Scorer, trial_objective
+
+    scorer = Scorer(in_sample, config, target, args.strategy, settings, args.mode)
+    study.optimize(trial_objective(scorer, dims, args.objective, args.min_availability,
+                                   _report), n_trials=args.trials)
+    return _finish(optuna, study, args, setup, config, target, settings, held_out)
+
+
+def args_for_settings(args: argparse.Namespace) -> argparse.Namespace:
+    """What ``bidder backtest``'s settings read: the config's exchange rules and sim seed."""
+    return argparse.Namespace(step_rule=None, payment=None, seed=None)
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise UsageError("bidder optimize needs Optuna: pip install 'clore-bidder[optimize]'") \
+            from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _load(args: argparse.Namespace, config: Any, target: Any, start: float | None,
+          end: float | None, holdout: float | None) -> tuple[Any, Any]:
+    """The in-sample history and, with ``--holdout``, the held-out one after it."""
+    from bidder.backtest.data import HistoryError, count_recorded, load_history
+    from storage.db import open_database, shown_url
+
+    url = args.db or config.storage_url()
+    allocation = config.markets.gigaspot.allocation
+    interval = config.bot.decide_interval
+    with open_database(url, writer=False) as db, db.sessions() as session:
+        snapshots, polls = count_recorded(session)
+        if snapshots == 0 and polls == 0:
+            raise HistoryError(f"the database at {shown_url(url)} has no GigaSPOT snapshots and no "
+                               "spot polls: record some first (bidder record, bidder import)")
+        whole = load_history(session, [target], allocation=allocation, start=start, end=end,
+                             grid_interval=interval)
+        if holdout is None:
+            return whole, None
+        first, last = float(whole.time[0]), float(whole.time[-1])
+        split = last - holdout
+        if split <= first:
+            raise UsageError(f"--holdout {args.holdout} covers the whole history "
+                             f"({(last - first) / 3600:.1f} h): nothing is left to search on")
+        del whole
+        in_sample = load_history(session, [target], allocation=allocation, start=first,
+                                 end=split, grid_interval=interval)
+        held_out = load_history(session, [target], allocation=allocation, start=split,
+                                end=last, grid_interval=interval)
+    return in_sample, held_out
+
+
+def _study(optuna: Any, args: argparse.Namespace, setup: dict[str, Any]) -> Any:
+    from storage.db import shown_url
+
+    name = args.study or f"{args.strategy}-{args.target}"
+    sampler = optuna.samplers.TPESampler(seed=args.seed)
+    try:
+        with _creation_lock(args.storage):
+            study = optuna.create_study(study_name=name, storage=args.storage, sampler=sampler,
+                                        direction="minimize", load_if_exists=True)
+    except ImportError as err:
+        raise UsageError(f"--storage {shown_url(args.storage)}: a database driver is missing "
+                         f"({err})") from None
+    except Exception as err:  # Optuna's storage errors name no common base: say what failed
+        raise UsageError(f"--storage {shown_url(args.storage or '')}: cannot open the study "
+                         f"{name!r}: {str(err).splitlines()[0]}") from None
+    found = study.user_attrs.get("setup")
+    if found is None:
+        study.set_user_attr("setup", setup)
+    elif found != setup:
+        differ = sorted(k for k in setup if found.get(k) != setup[k])
+        raise UsageError(f"study {name!r} was started with other settings ({', '.join(differ)}: "
+                         f"{ {k: found.get(k) for k in differ} }); name another --study")
+    return study
+
+
+@contextmanager
+def _creation_lock(url: str | None) -> Iterator[None]:
+    """On PostgreSQL, one process at a time creates Optuna's tables and the study: two processes
+    starting together would otherwise both issue the CREATE TABLEs, and one fails."""
+    if url is None or not url.startswith("postgresql"):
+        yield
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": STUDY_LOCK})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": STUDY_LOCK})
+                connection.commit()
+    finally:
+        engine.dispose()
+
+
+def _report(number: int, params: dict[str, Any], metrics: dict[str, Any], value: float) -> None:
+    from bidder.optimize import INFEASIBLE
+
+    shown = ", ".join(f"{k}={_num(v)}" for k, v in params.items())
+    cost = metrics.get("cost_per_gpu_hour")
+    print(f"trial {number}: {shown} -> cost/GPU-h {_num(cost)}, availability "
+          f"{_pct(metrics.get('availability'))}{'' if value < INFEASIBLE else ' (below floor)'}",
+          file=sys.stderr)
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{v:.1%}"
+
+
+def _finish(optuna: Any, study: Any, args: argparse.Namespace, setup: dict[str, Any],
+            config: Any, target: Any, settings: Any, held_out: Any) -> int:
+    from bidder.backtest.report import write_json
+    from bidder.optimize import Scorer
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise UsageError(f"study {study.study_name!r} has no finished trial yet (give --trials)")
+    ranked = sorted(done, key=lambda t: (t.value, t.number))
+    top = ranked[:TOP]
+    holdout_scorer = (Scorer(held_out, config, target, args.strategy, settings, args.mode)
+                      if held_out is not None else None)
+    rows = []
+    for t in top:
+        row = {"trial": t.number, "params": dict(t.params), "value": t.value,
+               "feasible": bool(t.user_attrs.get("feasible")),
+               "worker": t.user_attrs.get("worker"),
+               "in_sample": {k: t.user_attrs.get(k) for k in
+                             ("cost", "cost_per_gpu_hour", "availability", "gpu_hours",
+                              "regret", "gaps", "preemptions", "api_calls")}}
+        if holdout_scorer is not None:
+            metrics = holdout_scorer.score(dict(t.params))
+            row["holdout"] = {k: _plain(metrics.get(k)) for k in row["in_sample"]}
+        rows.append(row)
+    best = rows[0]
+    feasible = best["feasible"]
+    print(f"study {study.study_name!r}: {len(done)} finished trial(s) "
+          f"({args.trials} by this process); objective {args.objective} at availability >= "
+          f"{args.min_availability:.0%}, {args.mode} mode")
+    print(_table(rows, holdout_scorer is not None))
+    if not feasible:
+        print(f"WARNING: no trial reached availability {args.min_availability:.0%}; the best "
+              "shown falls short (widen --space, lower --min-availability or raise the target's "
+              "price cap)", file=sys.stderr)
+    if args.json is not None:
+        write_json(args.json, {
+            "study": study.study_name, "storage": _shown(args.storage),
+            "setup": setup, "trials_in_study": len(done), "trials_this_process": args.trials,
+            "best": {"trial": best["trial"], "params": best["params"], "value": best["value"],
+                     "feasible": feasible, "metrics": best["in_sample"],
+                     "holdout": best.get("holdout")},
+            "top": rows,
+            "warning": None if feasible else "no trial reached the availability floor",
+        })
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    from bidder.optimize import _plain as plain
+
+    return plain(value)
+
+
+def _shown(url: str | None) -> str | None:
+    from storage.db import shown_url
+
+    return shown_url(url) if url else None
+
+
+def _table(rows: list[dict[str, Any]], with_holdout: bool) -> str:
+    header = ["trial", "params", "cost/GPU-h", "avail", "cost"]
+    if with_holdout:
+        header += ["holdout cost/GPU-h", "holdout avail", "holdout cost"]
+    lines = []
+    for r in rows:
+        params = ",".join(f"{k}={_num(v)}" for k, v in r["params"].items())
+        i = r["in_sample"]
+        cells = [str(r["trial"]) + ("" if r["feasible"] else "*"), params,
+                 _num(i["cost_per_gpu_hour"]), _pct(i["availability"]), _num(i["cost"])]
+        if with_holdout:
+            h = r["holdout"]
+            cells += [_num(h["cost_per_gpu_hour"]), _pct(h["availability"]), _num(h["cost"])]
+        lines.append(cells)
+    widths = [max(len(c[k]) for c in [header, *lines]) for k in range(len(header))]
+    out = ["  ".join(c.ljust(w) if k < 2 else c.rjust(w) for k, (c, w) in
+                     enumerate(zip(header, widths)))]
+    out.append("  ".join("-" * w for w in widths))
+    out += ["  ".join(c.ljust(w) if k < 2 else c.rjust(w) for k, (c, w) in
+                      enumerate(zip(cells, widths))) for cells in lines]
+    if any(not r["feasible"] for r in rows):
+        out.append("* below the availability floor")
+    return "\n".join(out)

@@ -1,0 +1,150 @@
+"""``bidder optimize``: Optuna trials that are backtests, a study shared by processes through
+PostgreSQL, a holdout scored beside the in-sample result, bad spaces refused by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bidder.backtest.simrecord import record_sim
+from bidder.cli import main
+from bidder.optimize import INFEASIBLE, objective_value, parse_duration
+from bidder.sim.options import SimOptions
+from storage.db import open_database
+
+START = 1_700_000_000.0
+CONFIG = """
+[storage]
+url = "{url}"
+
+[[targets]]
+name = "rigs"
+market = "gigaspot"
+count = 3
+max_price_per_gpu_day = 80
+oc = {{ pl = 150 }}
+"""
+SPACE = "tick=0.01:2.0:log,switch_margin=0.0:0.3"
+
+
+def recorded(url: str, folder: Path, minutes: int = 40) -> Path:
+    with open_database(url, writer=True) as db:
+        record_sim(db, SimOptions(seed=4, spot_servers=3, gigaspot_machines=30), start=START,
+                   minutes=minutes)
+    config = folder / "bidder.toml"
+    config.write_text(CONFIG.format(url=url))
+    return config
+
+
+def optimize(config: Path, *args: str) -> int:
+    return main(["optimize", "--config", str(config), "--target", "rigs", "--strategy", "outbid",
+                 *args])
+
+
+def test_trials_are_backtests_and_the_holdout_is_scored_beside(db_url, tmp_path, capsys):
+    config = recorded(db_url, tmp_path)
+    out = tmp_path / "out.json"
+    assert optimize(config, "--space", SPACE, "--trials", "4", "--seed", "1", "--holdout", "10m",
+                    "--min-availability", "0.5", "--json", str(out)) == 0
+    text = capsys.readouterr().out
+    assert "holdout cost/GPU-h" in text and "4 finished trial(s)" in text
+    doc = json.loads(out.read_text())
+    assert doc["trials_in_study"] == 4 and len(doc["top"]) == 4
+    best = doc["best"]
+    assert set(best["params"]) == {"tick", "switch_margin"}
+    assert 0.01 <= best["params"]["tick"] <= 2.0 and 0.0 <= best["params"]["switch_margin"] <= 0.3
+    assert best["metrics"]["availability"] is not None and best["holdout"] is not None
+    assert best["holdout"]["gpu_hours"] < best["metrics"]["gpu_hours"]  # 10 of 40 minutes
+    values = [row["value"] for row in doc["top"]]
+    assert values == sorted(values)
+
+    # the best trial's in-sample metrics are what `bidder backtest` gives for its parameters
+    bt = tmp_path / "bt.json"
+    params = ",".join(f"{k}={v!r}" for k, v in best["params"].items())
+    to = START + 60 * 39 - 600
+    assert main(["backtest", "--config", str(config), "--workers", "1", "--mode", "replay",
+                 "--strategy", f"outbid:{params}", "--to", str(to), "--json", str(bt)]) == 0
+    row = json.loads(bt.read_text())["runs"][0]["targets"][0]
+    for key in ("cost", "availability", "gpu_hours"):
+        assert row[key] == pytest.approx(best["metrics"][key], rel=1e-9, abs=1e-12)
+
+
+def test_two_processes_share_one_study_on_postgresql(pg_url, tmp_path):
+    config = recorded(pg_url, tmp_path, minutes=20)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-m", "bidder", "optimize", "--config", str(config), "--target",
+            "rigs", "--strategy", "outbid", "--space", SPACE, "--trials", "3", "--study",
+            "shared", "--storage", pg_url, "--min-availability", "0.5"]
+    outs = [tmp_path / f"p{i}.json" for i in range(2)]
+    procs = [subprocess.Popen([*argv, "--json", str(out)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for out in outs]
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    docs = [json.loads(out.read_text()) for out in outs]
+    assert max(d["trials_in_study"] for d in docs) == 6
+    assert all(d["trials_in_study"] >= 3 for d in docs)
+
+    import optuna
+
+    study = optuna.load_study(study_name="shared", storage=pg_url)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    workers = sorted(t.user_attrs["worker"].rsplit(":", 1)[1] for t in done)
+    assert sorted(set(workers)) == sorted(str(p.pid) for p in procs)
+    assert workers.count(str(procs[0].pid)) == 3 and workers.count(str(procs[1].pid)) == 3
+    # the bot's own tables and Optuna's live side by side in one database
+    with open_database(pg_url, writer=False) as db:
+        from sqlalchemy import inspect
+
+        tables = set(inspect(db.engine).get_table_names())
+    assert {"gigaspot_snapshot", "trials", "studies"} <= tables
+
+
+def test_a_study_with_other_settings_is_refused(sqlite_url, tmp_path, capsys):
+    config = recorded(sqlite_url, tmp_path, minutes=15)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert optimize(config, "--space", "tick=0.01:1.0", "--trials", "1", "--storage", storage,
+                    "--min-availability", "0") == 0
+    capsys.readouterr()
+    assert optimize(config, "--space", "tick=0.01:2.0", "--trials", "1", "--storage", storage) == 2
+    assert "was started with other settings (min_availability, space" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("space, message", [
+    ("tick=0.01:2.0,bravery=0:1", "strategy 'outbid' has no parameter 'bravery' (its parameters: "
+                                  "switch_margin, tick)"),
+    ("tick=2.0:0.01", "low must be below high"),
+    ("tick=0:1:log", "a log range must start above 0"),
+    ("switch_margin=0.0:1.5", "1.5 is not allowed"),
+    ("tick", "expected name=low:high[:log]"),
+])
+def test_a_bad_space_is_refused_by_name(tmp_path, capsys, space, message):
+    config = tmp_path / "c.toml"
+    config.write_text(CONFIG.format(url=f"sqlite:///{tmp_path / 'none.db'}"))
+    out = tmp_path / "o.json"
+    assert optimize(config, "--space", space, "--trials", "2", "--json", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bidder optimize: ") and message in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]  # no database, no output
+
+
+def test_the_floor_ranks_every_infeasible_trial_after_every_feasible_one():
+    cheap_short = {"availability": 0.8, "cost_per_gpu_hour": 0.1}
+    dear_full = {"availability": 1.0, "cost_per_gpu_hour": 9.0}
+    nearly = {"availability": 0.94, "cost_per_gpu_hour": 50.0}
+    held_nothing = {"availability": 0.0, "cost_per_gpu_hour": None}
+    values = [objective_value(m, "cost_per_gpu_hour", 0.95)
+              for m in (dear_full, nearly, cheap_short, held_nothing)]
+    assert values[0] == 9.0 and values == sorted(values) and values[1] >= INFEASIBLE
+
+
+def test_durations():
+    assert [parse_duration(t) for t in ("90m", "6h", "2d", "3600", "1.5h")] == [
+        5400.0, 21600.0, 172800.0, 3600.0, 5400.0]
+    with pytest.raises(ValueError, match="positive duration"):
+        parse_duration("soon")
