@@ -109,7 +109,8 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, BacktestUsage) as err:
         raise UsageError(f"--holdout {err}" if "duration" in str(err) else str(err)) from None
     optuna = _optuna()
-    in_sample, held_out = _load(args, config, target, start, end, holdout)
+    config, in_sample, held_out = _load(args, config, target, start, end, holdout)
+    target = {t.name: t for t in config.targets}[target.name]
     setup = study_setup(args.strategy, target.name, args.mode, args.objective,
                         args.min_availability, dims, holdout, start, end)
     study = _study(optuna, args, setup)
@@ -137,9 +138,11 @@ def _optuna() -> Any:
 
 
 def _load(args: argparse.Namespace, config: Any, target: Any, start: float | None,
-          end: float | None, holdout: float | None) -> tuple[Any, Any]:
-    """The in-sample history and, with ``--holdout``, the held-out one after it."""
+          end: float | None, holdout: float | None) -> tuple[Any, Any, Any]:
+    """The config with the creation fee a backtest charges (the recorded one, as ``bidder
+    backtest`` does), the in-sample history and, with ``--holdout``, the held-out one after it."""
     from bidder.backtest.data import HistoryError, count_recorded, load_history
+    from bidder.backtest.fees import recorded_creation_fees, with_creation_fees
     from storage.db import open_database, shown_url
 
     url = args.db or config.storage_url()
@@ -152,8 +155,10 @@ def _load(args: argparse.Namespace, config: Any, target: Any, start: float | Non
                                "spot polls: record some first (bidder record, bidder import)")
         whole = load_history(session, [target], allocation=allocation, start=start, end=end,
                              grid_interval=interval)
+        config, _fees = with_creation_fees(config, [target], recorded_creation_fees(
+            session, end=float(whole.time[-1])))
         if holdout is None:
-            return whole, None
+            return config, whole, None
         first, last = float(whole.time[0]), float(whole.time[-1])
         split = last - holdout
         if split <= first:
@@ -164,7 +169,7 @@ def _load(args: argparse.Namespace, config: Any, target: Any, start: float | Non
                                  end=split, grid_interval=interval)
         held_out = load_history(session, [target], allocation=allocation, start=split,
                                 end=last, grid_interval=interval)
-    return in_sample, held_out
+    return config, in_sample, held_out
 
 
 def _study(optuna: Any, args: argparse.Namespace, setup: dict[str, Any]) -> Any:
