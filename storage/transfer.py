@@ -21,6 +21,12 @@ BATCH = 5_000
 """Rows per insert batch: big enough to amortise round trips, small enough for memory."""
 
 
+SEEDED = frozenset({"bot_lease"})
+"""Tables whose rows a migration makes (the one-bot lease row): every database at this version
+has them, so they are not data to copy or to count as held; the copy's lease starts free (a lease
+copied from a running bot's database would keep a bot off the copy)."""
+
+
 def data_tables() -> list[Table]:
     """Our tables, parents first (``schema_version`` is the target's own)."""
     return [t for t in Base.metadata.sorted_tables if t.name != SchemaVersion.__tablename__]
@@ -63,10 +69,10 @@ class CopyResult:
 
 
 def empty_target(connection: Connection) -> None:
-    """Delete every row of our tables, children first (``--replace``)."""
+    """Delete every row of our tables, children first (``--replace``); the ``SEEDED`` rows stay."""
     present = set(inspect(connection).get_table_names())
     for table in reversed(data_tables()):
-        if table.name in present:
+        if table.name in present and table.name not in SEEDED:
             connection.execute(delete(table))
 
 
@@ -75,6 +81,8 @@ def copy_tables(source: Connection, target: Connection,
     """Copy every row of every table from ``source`` into ``target`` (both at the same schema
     version; the target's tables empty), then check the counts."""
     for table in data_tables():
+        if table.name in SEEDED:
+            continue
         copied = 0
         result = source.execution_options(stream_results=True, yield_per=BATCH).execute(
             select(table).order_by(*table.primary_key.columns))

@@ -42,7 +42,7 @@ def _copy(args: argparse.Namespace) -> int:
     from storage.db import make_engine, open_database, shown_url, sqlite_path
     from storage.errors import StorageError
     from storage.schema import upgrade
-    from storage.transfer import copy_tables, empty_target, row_counts
+    from storage.transfer import SEEDED, copy_tables, empty_target, row_counts
 
     for option, url in (("--from", args.source), ("--to", args.target)):
         try:
@@ -58,7 +58,7 @@ def _copy(args: argparse.Namespace) -> int:
         try:
             engine = make_engine(args.target, writer=True)
             with engine.connect() as connection:
-                held = {k: v for k, v in row_counts(connection).items() if v}
+                held = {k: v for k, v in row_counts(connection).items() if v and k not in SEEDED}
         except (OSError, SQLAlchemyError, ImportError) as err:
             raise StorageError(f"cannot open the database {shown_url(args.target)}: "
                                f"{str(err).splitlines()[0]}") from None
