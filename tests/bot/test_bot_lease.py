@@ -65,6 +65,9 @@ def test_a_stale_lease_is_taken_over_and_the_old_bot_stops(rig, database, clock)
         assert result.skipped == "this run lost its lease to another bot"
         assert first.stop.is_set()
         assert second.renew_lease()
+        second.executor.reconcile()  # the bot that took over owns the books now
+        assert_books_agree(r.market, database)
+        assert_one_per_server(r.market)
     finally:
         second.close()
 

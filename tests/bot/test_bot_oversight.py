@@ -148,6 +148,8 @@ def test_a_tight_budget_and_cancel_all_are_told(rig, database):
     assert report.cancelled and report.left == []
     assert all(f"{o} on server {s}" in got[title] for o, s in report.cancelled)
     assert alerts_in(database)[-1].event == "cancel_all"
+    assert_books_agree(r.market, database)
+    assert_one_per_server(r.market)
 
 
 def test_a_hanging_alert_url_never_delays_a_cycle(rig, database):
