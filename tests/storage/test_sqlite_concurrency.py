@@ -1,4 +1,5 @@
-"""One writer, many readers: WAL, busy timeout, write lock taken at BEGIN, read-only readers."""
+"""SQLite's own locking: WAL, busy timeout, write lock taken at BEGIN, read-only readers. (A reader
+seeing the last commit mid-write and refusing writes, on both backends: test_concurrency.py.)"""
 
 from __future__ import annotations
 
@@ -7,12 +8,8 @@ import threading
 import pytest
 from sqlalchemy import exc, insert, text
 
-import storage.gigaspot_ingest as gigaspot_ingest
 from storage.db import open_database
-from storage.market_views import gigaspot_frame
 from storage.models import Currency
-
-T0 = 1735176176
 
 
 @pytest.fixture
@@ -33,34 +30,6 @@ def test_connection_settings(database, db_url):
     with open_database(db_url, writer=False, busy_timeout=2.5) as reader:
         assert pragmas(reader.sessions, "journal_mode", "busy_timeout", "query_only") == \
             ["wal", 2_500, 1]
-
-
-def test_a_reader_cannot_write(database, db_url):
-    with open_database(db_url, writer=False) as reader, reader.sessions() as session:
-        with pytest.raises(exc.OperationalError, match="readonly database"):
-            session.execute(insert(Currency).values(name="bitcoin"))
-
-
-def test_a_reader_reads_while_a_snapshot_is_being_written(monkeypatch, database, db_url, record,
-                                                          doc_snapshot, changed):
-    record(doc_snapshot, 0)
-    seen_during_write = []
-    real = gigaspot_ingest.executemany
-
-    def read_meanwhile(connection, statement, names, rows):
-        real(connection, statement, names, rows)
-        if not seen_during_write:  # the writer holds the write lock and has written rows
-            with open_database(db_url, writer=False, busy_timeout=0) as reader, \
-                    reader.sessions() as session:
-                seen_during_write.append(gigaspot_frame(session))
-
-    monkeypatch.setattr(gigaspot_ingest, "executemany", read_meanwhile)
-    record(changed(doc_snapshot, ("40329", "bids", 0, "price"), 0.3), 1)
-
-    during = seen_during_write[0]
-    assert during.time == T0 and during.bid_price.tolist() == [0.2]  # the last commit, unblocked
-    with open_database(db_url, writer=False) as reader, reader.sessions() as session:
-        assert gigaspot_frame(session).bid_price.tolist() == [0.3]
 
 
 def test_writers_take_the_lock_when_they_begin(database, db_url):
