@@ -9,7 +9,8 @@ wall time (and minimum), its median ratio to the baseline, its median CPU time (
 steadier than wall time on a busy machine) and that against the baseline's, and the target (on
 the median wall time). ``bidder status`` reads a database
 holding a simulated bot run (``bidder run --sim``) and two recorded 10,000-machine GigaSPOT
-snapshots. Exits 1 when a target is missed.
+snapshots, once with the built-in defaults and once with ``--config`` (the shipped example
+config with ``data_dir`` pointing at it), as a monitor calls it. Exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-TARGETS = {"bidder --version": 0.3, "bidder --help": 0.3, "bidder status": 0.5}
+TARGETS = {"bidder --version": 0.3, "bidder --help": 0.3, "bidder status": 0.5,
+           "bidder status --config": 0.5}
 MACHINES = 10_000
 
 
@@ -80,11 +82,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "XDG_DATA_HOME": tmp, "CLORE_API_KEY": ""}
         prepare(Path(tmp), env)
+        config = Path(tmp) / "monitor.toml"
+        example = Path(__file__).resolve().parent.parent / "config.example.toml"
+        config.write_text(f'data_dir = "{Path(tmp) / "clore-bidder"}"\n'
+                          + example.read_text(encoding="utf-8"), encoding="utf-8")
         commands = {
             "python -c pass (baseline)": [sys.executable, "-c", "pass"],
             "bidder --version": [*bidder, "--version"],
             "bidder --help": [*bidder, "--help"],
             "bidder status": [*bidder, "status", "--sim"],
+            "bidder status --config": [*bidder, "status", "--sim", "--config", str(config)],
         }
         for argv in commands.values():  # warm the file cache and the bytecode
             timed(argv, env)

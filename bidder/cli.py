@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     module: ModuleType = args._module
-    from bidder.config import ConfigError  # pydantic: only once a command runs
+    from bidder.config_file import ConfigError  # light: no pydantic for a command that needs none
 
     try:
         return int(module.run(args) or 0)

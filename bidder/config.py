@@ -8,7 +8,6 @@ is held as a ``SecretStr``: printing the config, logging it or raising with it s
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,20 +22,16 @@ from pydantic import (
 )
 
 from bidder.api.oc import OcSetting
+# CLORE, ConfigError and Mode live in the light bidder.config_file (bidder status reads the database
+# URL without pydantic); they are used and importable from here as before.
+from bidder.config_file import CLORE, ConfigError, Mode, read_toml, resolved_data_dir, storage_url
+from bidder.lowering import DEFAULT_COOLDOWN, DEFAULT_COOLDOWN_FROM_CREATION, DEFAULT_FEE_FRACTION
 
 DEFAULT_BASE_URL = "https://api.clore.ai/v1"
 API_KEY_ENV = "CLORE_API_KEY"
-CLORE = "CLORE-Blockchain"
 
 MarketName = Literal["spot", "gigaspot"]
-Mode = Literal["live", "dry-run", "sim"]
-"""How the bot runs: on Clore.ai, on Clore.ai sending nothing that changes orders, or on the
-built-in simulated market. Each mode has its own default database."""
 AllocationRule = Literal["highest_price", "host_profit"]
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the offending key."""
 
 
 class Section(BaseModel):
@@ -86,14 +81,14 @@ class PollerConfig(Section):
 class MarketRules(Section):
     """The exchange's constraints for one market, as the rules engine applies them."""
 
-    cooldown: float = Field(600.0, ge=0)
+    cooldown: float = Field(DEFAULT_COOLDOWN, ge=0)
     """Seconds between two lowerings of one order."""
-    cooldown_from_creation: bool = True
+    cooldown_from_creation: bool = DEFAULT_COOLDOWN_FROM_CREATION
     """Treat an order's creation as a lowering (safe while the exchange's rule is unknown)."""
     initial_step_fraction: float = Field(1.0, gt=0, le=1)
     """Until the exchange has told us an order's step (``exceeded_max_step``), one lowering goes at
     most this fraction below the current price. 1.0 probes: the first refusal teaches the step."""
-    fee_fraction: float = Field(0.025, ge=0, lt=1)
+    fee_fraction: float = Field(DEFAULT_FEE_FRACTION, ge=0, lt=1)
     """Fees on top of the price (spot: about 2.5 %)."""
     creation_fee: float = Field(0.0, ge=0)
     """One-time fee per order living past ``creation_fee_after`` seconds, in the order currency."""
@@ -318,20 +313,14 @@ class Config(Section):
         return self
 
     def resolved_data_dir(self, environ: dict[str, str] | None = None) -> Path:
-        if self.data_dir is not None:
-            return self.data_dir.expanduser()
-        env = os.environ if environ is None else environ
-        base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-        return Path(base) / "clore-bidder"
+        return resolved_data_dir(self.data_dir, environ)
 
     def storage_url(self, mode: Mode = "live") -> str:
         """The database URL: ``[storage] url``, else a file in the data directory per mode
         (``bidder.db``, ``bidder-dry-run.db``, ``bidder-sim.db``), so a dry run or a simulation
-        never mixes its orders with real ones."""
-        if self.storage.url:
-            return self.storage.url
-        name = {"live": "bidder.db", "dry-run": "bidder-dry-run.db", "sim": "bidder-sim.db"}[mode]
-        return f"sqlite:///{self.resolved_data_dir() / name}"
+        never mixes its orders with real ones. ``bidder status`` resolves it from the file alone
+        through the same function (``bidder.config_file``)."""
+        return storage_url(self.storage.url, self.data_dir, mode)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
@@ -354,13 +343,4 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a TOML config file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"cannot read config file {p}: {err.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file {p} is not valid TOML: {err}") from None
-    return parse_config(data, str(p))
+    return parse_config(read_toml(path), str(Path(path)))

@@ -84,7 +84,7 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = (), *,
             handlers.append(logging.handlers.RotatingFileHandler(
                 path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS, encoding="utf-8"))
         except OSError as err:
-            from bidder.config import ConfigError
+            from bidder.config_file import ConfigError
 
             raise ConfigError(f"--log-file {path}: cannot write there: "
                               f"{err.strerror or err}") from None

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
+# the states and strategy_state are defined in the light bidder.book (shared with bidder status)
+from bidder.book import IN_FLIGHT_STATES, OPEN_STATES, strategy_state  # noqa: F401
 from bidder.config import MarketsConfig
 from bidder.rules import StepKnowledge, lowest_allowed, next_lower_at
 from storage.models import BIDS, BotOrder, BotOrderEvent, ServerBlock, SpotOffer, SpotPoll
@@ -29,15 +31,12 @@ if TYPE_CHECKING:  # bidder status reads orders without numpy (frames and strate
 
 log = logging.getLogger(__name__)
 
-OPEN_STATES = ("creating", "pending", "unknown", "live")
-IN_FLIGHT_STATES = ("creating", "pending", "unknown")
-"""An order whose id or last outcome is not known yet: only reconciliation changes it."""
-
 MarketState = Literal["winning", "outbid", "missing"]
 
 
 def open_orders(session: Session, *, dry_run: bool) -> list[BotOrder]:
-    """Our open orders (dry-run orders or real ones), oldest first."""
+    """Our open orders (dry-run orders or real ones), oldest first (``bidder status`` reads them
+    with ``bidder.book.read_open_orders``; a test keeps the two equal)."""
     return list(session.scalars(select(BotOrder).where(BotOrder.state.in_(OPEN_STATES),
                                                        BotOrder.dry_run.is_(dry_run))
                                 .order_by(BotOrder.id)))
@@ -87,17 +86,6 @@ def market_state(frame: MarketFrame, order: BotOrder) -> MarketState | None:
     if len(hits):
         return "winning" if bool(frame.bid_active[bids][hits[0]]) else "outbid"
     return "missing" if float(frame.observed_at[row]) > order.confirmed_at else None
-
-
-def strategy_state(order: BotOrder) -> OrderState:
-    """The ``OwnOrder.state`` the strategy and the rules engine see."""
-    if order.state in ("creating", "pending"):
-        return "pending"
-    if order.state == "unknown":
-        return "unknown"
-    if order.market_state in ("winning", "outbid"):
-        return order.market_state  # type: ignore[return-value]
-    return "pending"
 
 
 def own_order(order: BotOrder, markets: MarketsConfig, *, gpus: int | None = None,

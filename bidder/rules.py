@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from bidder.config import BudgetConfig, MarketRules, MarketsConfig
+from bidder.lowering import next_lower_at  # shared with bidder status (no pydantic there)
 
 if TYPE_CHECKING:  # types only: bidder status uses the lowering maths without numpy
     from strategies.base import DesiredBid, OwnOrder, TargetView
@@ -149,19 +150,6 @@ def lowest_allowed(current_price: float, knowledge: StepKnowledge | None,
     as_fraction = (current_price * (1.0 - step / knowledge.price) if knowledge.price > 0
                    else current_price)
     return min(max(as_amount, as_fraction), current_price)
-
-
-def next_lower_at(created_at: float, last_lowered_at: float | None, told_not_before: float | None,
-                  rules: MarketRules) -> float:
-    """Earliest time an order may be lowered: ``cooldown`` after its last lowering (its creation
-    counts when ``cooldown_from_creation``), and never before what the exchange told us
-    (``time_to_lowering``, as an absolute time)."""
-    times = [0.0 if told_not_before is None else told_not_before]
-    if last_lowered_at is not None:
-        times.append(last_lowered_at + rules.cooldown)
-    if rules.cooldown_from_creation:
-        times.append(created_at + rules.cooldown)
-    return max(times)
 
 
 # --- budget -------------------------------------------------------------------------------------

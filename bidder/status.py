@@ -7,6 +7,10 @@ the exit status says so for monitors.
 
 Times shown are the bot's clock (accelerated in a simulation); ages are in bot seconds, estimated
 from the heartbeat (its bot time and wall time) and the run's speed.
+
+The queries are plain SQL through ``storage.reader`` (no SQLAlchemy, pydantic or numpy: a monitor
+calls ``bidder status`` every minute), on a read-only connection of its own or, in the running bot
+(``bidder.oversight``), on its ORM session's connection: one implementation for both.
 """
 
 from __future__ import annotations
@@ -15,28 +19,16 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
+from bidder.book import read_open_orders, strategy_state
 from bidder.clock import Clock
-from bidder.config import CLORE, MarketsConfig
-from bidder.orders import open_orders, strategy_state
-from bidder.rules import next_lower_at
-from storage.models import (
-    ApiCall,
-    BotAlert,
-    BotCycle,
-    BotDecision,
-    BotLog,
-    BotOrder,
-    BotRun,
-    CurrencyRates,
-    GigaspotSnapshot,
-    MarketplaceListing,
-    SpotPoll,
-)
+from bidder.config_file import CLORE
+from bidder.lowering import next_lower_at, stored_rules
+from storage.reader import Reader, json_value, reader_of
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 HOUR = 3600.0
 LAST_ERRORS = 10
@@ -117,11 +109,10 @@ class Status:
         return 0 if self.healthy else 1
 
 
-def _usd_rates(session: Session) -> dict[str, float]:
-    rates = session.scalar(select(CurrencyRates.rates).order_by(CurrencyRates.id.desc()).limit(1))
+def _usd_rates(db: Reader) -> dict[str, float]:
+    rates = json_value(db.scalar("SELECT rates FROM currency_rates ORDER BY id DESC LIMIT 1"))
     out = {str(k): float(v) for k, v in (rates or {}).items()}
-    clore = session.scalar(select(GigaspotSnapshot.clore_price)
-                           .order_by(GigaspotSnapshot.id.desc()).limit(1))
+    clore = db.scalar("SELECT clore_price FROM gigaspot_snapshot ORDER BY id DESC LIMIT 1")
     if clore is not None:
         out[CLORE] = float(clore)
     out.setdefault("USD-Blockchain", 1.0)
@@ -181,56 +172,69 @@ def _next_text(d: dict[str, Any], now: float) -> str:
     return f"wants {server} at {price:.6g}: {words.get(reason, reason)}"
 
 
-def collect(session: Session, database: str, wall: Clock, *, brief: bool = False) -> Status:
-    """Everything ``bidder status`` shows, from ``session`` (a reader); ``brief``: only the
-    run, targets, orders and spend (what a running bot checks after each cycle)."""
-    run = session.scalars(select(BotRun).order_by(BotRun.id.desc()).limit(1)).first()
-    if run is None:
+RUN_COLUMNS = ("id", "mode", "started_at", "started_wall", "speed", "pid", "config",
+               "heartbeat_at", "heartbeat_wall", "stopped_at", "stop_reason")
+
+
+def collect(source: Reader | Session, database: str, wall: Clock, *,
+            brief: bool = False) -> Status:
+    """Everything ``bidder status`` shows, from ``source`` (a ``storage.reader.Reader``, or an ORM
+    session read through its connection); ``brief``: only the run, targets, orders and spend (what
+    a running bot checks after each cycle)."""
+    db = reader_of(source)
+    row = db.row(f"SELECT {', '.join(RUN_COLUMNS)} FROM bot_run ORDER BY id DESC LIMIT 1")
+    if row is None:
         return Status(database, False, "no bot run recorded in this database")
-    cfg = run.config
+    run = dict(zip(RUN_COLUMNS, row))
+    cfg = json_value(run["config"])
     stale_after = float(cfg["bot"]["heartbeat_stale_after"])
     wall_now = wall.now()
-    hb_age = None if run.heartbeat_wall is None else max(0.0, wall_now - run.heartbeat_wall)
-    if run.stopped_at is not None:
-        bot_now = run.stopped_at
-        healthy, summary = False, f"not running: stopped at {fmt_time(run.stopped_at)} " \
-                                  f"({run.stop_reason})"
-    elif run.heartbeat_wall is None or hb_age is None:
-        bot_now = run.started_at + (wall_now - run.started_wall) * run.speed
-        healthy = wall_now - run.started_wall <= stale_after
+    started_at, started_wall, speed = (float(run["started_at"]), float(run["started_wall"]),
+                                       float(run["speed"]))
+    heartbeat_wall, stopped_at = run["heartbeat_wall"], run["stopped_at"]
+    hb_age = None if heartbeat_wall is None else max(0.0, wall_now - heartbeat_wall)
+    if stopped_at is not None:
+        bot_now = stopped_at
+        healthy, summary = False, f"not running: stopped at {fmt_time(stopped_at)} " \
+                                  f"({run['stop_reason']})"
+    elif heartbeat_wall is None or hb_age is None:
+        bot_now = started_at + (wall_now - started_wall) * speed
+        healthy = wall_now - started_wall <= stale_after
         summary = "starting: no heartbeat yet" if healthy else "no heartbeat since the start"
     else:
-        bot_now = (run.heartbeat_at or run.started_at) + hb_age * run.speed
+        bot_now = (run["heartbeat_at"] or started_at) + hb_age * speed
         healthy = hb_age <= stale_after
         summary = f"running: last heartbeat {fmt_age(hb_age)} ago" if healthy else \
             f"STALE: last heartbeat {fmt_age(hb_age)} ago (limit {fmt_age(stale_after)})"
     status = Status(database, healthy, summary, heartbeat_age=hb_age, stale_after=stale_after,
                     bot_time=bot_now,
-                    run={"id": run.id, "mode": run.mode, "started_at": run.started_at,
-                         "pid": run.pid, "speed": run.speed, "stopped_at": run.stopped_at,
-                         "stop_reason": run.stop_reason})
-    markets = MarketsConfig.model_validate(cfg["markets"])
-    rates = _usd_rates(session)
-    _orders(session, status, markets, rates, dry_run=run.mode == "dry-run")
+                    run={"id": run["id"], "mode": run["mode"], "started_at": started_at,
+                         "pid": run["pid"], "speed": speed, "stopped_at": stopped_at,
+                         "stop_reason": run["stop_reason"]})
+    markets = cfg["markets"]
+    rates = _usd_rates(db)
+    _orders(db, status, markets, rates, dry_run=run["mode"] == "dry-run")
     _targets(status, cfg["targets"])
     _budget(status, cfg["budget"], markets, rates)
     if brief:
         return status
-    _market_and_calls(session, status, bot_now)
-    _cycle(session, status, run.id, bot_now)
-    status.errors = [{"at": r.at, "level": r.level, "source": r.source, "message": r.message}
-                     for r in session.scalars(select(BotLog).order_by(BotLog.id.desc())
-                                              .limit(LAST_ERRORS))]
-    status.alerts = [{"at": a.at, "event": a.event, "title": a.title, "body": a.body,
-                      "delivery": a.delivery}
-                     for a in session.scalars(select(BotAlert).order_by(BotAlert.id.desc())
-                                              .limit(LAST_ALERTS))]
+    _market_and_calls(db, status, bot_now)
+    _cycle(db, status, run["id"], bot_now)
+    status.errors = [{"at": at, "level": level, "source": source, "message": message}
+                     for at, level, source, message in db.rows(
+                         "SELECT at, level, source, message FROM bot_log ORDER BY id DESC "
+                         "LIMIT ?", (LAST_ERRORS,))]
+    status.alerts = [{"at": at, "event": event, "title": title, "body": body,
+                      "delivery": delivery}
+                     for at, event, title, body, delivery in db.rows(
+                         "SELECT at, event, title, body, delivery FROM bot_alert "
+                         "ORDER BY id DESC LIMIT ?", (LAST_ALERTS,))]
     return status
 
 
-def _orders(session: Session, status: Status, markets: MarketsConfig, rates: dict[str, float],
+def _orders(db: Reader, status: Status, markets: dict[str, Any], rates: dict[str, float],
             *, dry_run: bool) -> None:
-    rows = sorted(open_orders(session, dry_run=dry_run),
+    rows = sorted(read_open_orders(db, dry_run=dry_run),
                   key=lambda o: (o.target is not None, o.target or "", o.server_id))
     for o in rows:
         rate = rates.get(o.currency)
@@ -241,7 +245,7 @@ def _orders(session: Session, status: Status, markets: MarketsConfig, rates: dic
             server_id=o.server_id, gpus=o.gpus, price=o.price, currency=o.currency,
             usd_per_day=o.price * rate if rate is not None else None, state=state,
             next_lower_at=next_lower_at(o.created_at, o.last_lowered_at, o.told_next_lower_at,
-                                        markets.rules(o.market)) if settled else None,
+                                        stored_rules(markets, o.market)) if settled else None,
             adopted=o.adopted))
 
 
@@ -253,7 +257,7 @@ def _targets(status: Status, targets: list[dict[str, Any]]) -> None:
                                          len(mine), t["strategy"]))
 
 
-def _budget(status: Status, budget: dict[str, Any], markets: MarketsConfig,
+def _budget(status: Status, budget: dict[str, Any], markets: dict[str, Any],
             rates: dict[str, float]) -> None:
     currency = budget["currency"]
     status.budget_currency = currency
@@ -261,7 +265,7 @@ def _budget(status: Status, budget: dict[str, Any], markets: MarketsConfig,
     per_unit = rates.get(currency, math.nan)
     total = 0.0
     for o in status.orders:
-        fee = markets.rules(o.market).fee_fraction  # type: ignore[arg-type]
+        fee = stored_rules(markets, o.market).fee_fraction
         if o.currency == currency:
             total += o.price * (1 + fee)
         else:
@@ -270,40 +274,39 @@ def _budget(status: Status, budget: dict[str, Any], markets: MarketsConfig,
     status.spend_per_day = total if math.isfinite(total) else None
 
 
-def _market_and_calls(session: Session, status: Status, now: float) -> None:
+def _market_and_calls(db: Reader, status: Status, now: float) -> None:
+    polls = ", ".join("?" * len(POLL_ENDPOINTS))
     status.ages = {
-        "gigaspot_snapshot": _age(now, session.scalar(select(func.max(GigaspotSnapshot.time)))),
-        "spot_poll": _age(now, session.scalar(select(func.max(SpotPoll.polled_at)))),
-        "marketplace_listing": _age(now, session.scalar(
-            select(func.max(MarketplaceListing.taken_at)))),
-        "api_poll": _age(now, session.scalar(select(func.max(ApiCall.finished_at)).where(
-            ApiCall.endpoint.in_(POLL_ENDPOINTS), ApiCall.outcome == "ok"))),
+        "gigaspot_snapshot": _age(now, db.scalar("SELECT max(time) FROM gigaspot_snapshot")),
+        "spot_poll": _age(now, db.scalar("SELECT max(polled_at) FROM spot_poll")),
+        "marketplace_listing": _age(now, db.scalar(
+            "SELECT max(taken_at) FROM marketplace_listing")),
+        "api_poll": _age(now, db.scalar(
+            f"SELECT max(finished_at) FROM api_call WHERE endpoint IN ({polls}) "
+            "AND outcome = 'ok'", POLL_ENDPOINTS)),
     }
-    since = now - HOUR
-    calls = select(func.count()).select_from(ApiCall).where(ApiCall.started_at >= since,
-                                                            ApiCall.cdn.is_(False))
-    status.calls_last_hour = session.scalar(calls) or 0
-    status.rate_limited_last_hour = session.scalar(
-        calls.where(ApiCall.outcome == "rate_limited")) or 0
-    status.failed_calls_last_hour = session.scalar(calls.where(ApiCall.outcome != "ok")) or 0
+    calls = "SELECT count(*) FROM api_call WHERE started_at >= ? AND cdn = ?"
+    since = (now - HOUR, False)
+    status.calls_last_hour = int(db.scalar(calls, since) or 0)
+    status.rate_limited_last_hour = int(db.scalar(
+        f"{calls} AND outcome = 'rate_limited'", since) or 0)
+    status.failed_calls_last_hour = int(db.scalar(f"{calls} AND outcome <> 'ok'", since) or 0)
 
 
-def _cycle(session: Session, status: Status, run_id: int, now: float) -> None:
-    last = session.scalars(select(BotCycle).where(BotCycle.run_id == run_id)
-                           .order_by(BotCycle.id.desc()).limit(1)).first()
+def _cycle(db: Reader, status: Status, run_id: int, now: float) -> None:
+    last = db.row("SELECT id, at, skipped, actions FROM bot_cycle WHERE run_id = ? "
+                  "ORDER BY id DESC LIMIT 1", (run_id,))
     if last is None:
         return
-    status.last_cycle = {"id": last.id, "at": last.at, "skipped": last.skipped,
-                         "actions": last.actions}
-    decided = session.scalars(select(BotCycle).where(BotCycle.run_id == run_id,
-                                                     BotCycle.skipped.is_(None))
-                              .order_by(BotCycle.id.desc()).limit(1)).first()
+    status.last_cycle = dict(zip(("id", "at", "skipped", "actions"), last))
+    decided = db.scalar("SELECT id FROM bot_cycle WHERE run_id = ? AND skipped IS NULL "
+                        "ORDER BY id DESC LIMIT 1", (run_id,))
     if decided is None:
         return
-    for decision in session.scalars(select(BotDecision).where(BotDecision.cycle_id == decided.id)
-                                    .order_by(BotDecision.target)):
-        for d in decision.deferred:
-            status.next_steps.append(NextStep(decision.target, d["server_id"], d["wanted_price"],
+    for target, deferred in db.rows("SELECT target, deferred FROM bot_decision "
+                                    "WHERE cycle_id = ? ORDER BY target", (decided,)):
+        for d in json_value(deferred):
+            status.next_steps.append(NextStep(target, d["server_id"], d["wanted_price"],
                                               d["reason"], d["not_before"], _next_text(d, now)))
 
 

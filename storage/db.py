@@ -21,7 +21,6 @@ No global engine or session: callers make a ``sessionmaker`` here and pass it in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -30,24 +29,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.errors import StorageError
+from storage.reader import DEFAULT_BUSY_TIMEOUT, sqlite_path  # shared with bidder status
 from storage.schema import require_current, upgrade
 
-DEFAULT_BUSY_TIMEOUT = 10.0
-"""Seconds a connection waits for another one's write lock."""
 CACHE_KIB = 32_768
 """Page cache per SQLite connection: a snapshot touches a few MB of index pages; the default 2 MB
 cache would read them back from the OS on every snapshot."""
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file behind a SQLite URL; ``None`` for other databases and in-memory SQLite."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return None
-    database = parsed.database or ""
-    if database in ("", ":memory:") or database.startswith("file:"):
-        return None
-    return Path(database).expanduser()
 
 
 def make_engine(url: str, *, writer: bool, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Engine:

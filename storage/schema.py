@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from sqlalchemy import Connection, Engine, func, inspect, insert, select
 
-from storage.errors import SchemaVersionError, StorageError
+from storage.errors import SchemaVersionError, StorageError, schema_too_new, schema_too_old
 from storage.migrations import MIGRATIONS, Migration
 from storage.models import SchemaVersion
 
@@ -37,9 +37,7 @@ def _describe(engine: Engine) -> str:
 
 
 def _newer_error(engine: Engine, found: int, known: int) -> SchemaVersionError:
-    return SchemaVersionError(
-        f"database {_describe(engine)} has schema version {found}, written by a newer clore-bidder; "
-        f"this one knows versions up to {known}. Upgrade clore-bidder, or use another database.")
+    return schema_too_new(_describe(engine), found, known)
 
 
 def _check_sequence(migrations: Sequence[Migration]) -> None:
@@ -92,8 +90,5 @@ def require_current(engine: Engine, migrations: Sequence[Migration] = MIGRATIONS
     if current > latest:
         raise _newer_error(engine, current, latest)
     if current < latest:
-        raise SchemaVersionError(
-            f"database {_describe(engine)} has schema version {current}; this clore-bidder needs "
-            f"{latest}. Run a command that records (bidder record, bidder run or bidder import) "
-            "once to upgrade it; its data is kept.")
+        raise schema_too_old(_describe(engine), current, latest)
     return current

@@ -13,7 +13,8 @@ HELP = ("Show what the bot holds against its targets, its orders, spend against 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
-                        help="config file, only to find the database (default: built-in defaults)")
+                        help="config file, only to find the database: its data_dir and [storage] "
+                        "are read, the rest is not checked (default: built-in defaults)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry-run", action="store_true", help="the dry run's database")
     mode.add_argument("--sim", action="store_true", help="the simulation's database (bidder run --sim)")
@@ -21,21 +22,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # light on purpose (a monitor calls this every minute): the database through the DB-API
+    # driver, the config file through tomllib; no SQLAlchemy, pydantic or numpy
     from bidder.clock import SystemClock
-    from bidder.config import Config, Mode, load_config
+    from bidder.config_file import Mode, storage_url_of_file
     from bidder.status import collect, render, to_json
-    from storage.db import open_database
     from storage.errors import StorageError
+    from storage.reader import open_reader
 
-    config = load_config(args.config) if args.config is not None else Config()
     mode: Mode = "sim" if args.sim else "dry-run" if args.dry_run else "live"
-    url = config.storage_url(mode)
+    url = storage_url_of_file(args.config, mode)
     try:
-        database = open_database(url, writer=False)
+        with open_reader(url) as reader:
+            status = collect(reader, url, SystemClock())
     except StorageError as err:
         print(f"bidder status: {err}", file=sys.stderr)
         return 2
-    with database, database.sessions() as session:
-        status = collect(session, url, SystemClock())
     print(to_json(status) if args.json else render(status))
     return status.exit_code

@@ -113,8 +113,8 @@ def test_an_unknown_command_or_option_exits_2(capsys):
 
 
 def test_status_needs_neither_numpy_nor_the_http_client(tmp_path):
-    """``bidder status`` reads the database with SQLAlchemy and the config with pydantic; the
-    strategies' numpy and the API client's httpx are not needed, and cost a monitor every call."""
+    """``bidder status`` needs neither the strategies' numpy nor the API client's httpx: they
+    would cost a monitor every call (nor SQLAlchemy and pydantic: tests/bot/test_bot_status_light.py)."""
     code = ("import os\n"
             f"os.environ['XDG_DATA_HOME'] = {str(tmp_path)!r}\n"
             "from bidder.cli import main\n"
