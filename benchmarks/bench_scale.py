@@ -9,8 +9,9 @@ with COPY), then prints, per backend: the size on disk, the time to build the li
 the end (``gigaspot_frame``, what every bot cycle and ``bidder status`` read), and the time to load a
 backtest history for one target (RTX 4090 machines, about a seventh of them), the best of ten
 frames and of three loads, against the targets: live frame <= 100 ms, history load <= 10 s, size
-<= 2 GB. Exits 1 on a miss. Without ``--pg-url`` it starts a throwaway PostgreSQL server (``tests/pg_server.py``) and
-stops it at the end. Other work on the machine skews the times: note the load average printed.
+<= 2 GB. Exits 1 on a miss. Without ``--pg-url`` it starts a throwaway PostgreSQL server
+(``tests/pg_server.py``) and stops it at the end. Other work on the machine skews the times: note
+the load average printed.
 
 Building the full week takes a long while on a small machine, so a history can be kept and measured
 again: ``--dir DIR`` keeps the SQLite file in DIR (named by days, machines and layout), and a
