@@ -212,8 +212,13 @@ def _plain(value: Any) -> Any:
 
 def study_setup(strategy: str, target: str, mode: str, objective: str, floor: float,
                 dims: Sequence[Dimension], holdout: float | None, start: float | None,
-                end: float | None) -> dict[str, Any]:
-    """What a shared study's trials must agree on; a process with another setup is refused."""
-    return {"strategy": strategy, "target": target, "mode": mode, "objective": objective,
-            "min_availability": floor, "space": [d.describe() for d in dims],
-            "holdout_seconds": holdout, "from": start, "to": end}
+                end: float | None, *, clore_usd: float | None = None) -> dict[str, Any]:
+    """What a shared study's trials must agree on; a process with another setup is refused.
+    A given USD per CLORE (``--clore-usd``) is part of it: trials scored at other rates do not
+    compare (a study started without one keeps its setup as it was)."""
+    setup = {"strategy": strategy, "target": target, "mode": mode, "objective": objective,
+             "min_availability": floor, "space": [d.describe() for d in dims],
+             "holdout_seconds": holdout, "from": start, "to": end}
+    if clore_usd is not None:
+        setup["clore_usd"] = clore_usd
+    return setup

@@ -40,9 +40,19 @@ def fetch_rows(connection: Connection, statement: ClauseElement) -> list[tuple[A
     values = compiled.params
     params: Any = tuple(values[key] for key in compiled.positiontup or ()) \
         if compiled.positional else values
-    cursor = connection.connection.cursor()  # the DBAPI cursor: plain tuples, no Row objects
+    cursor = _cursor(connection)
     try:
         cursor.execute(str(compiled), params)
         return cursor.fetchall()
     finally:
         cursor.close()
+
+
+def _cursor(connection: Connection) -> Any:
+    """The DBAPI cursor: plain tuples, no Row objects. psycopg's asks for binary results: the
+    same Python values (int, float, bool, str), without parsing each from text, which took a
+    fifth of the live frame's time on PostgreSQL."""
+    if connection.dialect.driver == "psycopg":
+        raw: Any = connection.connection.dbapi_connection
+        return raw.cursor(binary=True)
+    return connection.connection.cursor()

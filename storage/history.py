@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, Select, Table, func, or_, select
+from sqlalchemy import ColumnElement, Table, func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.arrays import expand, to_columns
@@ -68,20 +68,50 @@ def _currency_codes(session: Session, currency_ids: np.ndarray) -> np.ndarray:
     return lookup[currency_ids]
 
 
-def _overlapping(table: Table, columns: Iterable[ColumnElement[Any]], snapshots: SnapshotTimes,
+def _overlapping(session: Session, table: Table, columns: Sequence[ColumnElement[Any]],
+                 dtypes: Sequence[Any], snapshots: SnapshotTimes,
                  machine_ids: Iterable[int] | None,
-                 where: Sequence[ColumnElement[bool]] = ()) -> Select[Any]:
-    """Versions of ``table`` that held in at least one of ``snapshots`` (which must not be empty)
-    and meet every ``where``, with ``first_snapshot`` and ``end_snapshot`` as the last two
-    columns."""
+                 where: Sequence[ColumnElement[bool]] = ()) -> list[np.ndarray]:
+    """The versions of ``table`` that held in at least one of ``snapshots`` (which must not be
+    empty) and meet every ``where``, in primary-key order: one array per column of ``columns``
+    (of ``dtypes``), then ``first_snapshot`` and ``end_snapshot`` (-1: still open).
+
+    The database is not asked to sort: PostgreSQL's sort of a target's million bid versions
+    spills to disk under the default ``work_mem`` and took a quarter of the read, while numpy
+    sorts them in a tenth of a second (and rows that come in order, as SQLite's through the
+    primary key, are only checked). The key is unique, so the order is the one ``ORDER BY``
+    gave."""
     c = table.c
+    keys = [k for k in table.primary_key.columns if k.name != "first_snapshot"]
+    extra = [k for k in keys if not any(k is col for col in columns)]
     end = func.coalesce(c.end_snapshot, -1)  # -1: still open (no None: see ``to_columns``)
-    query = select(*columns, c.first_snapshot, end).where(
+    query = select(*columns, *extra, c.first_snapshot, end).where(
         c.first_snapshot <= int(snapshots.id[-1]),
         or_(c.end_snapshot.is_(None), c.end_snapshot > int(snapshots.id[0])), *where)
     if machine_ids is not None:
         query = query.where(c.machine_id.in_([int(m) for m in machine_ids]))
-    return query.order_by(*table.primary_key.columns)
+    arrays = to_columns(fetch_rows(session.connection(), query),
+                        (*dtypes, *(np.int64 for _ in extra), *_SPAN_DTYPES))
+    position = {id(col): i for i, col in enumerate((*columns, *extra))}
+    order = _key_order([arrays[position[id(k)]] for k in keys] + [arrays[-2]])
+    if order is not None:
+        arrays = [a[order] for a in arrays]
+    return arrays[:len(columns)] + arrays[-2:]
+
+
+def _key_order(keys: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The permutation that sorts rows by ``keys`` (most significant first); None when they are
+    sorted already."""
+    if len(keys[0]) < 2:
+        return None
+    ahead = np.zeros(len(keys[0]) - 1, dtype=bool)  # row i+1 after row i on an earlier key
+    tied = np.ones(len(keys[0]) - 1, dtype=bool)
+    for key in keys:
+        ahead |= tied & (key[1:] > key[:-1])
+        tied &= key[1:] == key[:-1]
+    if (ahead | tied).all():
+        return None
+    return np.lexsort(tuple(reversed(keys)))
 
 
 def _spans(snapshots: SnapshotTimes, first: np.ndarray, end: np.ndarray
@@ -216,8 +246,7 @@ def _read(session: Session, table: Table, columns: Sequence[ColumnElement[Any]],
     if len(snapshots) == 0:
         *values, first, end = to_columns([], (*dtypes, *_SPAN_DTYPES))
     else:
-        rows = fetch_rows(session.connection(), _overlapping(table, columns, snapshots, machine_ids))
-        *values, first, end = to_columns(rows, (*dtypes, *_SPAN_DTYPES))
+        *values, first, end = _overlapping(session, table, columns, dtypes, snapshots, machine_ids)
     return values, *_spans(snapshots, first, end)
 
 
@@ -245,13 +274,13 @@ def bid_prices(session: Session, snapshots: SnapshotTimes,
     c = BIDS.c
     where = (c.currency_id.in_(select(Currency.id).where(Currency.name == currency)),
              c.owner.not_in([int(u) for u in exclude_owners]))
-    dtypes = (np.int64, np.int64, np.float64, np.float64, bool, *_SPAN_DTYPES)
+    dtypes = (np.int64, np.int64, np.float64, np.float64, bool)
     if len(snapshots) == 0:
-        *values, first, end = to_columns([], dtypes)
+        *values, first, end = to_columns([], (*dtypes, *_SPAN_DTYPES))
     else:
-        query = _overlapping(BIDS, (c.machine_id, c.bid_id, c.price, c.pl, c.active), snapshots,
-                             machine_ids, where)
-        *values, first, end = to_columns(fetch_rows(session.connection(), query), dtypes)
+        *values, first, end = _overlapping(session, BIDS, (c.machine_id, c.bid_id, c.price, c.pl,
+                                                           c.active), dtypes, snapshots,
+                                           machine_ids, where)
     return BidPrices(*values, *_spans(snapshots, first, end))
 
 

@@ -54,6 +54,20 @@ def _pick(values: np.ndarray, row: np.ndarray, found: np.ndarray, missing: objec
     return out
 
 
+def gigaspot_frame_reads(snapshot_id: int, newest: bool) -> tuple[Select, Select, Select]:
+    """The three reads of a GigaSPOT frame: states and facts by machine, bids by machine and bid.
+    In the newest snapshot each reads exactly the columns, in the order, of its table's index of
+    open rows (schema version 6), so the database answers from that index alone."""
+    s, f, b = STATES.c, FACTS.c, BIDS.c
+    return (select(s.machine_id, s.online, s.on_demand_rented, s.working_properly, s.reliability,
+                   s.min_bid, s.max_rental_length, s.energy_price)
+            .where(_held_at(STATES, snapshot_id, newest)).order_by(s.machine_id),
+            select(f.machine_id, f.gpu_count, f.gpu_model, f.cc, f.pl_min, f.pl_max)
+            .where(_held_at(FACTS, snapshot_id, newest)).order_by(f.machine_id),
+            select(b.machine_id, b.bid_id, b.owner, b.price, b.pl, b.active)
+            .where(_held_at(BIDS, snapshot_id, newest)).order_by(b.machine_id, b.bid_id))
+
+
 def gigaspot_frame(session: Session, *, my_user_id: int | None = None,
                    at: float | None = None) -> MarketFrame:
     """The GigaSPOT market in the newest snapshot taken at or before ``at`` (default: the newest).
@@ -69,24 +83,15 @@ def gigaspot_frame(session: Session, *, my_user_id: int | None = None,
         return empty_frame("gigaspot", float(at) if at is not None else 0.0)
     is_newest = newest is not None and snapshot.id == newest.id
     connection = session.connection()
-    s, f, b = STATES.c, FACTS.c, BIDS.c
+    states, facts, bids = gigaspot_frame_reads(snapshot.id, is_newest)
     server_id, online, rented, working, reliability, min_bid, mrl, energy = to_columns(
-        fetch_rows(connection, select(s.machine_id, s.online, s.on_demand_rented, s.working_properly,
-                                  s.reliability, s.min_bid, s.max_rental_length, s.energy_price)
-                           .where(_held_at(STATES, snapshot.id, is_newest))
-                           .order_by(s.machine_id)),
+        fetch_rows(connection, states),
         (np.int64, bool, bool, bool, np.float64, np.float64, np.int64, np.float64))
     f_id, f_gpus, f_model, f_cc, f_pl_min, f_pl_max = to_columns(
-        fetch_rows(connection, select(f.machine_id, f.gpu_count, f.gpu_model, f.cc, f.pl_min, f.pl_max)
-                           .where(_held_at(FACTS, snapshot.id, is_newest))
-                           .order_by(f.machine_id)),
-        (np.int64, np.int32, object, object, np.float64, np.float64))
+        fetch_rows(connection, facts), (np.int64, np.int32, object, object, np.float64, np.float64))
     row, found = _aligned(server_id, f_id)
     b_machine, bid_id, owner, price, pl, active = to_columns(
-        fetch_rows(connection, select(b.machine_id, b.bid_id, b.owner, b.price, b.pl, b.active)
-                           .where(_held_at(BIDS, snapshot.id, is_newest))
-                           .order_by(b.machine_id, b.bid_id)),
-        (np.int64, np.int64, np.int64, np.float64, np.float64, bool))
+        fetch_rows(connection, bids), (np.int64, np.int64, np.int64, np.float64, np.float64, bool))
     me = my_user_id if my_user_id is not None else snapshot.my_user_id
     return MarketFrame(
         market="gigaspot",

@@ -267,6 +267,34 @@ def _v5_bot_lease(connection: Connection) -> None:
     connection.execute(lease.insert().values(name="bot"))
 
 
+V6_OPEN_ROWS = {
+    "gigaspot_machine_state": ("machine_id", "online", "on_demand_rented", "working_properly",
+                               "reliability", "min_bid", "max_rental_length", "energy_price",
+                               "end_snapshot"),
+    "gigaspot_machine_facts": ("machine_id", "gpu_count", "gpu_model", "cc", "pl_min", "pl_max",
+                               "end_snapshot"),
+    "gigaspot_bid": ("machine_id", "bid_id", "owner", "price", "pl", "active", "end_snapshot"),
+}
+"""Per GigaSPOT interval table, the columns of its v6 index of open rows: the key, every column
+the live market frame reads, and ``end_snapshot`` (always NULL there), without which SQLite reads
+the table row to check the index's own WHERE."""
+
+
+def _v6_covering_open_rows(connection: Connection) -> None:
+    """The index of each GigaSPOT interval table's open rows holds every column the live market
+    frame reads, in the frame's order, so the frame (every bot cycle, ``bidder status``) reads
+    its ~50,000 rows from these small indexes alone: v1's indexes held only the key, so each row
+    was a lookup in a page of its own in the big table, and SQLite read the bids in key order
+    through the primary key instead, all of them (seconds at a week of 10,000 machines)."""
+    md = MetaData()
+    where = text("end_snapshot IS NULL")
+    for name, columns in V6_OPEN_ROWS.items():
+        connection.execute(text(f"DROP INDEX ix_{name}_open"))
+        table = Table(name, md, *(Column(c, Integer) for c in columns))  # the names suffice
+        Index(f"ix_{name}_open", *(table.c[c] for c in columns), sqlite_where=where,
+              postgresql_where=where).create(connection)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "market recorder: GigaSPOT snapshots, spot polls, marketplace listings",
               _v1_market_recorder),
@@ -275,4 +303,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the currency spot offers state", _v3_spot_offer_currency),
     Migration(4, "alerts: what the bot told people", _v4_alerts),
     Migration(5, "bot lease: one running bot per database", _v5_bot_lease),
+    Migration(6, "the open rows' indexes cover the live market frame", _v6_covering_open_rows),
 )

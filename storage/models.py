@@ -18,7 +18,9 @@ and the warnings and errors ``bidder status`` shows.
 The interval tables carry no foreign keys on ``first``/``end``: the ingester writes them next to the
 snapshot row in one transaction, and the checks would cost a sixth of a fully changed snapshot's
 write. Their open rows have a partial index (the ingester loads them at start; the latest market
-view reads them); a machine's history is found through the primary key, which starts with the id.
+view reads them) that holds every column the live market frame reads, so the frame, read every bot
+cycle, never touches the tables themselves; a machine's history is found through the primary key,
+which starts with the id.
 
 These models describe the *current* schema; ``storage.migrations`` builds it step by step, and a
 test checks that both agree. Change a table only together with a new migration.
@@ -43,10 +45,12 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
-def open_rows_index(table: str, key: str, end: str = "end_snapshot") -> Index:
-    """An index of an interval table's open rows only (``end`` IS NULL): closed rows leave it."""
+def open_rows_index(table: str, *columns: str, end: str = "end_snapshot") -> Index:
+    """An index of an interval table's open rows only (``end`` IS NULL): closed rows leave it.
+    ``columns``: the key, then (GigaSPOT, schema version 6) every column the live market frame
+    reads and ``end``, so the frame never touches the table itself."""
     where = text(f"{end} IS NULL")
-    return Index(f"ix_{table}_open", key, sqlite_where=where, postgresql_where=where)
+    return Index(f"ix_{table}_open", *columns, sqlite_where=where, postgresql_where=where)
 
 
 class SchemaVersion(Base):
@@ -98,7 +102,8 @@ class MachineFacts(Base):
     leaving the snapshot does not close it: presence is told by ``MachineState``)."""
 
     __tablename__ = "gigaspot_machine_facts"
-    __table_args__ = (open_rows_index("gigaspot_machine_facts", "machine_id"),)
+    __table_args__ = (open_rows_index("gigaspot_machine_facts", "machine_id", "gpu_count",
+                                      "gpu_model", "cc", "pl_min", "pl_max", "end_snapshot"),)
 
     machine_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     first_snapshot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
@@ -126,7 +131,10 @@ class MachineState(Base):
     """What a machine *does*: closed when a value changes or the machine leaves the snapshot."""
 
     __tablename__ = "gigaspot_machine_state"
-    __table_args__ = (open_rows_index("gigaspot_machine_state", "machine_id"),)
+    __table_args__ = (open_rows_index("gigaspot_machine_state", "machine_id", "online",
+                                      "on_demand_rented", "working_properly", "reliability",
+                                      "min_bid", "max_rental_length", "energy_price",
+                                      "end_snapshot"),)
 
     machine_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     first_snapshot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
@@ -147,7 +155,8 @@ class GigaspotBid(Base):
     """One version of one bid on one machine: closed when any value changes or the bid leaves."""
 
     __tablename__ = "gigaspot_bid"
-    __table_args__ = (open_rows_index("gigaspot_bid", "machine_id"),)
+    __table_args__ = (open_rows_index("gigaspot_bid", "machine_id", "bid_id", "owner", "price",
+                                      "pl", "active", "end_snapshot"),)
 
     machine_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     bid_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
@@ -237,7 +246,7 @@ class MarketplaceServer(Base):
     (not including) ``end_listing``."""
 
     __tablename__ = "marketplace_server"
-    __table_args__ = (open_rows_index("marketplace_server", "server_id", "end_listing"),)
+    __table_args__ = (open_rows_index("marketplace_server", "server_id", end="end_listing"),)
 
     server_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     first_listing: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)

@@ -6,7 +6,8 @@ without a USD rate for the order currency a USD cap or budget refuses every purc
 backtest would report 0 % availability as if the strategies had failed. Here each need is
 checked against the loaded history: a rate missing at every tick stops the backtest (the command
 names it and how to give it); one missing at some ticks becomes a warning shown with the table and
-in the JSON. A target no recorded server ever matched is reported instead of run.
+in the JSON. A target no recorded server ever matched is reported instead of run. ``preflight``
+is that check, for every command that backtests (``bidder backtest``, ``bidder optimize``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ from bidder.backtest.data import History, facts_frame
 from bidder.config import CLORE, Config, TargetConfig
 from bidder.view import static_match
 
-HOW_TO_GIVE = ("give it with bidder backtest --clore-usd RATE, or record it with the snapshots "
-               "(bidder import --clore-usd RATE, or saved get_gigaspot replies)")
+
+
+class PreflightError(ValueError):
+    """The backtest cannot mean anything as asked; the message says why and what to do."""
+
+
+def how_to_give(command: str) -> str:
+    """How to give USD per CLORE to ``bidder <command>``."""
+    return (f"give it with bidder {command} --clore-usd RATE, or record it with the snapshots "
+            "(bidder import --clore-usd RATE, or saved get_gigaspot replies)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +47,13 @@ class RateGap:
     def everywhere(self) -> bool:
         return self.missing == self.ticks
 
-    def message(self) -> str:
+    def message(self, command: str = "backtest") -> str:
+        """What is missing where, and how to give it to ``bidder <command>``."""
         what = "USD per CLORE" if self.currency == CLORE else f"USD per {self.currency}"
         where = ("none was recorded in this range" if self.everywhere
                  else f"it is missing at {self.missing:,} of {self.ticks:,} ticks, where "
                       "nothing new is bought")
-        how = HOW_TO_GIVE if self.currency == CLORE else \
+        how = how_to_give(command) if self.currency == CLORE else \
             "the spot polls record it (currency_rates_in_usd)"
         return f"{self.why} needs {what}, and {where}: {how}"
 
@@ -102,6 +112,27 @@ def without_candidates(history: History, targets: Sequence[TargetConfig]) -> lis
         if not static_match(frame, target).any():
             empty.append(target)
     return empty
+
+
+def preflight(history: History, config: Config, targets: Sequence[TargetConfig], *,
+              command: str) -> tuple[list[TargetConfig], list[str]]:
+    """The targets that can be backtested on ``history`` and the warnings to show with the
+    results (the table and the JSON). A rate a rule needs and the range lacks entirely, or no
+    target with a candidate server, is a ``PreflightError`` naming it and (``command``: the
+    ``bidder`` command asking) how to give it."""
+    empty = without_candidates(history, targets)
+    if len(empty) == len(targets):
+        raise PreflightError("no recorded server ever matched " + "; ".join(
+            f"target {t.name!r} ({describe_target(t)})" for t in empty) + ": nothing to backtest")
+    warnings = [f"target {t.name!r} left out: no recorded server ever matched it "
+                f"({describe_target(t)})" for t in empty]
+    kept = [t for t in targets if t not in empty]
+    gaps = rate_gaps(history, config, kept)
+    fatal = [g for g in gaps if g.everywhere]
+    if fatal:
+        raise PreflightError(fatal[0].message(command))
+    warnings += [g.message(command) for g in gaps]
+    return kept, warnings
 
 
 def describe_target(target: TargetConfig) -> str:

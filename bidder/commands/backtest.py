@@ -113,6 +113,7 @@ def _check_output(path: Path | None, option: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from bidder.backtest.data import HistoryError
     from bidder.backtest.plot import PlotUnavailable
+    from bidder.backtest.preflight import PreflightError
     from bidder.backtest.replay_diff import ReplayDiffError
     from storage.errors import StorageError
     from strategies.registry import StrategyError
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _replay_diff(args) if args.replay_diff else _run(args)
     except (UsageError, StrategyError, HistoryError, StorageError, PlotUnavailable,
-            ReplayDiffError) as err:
+            ReplayDiffError, PreflightError) as err:
         print(f"bidder backtest: {err}", file=sys.stderr)
         return 2
 
@@ -177,6 +178,7 @@ def _run(args: argparse.Namespace) -> int:
     from bidder.backtest.fees import fee_warnings, recorded_creation_fees, with_creation_fees
     from bidder.backtest.grid import ProgressBar, expand_grid, run_backtest
     from bidder.backtest.plot import plot, require_matplotlib
+    from bidder.backtest.preflight import preflight
     from bidder.backtest.report import as_json, table, write_json
     from bidder.backtest.runner import MODES
     from bidder.config import Config, load_config
@@ -218,7 +220,7 @@ def _run(args: argparse.Namespace) -> int:
                                clore_usd=args.clore_usd)
         config, fees = with_creation_fees(config, targets, recorded_creation_fees(
             session, end=float(history.time[-1])))
-    targets, warnings = _preflight(history, config, targets)
+    targets, warnings = preflight(history, config, targets, command="backtest")
     warnings += [line.removeprefix("warning: ") for line in fee_warnings(fees)]
     progress = ProgressBar(sys.stderr, force=args.progress)  # the stream of now, not of import
     result = run_backtest(history, config, variants, settings, modes=modes, targets=targets,
@@ -238,27 +240,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot is not None:
         plot(args.plot, result.runs, targets, result.oracles)
     return 0
-
-
-def _preflight(history: Any, config: Config, targets: list[Any]) -> tuple[list[Any], list[str]]:
-    """The targets that can be backtested and the warnings to show with the results; a rate a
-    rule needs and the range lacks entirely, or no target with a candidate server, is a
-    ``UsageError``."""
-    from bidder.backtest.preflight import describe_target, rate_gaps, without_candidates
-
-    empty = without_candidates(history, targets)
-    if len(empty) == len(targets):
-        raise UsageError("no recorded server ever matched " + "; ".join(
-            f"target {t.name!r} ({describe_target(t)})" for t in empty) + ": nothing to backtest")
-    warnings = [f"target {t.name!r} left out: no recorded server ever matched it "
-                f"({describe_target(t)})" for t in empty]
-    targets = [t for t in targets if t not in empty]
-    gaps = rate_gaps(history, config, targets)
-    fatal = [g for g in gaps if g.everywhere]
-    if fatal:
-        raise UsageError(fatal[0].message())
-    warnings += [g.message() for g in gaps]
-    return targets, warnings
 
 
 def _targets(config: Config, names: list[str] | None) -> list[Any]:

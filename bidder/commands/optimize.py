@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bidder.commands import usd_per_clore
+
 HELP = ("Search a strategy's parameters for the lowest cost per GPU-hour at an availability floor "
         "(Optuna; each trial a backtest); with --storage, many processes and machines share one "
         "study.")
@@ -26,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=None,
                         help="database URL of the recorded market (default: the config's "
                              "[storage] url or bidder.db)")
+    parser.add_argument("--clore-usd", type=usd_per_clore, default=None, metavar="USD",
+                        help="USD per CLORE wherever the recording has none (imported CDN files "
+                             "carry no rate; host_profit and USD caps and budgets need one)")
     parser.add_argument("--target", required=True, metavar="NAME",
                         help="the configured target to tune for")
     parser.add_argument("--strategy", required=True, metavar="NAME",
@@ -69,13 +74,15 @@ class UsageError(ValueError):
 
 def run(args: argparse.Namespace) -> int:
     from bidder.backtest.data import HistoryError
+    from bidder.backtest.preflight import PreflightError
     from bidder.optimize import SpaceError
     from storage.errors import StorageError
     from strategies.registry import StrategyError
 
     try:
         return _run(args)
-    except (UsageError, SpaceError, StrategyError, HistoryError, StorageError) as err:
+    except (UsageError, SpaceError, StrategyError, HistoryError, StorageError,
+            PreflightError) as err:
         print(f"bidder optimize: {err}", file=sys.stderr)
         return 2
 
@@ -109,17 +116,19 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, BacktestUsage) as err:
         raise UsageError(f"--holdout {err}" if "duration" in str(err) else str(err)) from None
     optuna = _optuna()
-    config, in_sample, held_out = _load(args, config, target, start, end, holdout)
+    config, in_sample, held_out, fees = _load(args, config, target, start, end, holdout)
     target = {t.name: t for t in config.targets}[target.name]
+    warnings = _preflight(config, target, in_sample, held_out, fees)  # before any study exists
     setup = study_setup(args.strategy, target.name, args.mode, args.objective,
-                        args.min_availability, dims, holdout, start, end)
+                        args.min_availability, dims, holdout, start, end,
+                        clore_usd=args.clore_usd)
     study = _study(optuna, args, setup)
     from bidder.optimize import Scorer, trial_objective
 
     scorer = Scorer(in_sample, config, target, args.strategy, settings, args.mode)
     study.optimize(trial_objective(scorer, dims, args.objective, args.min_availability,
                                    _report), n_trials=args.trials)
-    return _finish(optuna, study, args, setup, config, target, settings, held_out)
+    return _finish(optuna, study, args, setup, config, target, settings, held_out, warnings)
 
 
 def args_for_settings(args: argparse.Namespace) -> argparse.Namespace:
@@ -137,10 +146,28 @@ def _optuna() -> Any:
     return optuna
 
 
+def _preflight(config: Any, target: Any, in_sample: Any, held_out: Any, fees: Any) -> list[str]:
+    """``bidder backtest``'s checks (``bidder.backtest.preflight``) on the history searched and
+    the holdout: a rate the target's rules need and a period lacks entirely, or a target no
+    server matched, stops here (``PreflightError``); the warnings to show with the results."""
+    from bidder.backtest.fees import fee_warnings
+    from bidder.backtest.preflight import PreflightError, preflight
+
+    _, warnings = preflight(in_sample, config, [target], command="optimize")
+    if held_out is not None:
+        try:
+            _, held = preflight(held_out, config, [target], command="optimize")
+        except PreflightError as err:
+            raise PreflightError(f"in the --holdout period, {err}") from None
+        warnings += [f"in the --holdout period, {w}" for w in held]
+    return warnings + [line.removeprefix("warning: ") for line in fee_warnings(fees)]
+
+
 def _load(args: argparse.Namespace, config: Any, target: Any, start: float | None,
-          end: float | None, holdout: float | None) -> tuple[Any, Any, Any]:
+          end: float | None, holdout: float | None) -> tuple[Any, Any, Any, Any]:
     """The config with the creation fee a backtest charges (the recorded one, as ``bidder
-    backtest`` does), the in-sample history and, with ``--holdout``, the held-out one after it."""
+    backtest`` does), the in-sample history and, with ``--holdout``, the held-out one after it,
+    and the creation fees charged. ``--clore-usd`` fills the ticks without a recorded rate."""
     from bidder.backtest.data import HistoryError, count_recorded, load_history
     from bidder.backtest.fees import recorded_creation_fees, with_creation_fees
     from storage.db import open_database, shown_url
@@ -154,11 +181,11 @@ def _load(args: argparse.Namespace, config: Any, target: Any, start: float | Non
             raise HistoryError(f"the database at {shown_url(url)} has no GigaSPOT snapshots and no "
                                "spot polls: record some first (bidder record, bidder import)")
         whole = load_history(session, [target], allocation=allocation, start=start, end=end,
-                             grid_interval=interval)
-        config, _fees = with_creation_fees(config, [target], recorded_creation_fees(
+                             grid_interval=interval, clore_usd=args.clore_usd)
+        config, fees = with_creation_fees(config, [target], recorded_creation_fees(
             session, end=float(whole.time[-1])))
         if holdout is None:
-            return config, whole, None
+            return config, whole, None, fees
         first, last = float(whole.time[0]), float(whole.time[-1])
         split = last - holdout
         if split <= first:
@@ -166,10 +193,10 @@ def _load(args: argparse.Namespace, config: Any, target: Any, start: float | Non
                              f"({(last - first) / 3600:.1f} h): nothing is left to search on")
         del whole
         in_sample = load_history(session, [target], allocation=allocation, start=first,
-                                 end=split, grid_interval=interval)
+                                 end=split, grid_interval=interval, clore_usd=args.clore_usd)
         held_out = load_history(session, [target], allocation=allocation, start=split,
-                                end=last, grid_interval=interval)
-    return config, in_sample, held_out
+                                end=last, grid_interval=interval, clore_usd=args.clore_usd)
+    return config, in_sample, held_out, fees
 
 
 def _study(optuna: Any, args: argparse.Namespace, setup: dict[str, Any]) -> Any:
@@ -191,7 +218,7 @@ def _study(optuna: Any, args: argparse.Namespace, setup: dict[str, Any]) -> Any:
     if found is None:
         study.set_user_attr("setup", setup)
     elif found != setup:
-        differ = sorted(k for k in setup if found.get(k) != setup[k])
+        differ = sorted(k for k in {*setup, *found} if found.get(k) != setup.get(k))
         raise UsageError(f"study {name!r} was started with other settings ({', '.join(differ)}: "
                          f"{ {k: found.get(k) for k in differ} }); name another --study")
     return study
@@ -239,7 +266,7 @@ def _pct(v: Any) -> str:
 
 
 def _finish(optuna: Any, study: Any, args: argparse.Namespace, setup: dict[str, Any],
-            config: Any, target: Any, settings: Any, held_out: Any) -> int:
+            config: Any, target: Any, settings: Any, held_out: Any, warnings: list[str]) -> int:
     from bidder.backtest.report import write_json
     from bidder.optimize import Scorer
 
@@ -267,7 +294,9 @@ def _finish(optuna: Any, study: Any, args: argparse.Namespace, setup: dict[str, 
     print(f"study {study.study_name!r}: {len(done)} finished trial(s) "
           f"({args.trials} by this process); objective {args.objective} at availability >= "
           f"{args.min_availability:.0%}, {args.mode} mode")
-    print(_table(rows, holdout_scorer is not None))
+    banner = "".join(f"WARNING: {w}\n" for w in warnings)
+    print(banner + _table(rows, holdout_scorer is not None)
+          + ("\n" + banner.rstrip("\n") if banner else ""))
     if not feasible:
         print(f"WARNING: no trial reached availability {args.min_availability:.0%}; the best "
               "shown falls short (widen --space, lower --min-availability or raise the target's "
@@ -281,6 +310,7 @@ def _finish(optuna: Any, study: Any, args: argparse.Namespace, setup: dict[str, 
                      "holdout": best.get("holdout")},
             "top": rows,
             "warning": None if feasible else "no trial reached the availability floor",
+            "warnings": warnings, "clore_usd_given": args.clore_usd,
         })
     return 0
 

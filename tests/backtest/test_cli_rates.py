@@ -1,6 +1,7 @@
-"""``bidder backtest`` on imported CDN files, which carry no rate: a rule that needs a rate the
-recording lacks stops the backtest with its name and how to give it (or, lacking it at some ticks,
-runs with a warning in the table and the JSON); a target no server matched is reported."""
+"""``bidder backtest`` and ``bidder optimize`` on imported CDN files, which carry no rate: a rule
+that needs a rate the recording lacks stops the command with its name and how to give it (optimize:
+before any study exists or any trial runs), or, lacking it at some ticks, runs with a warning in the
+table and the JSON; a target no server matched is reported."""
 
 from __future__ import annotations
 
@@ -150,3 +151,81 @@ def test_db_takes_a_path_as_well_as_a_url(imported, tmp_path, capsys, monkeypatc
         assert backtest(config, "--clore-usd", "0.03", "--db", db) == 0
     assert backtest(config, "--db", "nothere.db") == 2
     assert "no database at" in capsys.readouterr().err
+
+
+# --- bidder optimize: the same checks, before any study exists or any trial runs ---------------
+
+
+def optimize(config: Path, *args: str) -> int:
+    return main(["optimize", "--config", str(config), "--target", "rigs", "--strategy", "outbid",
+                 "--space", "tick=0.01:2.0:log", "--trials", "2", "--seed", "1",
+                 "--min-availability", "0", *args])
+
+
+def test_optimize_without_a_clore_rate_stops_before_any_study_or_trial(imported, tmp_path,
+                                                                      capsys):
+    capsys.readouterr()
+    study = tmp_path / "study.db"
+    out = tmp_path / "out.json"
+    assert optimize(write_config(tmp_path, imported), "--storage", f"sqlite:///{study}",
+                    "--json", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "trial " not in err
+    assert err.startswith('bidder optimize: the GigaSPOT allocation rule "host_profit"')
+    assert "needs USD per CLORE, and none was recorded in this range" in err
+    assert "bidder optimize --clore-usd RATE" in err and "bidder import --clore-usd" in err
+    assert not study.exists() and not out.exists()
+
+
+def test_clore_usd_given_to_optimize_makes_its_trials_hold(imported, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    assert optimize(write_config(tmp_path, imported, extra=FEE), "--clore-usd", "0.03", "--json",
+                    str(out)) == 0
+    assert "WARNING" not in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["warnings"] == [] and doc["clore_usd_given"] == 0.03
+    assert doc["setup"]["clore_usd"] == 0.03
+    assert doc["best"]["metrics"]["availability"] > 0.9
+
+
+def test_optimize_with_a_rate_missing_at_some_ticks_warns_in_the_table_and_the_json(tmp_path,
+                                                                                   capsys):
+    db = tmp_path / "cdn.db"
+    import_snapshots(db, tmp_path / "a", range(10))
+    import_snapshots(db, tmp_path / "b", range(10, 30), "--clore-usd", "0.03")
+    capsys.readouterr()
+    out = tmp_path / "out.json"
+    assert optimize(write_config(tmp_path, db, extra=FEE), "--json", str(out)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    warning = ('WARNING: the GigaSPOT allocation rule "host_profit" ([markets.gigaspot] '
+               "allocation) needs USD per CLORE, and it is missing at 10 of 30 ticks")
+    assert lines[1].startswith(warning) and lines[-1].startswith(warning)
+    doc = json.loads(out.read_text())
+    [message] = doc["warnings"]
+    assert message.startswith(warning[len("WARNING: "):])
+    assert "bidder optimize --clore-usd RATE" in message
+    assert 0.3 < doc["best"]["metrics"]["availability"] < 0.7
+
+
+def test_optimize_with_a_holdout_lacking_the_rate_stops_naming_the_holdout(tmp_path, capsys):
+    db = tmp_path / "cdn.db"
+    import_snapshots(db, tmp_path / "a", range(19), "--clore-usd", "0.03")
+    import_snapshots(db, tmp_path / "b", range(19, 30))
+    capsys.readouterr()
+    study = tmp_path / "study.db"
+    assert optimize(write_config(tmp_path, db, extra=FEE), "--holdout", "10m", "--storage",
+                    f"sqlite:///{study}") == 2
+    err = capsys.readouterr().err
+    assert err.startswith('bidder optimize: in the --holdout period, the GigaSPOT allocation '
+                          'rule "host_profit"')
+    assert "none was recorded in this range" in err and "trial " not in err
+    assert not study.exists()
+
+
+def test_optimize_for_a_target_without_candidates_stops(imported, tmp_path, capsys):
+    capsys.readouterr()
+    config = write_config(tmp_path, imported, targets=[("rigs", "H100")])
+    assert optimize(config, "--clore-usd", "0.03") == 2
+    assert capsys.readouterr().err == (
+        "bidder optimize: no recorded server ever matched target 'rigs' (gigaspot, gpu_model "
+        "'H100', 1+ GPUs per server): nothing to backtest\n")

@@ -185,8 +185,18 @@ def seed_v5(connection: Connection) -> None:
         f"host = 'h', acquired_wall = {T0 + 30}, heartbeat_wall = {T0 + 30} WHERE name = 'bot'")
 
 
+def seed_v6(connection: Connection) -> None:
+    """v5's data (version 6 changes indexes only), and a closed bid version beside the open one:
+    the frame, read from the open rows' indexes, must not show it."""
+    seed_v5(connection)
+    connection.exec_driver_sql(
+        "INSERT INTO gigaspot_bid (machine_id, bid_id, first_snapshot, end_snapshot, owner, "
+        "active, price, currency_id, pl, to_cache, cached) VALUES (40329, 542500, 1, 1, 9, FALSE, "
+        "0.1, 1, 300.0, FALSE, NULL)")
+
+
 SEEDS: dict[int, Callable[[Connection], None]] = {
-    1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5}
+    1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6}
 """For every schema version, data as that version stores it. Add one with each migration."""
 
 
