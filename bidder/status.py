@@ -34,6 +34,7 @@ HOUR = 3600.0
 LAST_ERRORS = 10
 LAST_ALERTS = 10
 POLL_ENDPOINTS = ("get_gigaspot", "spot_marketplace", "marketplace")
+LAST_POLL_SQL = "SELECT max(finished_at) FROM api_call WHERE endpoint = ? AND outcome = 'ok'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,16 +275,20 @@ def _budget(status: Status, budget: dict[str, Any], markets: dict[str, Any],
     status.spend_per_day = total if math.isfinite(total) else None
 
 
+def _last_poll(db: Reader) -> float | None:
+    """When a poll last succeeded: one lookup per endpoint in the index of API calls (schema 7);
+    a single ``endpoint IN (...)`` query reads every poll the journal holds."""
+    last = [db.scalar(LAST_POLL_SQL, (endpoint,)) for endpoint in POLL_ENDPOINTS]
+    return max((t for t in last if t is not None), default=None)
+
+
 def _market_and_calls(db: Reader, status: Status, now: float) -> None:
-    polls = ", ".join("?" * len(POLL_ENDPOINTS))
     status.ages = {
         "gigaspot_snapshot": _age(now, db.scalar("SELECT max(time) FROM gigaspot_snapshot")),
         "spot_poll": _age(now, db.scalar("SELECT max(polled_at) FROM spot_poll")),
         "marketplace_listing": _age(now, db.scalar(
             "SELECT max(taken_at) FROM marketplace_listing")),
-        "api_poll": _age(now, db.scalar(
-            f"SELECT max(finished_at) FROM api_call WHERE endpoint IN ({polls}) "
-            "AND outcome = 'ok'", POLL_ENDPOINTS)),
+        "api_poll": _age(now, _last_poll(db)),
     }
     calls = "SELECT count(*) FROM api_call WHERE started_at >= ? AND cdn = ?"
     since = (now - HOUR, False)

@@ -453,6 +453,7 @@ class ApiCall(Base):
     """One attempt of one API call (``CallEvent``): the rate budget and faults in ``status``."""
 
     __tablename__ = "api_call"
+    __table_args__ = (Index("ix_api_call_poll_age", "endpoint", "outcome", "finished_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     endpoint: Mapped[str] = mapped_column(String)

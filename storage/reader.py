@@ -29,7 +29,7 @@ from storage.errors import StorageError, schema_too_new, schema_too_old
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 """The schema version this program reads and writes: the last of ``storage.migrations``
 (``storage.schema.SCHEMA_VERSION``; a test checks they agree, so bump this with a new migration)."""
 DEFAULT_BUSY_TIMEOUT = 10.0

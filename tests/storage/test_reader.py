@@ -47,3 +47,17 @@ def test_passwords_are_hidden(url, shown):
 def test_an_unknown_kind_of_database_is_one_clear_error():
     with pytest.raises(StorageError, match="not a sqlite:/// or postgresql:// URL"):
         reader.open_reader("mysql://u:secret@h/db")
+
+
+def test_the_last_poll_is_one_index_lookup(sqlite_url):
+    """``bidder status`` finds each endpoint's last successful poll in the API calls' index
+    (schema 7): a plan that scans the journal, a row per call for the bot's whole life, fails
+    here instead of slowing every status call of a months-old bot."""
+    from bidder.status import LAST_POLL_SQL
+    from storage.db import open_database
+
+    with open_database(sqlite_url, writer=True) as db, db.engine.connect() as connection:
+        sql = LAST_POLL_SQL.replace("?", "'get_gigaspot'")
+        plan = [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+    assert plan == ["SEARCH api_call USING COVERING INDEX ix_api_call_poll_age "
+                    "(endpoint=? AND outcome=?)"]

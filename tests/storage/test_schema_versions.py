@@ -195,8 +195,13 @@ def seed_v6(connection: Connection) -> None:
         "0.1, 1, 300.0, FALSE, NULL)")
 
 
+def seed_v7(connection: Connection) -> None:
+    """v6's data (version 7 adds an index of API calls only)."""
+    seed_v6(connection)
+
+
 SEEDS: dict[int, Callable[[Connection], None]] = {
-    1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6}
+    1: seed_v1, 2: seed_v2, 3: seed_v3, 4: seed_v4, 5: seed_v5, 6: seed_v6, 7: seed_v7}
 """For every schema version, data as that version stores it. Add one with each migration."""
 
 
