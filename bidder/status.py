@@ -104,6 +104,9 @@ class Status:
     errors: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     """The last alerts raised (newest first), with what became of their sending."""
+    lease: dict[str, Any] | None = None
+    """Who holds the one-bot lease (``bidder.lease``): run, mode, pid, host, wall seconds since
+    its heartbeat; None when it is free (a bot stopped cleanly, or none ever ran)."""
 
     @property
     def exit_code(self) -> int:
@@ -221,6 +224,7 @@ def collect(source: Reader | Session, database: str, wall: Clock, *,
         return status
     _market_and_calls(db, status, bot_now)
     _cycle(db, status, run["id"], bot_now)
+    status.lease = _lease(db, wall_now)
     status.errors = [{"at": at, "level": level, "source": source, "message": message}
                      for at, level, source, message in db.rows(
                          "SELECT at, level, source, message FROM bot_log ORDER BY id DESC "
@@ -273,6 +277,18 @@ def _budget(status: Status, budget: dict[str, Any], markets: dict[str, Any],
             total += (o.usd_per_day if o.usd_per_day is not None else math.nan) * (1 + fee) \
                 / per_unit
     status.spend_per_day = total if math.isfinite(total) else None
+
+
+def _lease(db: Reader, wall_now: float) -> dict[str, Any] | None:
+    """The lease's holder: a second bot on this database is refused while it is held and fresh,
+    so a monitor sees which process that is (a stale one is taken over by the next bot)."""
+    row = db.row("SELECT run_id, mode, pid, host, heartbeat_wall FROM bot_lease "
+                 "WHERE name = 'bot' AND token IS NOT NULL")
+    if row is None:
+        return None
+    run_id, mode, pid, host, heartbeat_wall = row
+    return {"run_id": run_id, "mode": mode, "pid": pid, "host": host,
+            "heartbeat_age": _age(wall_now, heartbeat_wall)}
 
 
 def _last_poll(db: Reader) -> float | None:
@@ -351,6 +367,12 @@ def render(status: Status) -> str:
     speed = f", {run['speed']:g}x speed" if run["speed"] != 1 else ""
     out.append(f"run {run['id']} ({run['mode']}{speed}) started {fmt_time(run['started_at'])}, "
                f"pid {run['pid']}; bot time {fmt_time(status.bot_time)}")
+    if status.lease is not None:
+        lease = status.lease
+        out.append(f"lease: held by run {lease['run_id']} ({lease['mode']}, pid {lease['pid']} on "
+                   f"{lease['host']}), last heartbeat {fmt_age(lease['heartbeat_age'])} ago")
+    elif status.last_cycle is not None or status.ages:
+        out.append("lease: free (no bot holds this database)")
     out.append("")
     if status.targets:
         out += _table(["target", "market", "held / wanted", "orders", "strategy"],

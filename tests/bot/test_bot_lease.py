@@ -72,6 +72,37 @@ def test_a_stale_lease_is_taken_over_and_the_old_bot_stops(rig, database, clock)
         second.close()
 
 
+def test_status_names_the_lease_holder_and_shows_a_freed_lease(rig, database, clock):
+    """A monitor (or a refused second bot's user) sees which process holds the database."""
+    from bidder.status import collect, render
+
+    r = rig(CONFIG)
+    first = r.start()
+    r.run(120)
+    clock.advance(601)  # the first bot went silent: its lease is taken over
+    second = new_bot(CONFIG, database, clock, r.faults.transport(), None,
+                     lease=other_bot_lease(database, clock))
+    try:
+        clock.advance(30)
+        with database.sessions() as session:
+            status = collect(session, "db", clock)
+        assert status.lease == {"run_id": second.run_id, "mode": "live", "pid": 4242,
+                                "host": OTHER_HOST, "heartbeat_age": pytest.approx(30.0)}
+        assert f"lease: held by run {second.run_id} (live, pid 4242 on {OTHER_HOST}), " \
+               "last heartbeat 30 s ago" in render(status).splitlines()
+        assert first.decide_job().skipped == "this run lost its lease to another bot"
+        second.executor.reconcile()
+        assert_books_agree(r.market, database)
+        assert_one_per_server(r.market)
+        second.finish("stopped by the test")  # a clean stop frees the lease
+    finally:
+        second.close()
+    with database.sessions() as session:
+        status = collect(session, "db", clock)
+    assert status.lease is None
+    assert "lease: free (no bot holds this database)" in render(status).splitlines()
+
+
 def test_a_lease_left_by_a_dead_process_of_this_host_is_taken_at_once(database, clock):
     with database.sessions.begin() as session:
         other_bot_lease(database, clock, pid=999_999, host="here").acquire(session, 7, "live")
