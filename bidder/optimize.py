@@ -27,6 +27,7 @@ from bidder.backtest.metrics import target_metrics
 from bidder.backtest.oracle import Covers, bounds, covers, oracle
 from bidder.backtest.runner import RunSettings, Variant, run_variant, step_durations, steps
 from bidder.config import Config, TargetConfig
+from bidder.plain import plain
 from strategies.registry import StrategyError, load_strategy
 
 OBJECTIVES = ("cost_per_gpu_hour", "cost", "regret")
@@ -192,7 +193,7 @@ def trial_objective(scorer: Scorer, dims: Sequence[Dimension], objective: str, f
         metrics = scorer.score(params)
         value = objective_value(metrics, objective, floor)
         for key in METRIC_ATTRS:
-            trial.set_user_attr(key, _plain(metrics.get(key)))
+            trial.set_user_attr(key, plain(metrics.get(key)))
         trial.set_user_attr("feasible", value < INFEASIBLE)
         trial.set_user_attr("worker", worker_name())
         if report is not None:
@@ -200,14 +201,6 @@ def trial_objective(scorer: Scorer, dims: Sequence[Dimension], objective: str, f
         return value
 
     return run
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def study_setup(strategy: str, target: str, mode: str, objective: str, floor: float,

@@ -25,6 +25,7 @@ from bidder.book import read_open_orders, strategy_state
 from bidder.clock import Clock
 from bidder.config_file import CLORE
 from bidder.lowering import next_lower_at, stored_rules
+from bidder.plain import plain
 from storage.reader import Reader, json_value, reader_of
 
 if TYPE_CHECKING:
@@ -334,18 +335,8 @@ def _cycle(db: Reader, status: Status, run_id: int, now: float) -> None:
 # --- output ----------------------------------------------------------------------------------
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    return value
-
-
 def to_json(status: Status) -> str:
-    return json.dumps(_clean({**asdict(status), "exit_code": status.exit_code}), indent=2)
+    return json.dumps(plain({**asdict(status), "exit_code": status.exit_code}), indent=2)
 
 
 def _money(value: float | None, digits: int = 2) -> str:

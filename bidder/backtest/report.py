@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bidder.plain import plain
+
 COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
     ("cost", "cost", lambda v: f"{v:,.2f}"),
     ("cost_per_gpu_hour", "cost/GPU-h", lambda v: f"{v:.4f}"),
@@ -58,19 +60,6 @@ def as_json(metrics: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -
     return {"settings": dict(settings), "runs": [dict(m) for m in metrics]}
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars to Python numbers, NaN/inf to null (strict JSON)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """``write`` a temporary file beside ``path``, then rename it over ``path``: readers never see
     a half-written file, and a failure leaves nothing behind."""
@@ -85,5 +74,5 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
-    text = json.dumps(_plain(document), indent=2, allow_nan=False)
+    text = json.dumps(plain(document), indent=2, allow_nan=False)
     write_atomically(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))

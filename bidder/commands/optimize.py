@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bidder.commands import usd_per_clore
+from bidder.plain import plain
 
 HELP = ("Search a strategy's parameters for the lowest cost per GPU-hour at an availability floor "
         "(Optuna; each trial a backtest); with --storage, many processes and machines share one "
@@ -287,7 +288,7 @@ def _finish(optuna: Any, study: Any, args: argparse.Namespace, setup: dict[str, 
                               "regret", "gaps", "preemptions", "api_calls")}}
         if holdout_scorer is not None:
             metrics = holdout_scorer.score(dict(t.params))
-            row["holdout"] = {k: _plain(metrics.get(k)) for k in row["in_sample"]}
+            row["holdout"] = {k: plain(metrics.get(k)) for k in row["in_sample"]}
         rows.append(row)
     best = rows[0]
     feasible = best["feasible"]
@@ -313,12 +314,6 @@ def _finish(optuna: Any, study: Any, args: argparse.Namespace, setup: dict[str, 
             "warnings": warnings, "clore_usd_given": args.clore_usd,
         })
     return 0
-
-
-def _plain(value: Any) -> Any:
-    from bidder.optimize import _plain as plain
-
-    return plain(value)
 
 
 def _shown(url: str | None) -> str | None:
