@@ -32,14 +32,19 @@ class Outbid(Strategy):
         tick: float = Field(0.01, gt=0)
         """How much above the best rival to bid, per server-day in the order currency (the
         default suits CLORE; use a smaller one for bitcoin)."""
-        switch_margin: float = Field(0.1, ge=0, lt=1)
-        """A new server must be this fraction cheaper than a held one to move."""
-        payback_hours: float = Field(6.0, gt=0)
-        """A move must pay back its new order's creation fee within this many hours."""
+        switch_margin: float = Field(0.02, ge=0, lt=1)
+        """A new server must be this fraction cheaper than a held one to move: a guard against
+        noise only, since the fee and the cooldown are counted on their own (``payback_hours``,
+        ``staying_cost``). A wide margin keeps paying a host's price rise: at 10 %, a server
+        whose floor rose 5 % overnight was kept for the whole next day."""
+        payback_hours: float = Field(12.0, gt=0)
+        """A move must pay back its new order's creation fee within this many hours (with market
+        memory, within the time until the server's next rival raise, when that is sooner)."""
         contest_penalty: float = Field(0.0, ge=0)
         """Each rival raise per hour seen lately on a server makes it count this fraction dearer
-        (0: off). Against a rival that answers every raise, a near-equal quiet server wins and
-        the escalation stops."""
+        (0: off), and a new order there must pay its creation fee back before the rival's next
+        raise is due (``1 / raises_per_hour``). Against a rival that answers every raise, a
+        near-equal quiet server wins and the escalation stops."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -58,10 +63,15 @@ class Outbid(Strategy):
         usable = c.eligible & (want <= limit)
         horizon = self.params.payback_hours * 3600.0
         cost = staying_cost(view, want, np.where(usable, want, np.inf), horizon)
+        payback: float | np.ndarray = horizon
         if self.params.contest_penalty > 0 and c.raises_per_hour is not None:
-            cost = cost * (1.0 + self.params.contest_penalty * np.nan_to_num(c.raises_per_hour))
+            raises = np.nan_to_num(c.raises_per_hour)
+            cost = cost * (1.0 + self.params.contest_penalty * raises)
+            # a server whose best rival raises every so often is held only until its next raise:
+            # a new order there must pay its creation fee back within that time
+            payback = np.minimum(horizon, 3600.0 / np.maximum(raises, 1e-9))
         return hold_cheapest(view, want, cost, held_discount=self.params.switch_margin,
-                             payback=horizon)
+                             payback=payback)
 
 
 def staying_cost(view: TargetView, want: np.ndarray, cost: np.ndarray,
