@@ -19,7 +19,9 @@ For GPU targets of 8 and 16 (1-, 2-, 4- and 8-GPU servers) it runs, in replay an
 (``NiceHashBot`` below: a plugin, not a built-in) and ``fixed`` at the cap. It prints, per
 market, target and mode, the "Done means" figures of issue 11:
 
-- outbid's cost per GPU-hour over the whole-server oracle's (<= 1.02 replay, <= 1.05 reactive);
+- outbid's cost per GPU-hour over the whole-server oracle's (<= 1.02 replay, <= 1.05 reactive),
+  and with market memory (which should pay against the ratchets: lower cost at equal-or-better
+  availability than without it, in reactive mode);
 - outbid's availability against the baseline's (>=) and its cost per GPU-hour (<=);
 - outbid's cost per GPU-hour over the static bid's in the quiet market (<= 0.70);
 - surplus GPU-hours as a share of held GPU-hours (<= 1 %), and rebuys within an hour (0).
@@ -258,12 +260,13 @@ def _figures(kind: str, count: int, mode: str, by: dict[tuple[str, str], dict[st
         "market": kind, "target": count, "mode": mode,
         "outbid/whole": _per_gpu_hour(out) / whole,
         "memory/whole": _per_gpu_hour(memory) / whole,
-        "avail": out["availability"], "avail nhb": nhb["availability"],
+        "avail": out["availability"], "avail memory": memory["availability"],
+        "avail nhb": nhb["availability"],
         "cost/nhb": _per_gpu_hour(out) / _per_gpu_hour(nhb),
         "cost/static": _per_gpu_hour(out) / _per_gpu_hour(static),
         "surplus %": 100 * out["surplus_gpu_hours"] / max(out["gpu_hours"], 1e-9),
         "rebuys": out["rebuys_within_hour"], "orders": out["orders_created"],
-        "orders nhb": nhb["orders_created"],
+        "orders memory": memory["orders_created"], "orders nhb": nhb["orders_created"],
         "fractional/whole": out["oracle_full_cost"] / out["oracle_whole_servers_cost"],
     }
 
@@ -278,7 +281,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

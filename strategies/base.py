@@ -171,6 +171,10 @@ class TargetView:
     left_at: Mapping[int, float] = field(default_factory=dict)
     """Server id -> when we last cancelled an order of this target there, for the servers left
     within ``target.rebuy_block``: buying one again soon after is churn."""
+    watching: bool = False
+    """True while a spot target has not seen one full watch-list round in this run
+    (``bidder.watchlist.watch_round_complete``): the rules engine then creates no order for it
+    and keeps what it holds, live and in backtests alike."""
 
 
 @dataclass(frozen=True, slots=True)
