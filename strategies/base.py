@@ -339,11 +339,13 @@ def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
         usable = held[np.isfinite(cost[held])]
         cost = cost.copy()
         cost[usable] *= 1.0 - held_discount
-    if np.any(np.asarray(payback) > 0) and spec.creation_fee > 0:
-        with np.errstate(divide="ignore"):
-            fee = np.broadcast_to(np.where(np.asarray(payback) > 0,
-                                           spec.creation_fee * DAY / payback, 0.0),
-                                  (len(c),)).copy()
+    scalar = not isinstance(payback, np.ndarray)
+    if spec.creation_fee > 0 and (payback > 0 if scalar else bool((payback > 0).any())):
+        if scalar:  # the common case: one horizon, no array work
+            fee = np.full(len(c), spec.creation_fee * DAY / float(payback))
+        else:
+            with np.errstate(divide="ignore"):
+                fee = np.where(payback > 0, spec.creation_fee * DAY / payback, 0.0)
         fee[held] = 0.0
         cost = cost + fee
     size = gpus_needed(spec, c.gpus)

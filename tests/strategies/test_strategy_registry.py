@@ -52,7 +52,7 @@ NONE_INSTALLED = fake_entry_points()
 
 def test_builtins_load_by_name_with_their_parameters():
     s = load_strategy("outbid", {"tick": 0.5}, entry_points=NONE_INSTALLED)
-    assert isinstance(s, Outbid) and s.params.tick == 0.5 and s.params.switch_margin == 0.02
+    assert isinstance(s, Outbid) and s.params.tick == 0.5 and s.params.switch_margin == 0.1
     assert available_strategies(NONE_INSTALLED) == ["fixed", "percentile", "outbid", "profit"]
 
 
