@@ -8,16 +8,20 @@ Two GigaSPOT markets, generated here from a seed (no recording needed):
 - **quiet**: static rivals on about half the servers, repricing every few hours, a daily cycle
   (prices 25 % higher in the evening than at night) and outages (servers offline for 30-120
   minutes, about 2 % of the time);
-- **war**: the same plus NiceHashBot-style ratchet bots on a third of the servers: each raises by a
-  step when someone beats it and otherwise steps down 10 % every 10 minutes to its floor, so its
-  recorded price is a saw.
+- **war**: the same plus NiceHashBot-style ratchet bots where winning is cheap, as a real market
+  has them: on every server of the cheapest third per GPU, and on a random sixth of the others.
+  Each jumps back up (about once in 50 minutes: someone beat it) and otherwise steps down 10 %
+  every 10 minutes to the floor, so its recorded price is a saw; in reactive mode the best rival
+  of a server we take also answers us. The cheap servers are contested, the free ones dearer.
 
 For GPU targets of 8 and 16 (1-, 2-, 4- and 8-GPU servers) it runs, in replay and reactive mode:
 ``outbid`` (the default), ``outbid`` with market memory (``contest_penalty``), the baseline
 (``NiceHashBot`` below: a plugin, not a built-in) and ``fixed`` at the cap. It prints, per
 market, target and mode, the "Done means" figures of issue 11:
 
-- outbid's cost per GPU-hour over the whole-server oracle's (<= 1.02 replay, <= 1.05 reactive);
+- outbid's cost per GPU-hour over the whole-server oracle's (<= 1.02 replay, <= 1.05 reactive),
+  and with market memory (which should pay against the ratchets: lower cost at equal-or-better
+  availability than without it, in reactive mode);
 - outbid's availability against the baseline's (>=) and its cost per GPU-hour (<=);
 - outbid's cost per GPU-hour over the static bid's in the quiet market (<= 0.70);
 - surplus GPU-hours as a share of held GPU-hours (<= 1 %), and rebuys within an hour (0).
@@ -127,14 +131,18 @@ def market(kind: str, *, days: float, servers: int, seed: int) -> History:
             rival[t:t + span, i] = floor[t, i] * cycle[t] * rng.uniform(1.05, 1.6)
             t += span
     if kind == "war":
-        ratchets = rng.choice(servers, servers // 3, replace=False)
-        for i in ratchets:  # a saw: raised by someone, then down 10 % every 10 minutes
+        # bots go where winning is cheap: every server of the cheapest third per GPU has one,
+        # and so has a random sixth of the others
+        by_price = np.argsort(floor_per_gpu, kind="stable")
+        cheap, rest = by_price[:servers // 3], by_price[servers // 3:]
+        ratchets = np.concatenate([cheap, rng.choice(rest, servers // 6, replace=False)])
+        for i in ratchets.tolist():  # a saw: raised by someone, then down 10 % every 10 minutes
             price, t = np.nan, 0
             top = floor_per_gpu[i] * gpus[i] * rng.uniform(1.8, 2.6)
-            while t < n_ticks:
+            while t < n_ticks:  # the bot reprices only when raised and at its steps
                 if np.isnan(price) or rng.random() < 0.02:
-                    price = top * rng.uniform(0.8, 1.0)
-                rival[t, i] = max(price * cycle[t], floor[t, i])
+                    price = top * cycle[t] * rng.uniform(0.8, 1.0)
+                rival[t, i] = max(price, floor[t, i])
                 if t % 10 == 0:
                     price *= 0.9
                 t += 1
@@ -252,12 +260,13 @@ def _figures(kind: str, count: int, mode: str, by: dict[tuple[str, str], dict[st
         "market": kind, "target": count, "mode": mode,
         "outbid/whole": _per_gpu_hour(out) / whole,
         "memory/whole": _per_gpu_hour(memory) / whole,
-        "avail": out["availability"], "avail nhb": nhb["availability"],
+        "avail": out["availability"], "avail memory": memory["availability"],
+        "avail nhb": nhb["availability"],
         "cost/nhb": _per_gpu_hour(out) / _per_gpu_hour(nhb),
         "cost/static": _per_gpu_hour(out) / _per_gpu_hour(static),
         "surplus %": 100 * out["surplus_gpu_hours"] / max(out["gpu_hours"], 1e-9),
         "rebuys": out["rebuys_within_hour"], "orders": out["orders_created"],
-        "orders nhb": nhb["orders_created"],
+        "orders memory": memory["orders_created"], "orders nhb": nhb["orders_created"],
         "fractional/whole": out["oracle_full_cost"] / out["oracle_whole_servers_cost"],
     }
 
@@ -272,7 +281,7 @@ def _print(rows: list[dict[str, Any]]) -> None:
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from bidder.reconcile import in_flight
 from bidder.rules import Plan, TargetDecision, action_json, plan
 from bidder.memory import MarketMemory
 from bidder.view import StaticMatchCache, build_target_view
+from bidder.watchlist import listing_frame, target_candidates, watch_round_complete
 from storage.frames import MarketFrame
 from storage.history import bid_intervals
 from storage.market_views import gigaspot_frame, spot_frame
@@ -203,6 +204,11 @@ class Engine:
         self._memory = {name: MarketMemory() for name, s in self._strategies.items()
                         if s.uses_memory}
         """Per target whose strategy looks at how contested servers are."""
+        self._since: float | None = None
+        """This run's start (``BotRun.started_at``): spot polls from then on count for a spot
+        target's first watch-list round."""
+        self._watched: set[str] = set()
+        """Spot targets whose first watch-list round is complete."""
         self._caches = {"spot": StaticMatchCache(), "gigaspot": StaticMatchCache()}
         self._markets: tuple[MarketName, ...] = tuple(sorted({t.market for t in config.targets}))
         self._stale: set[str] = set()
@@ -340,7 +346,8 @@ class Engine:
         view = build_target_view(frame, target, own, now=now, markets=markets,
                                  rebuy_block=block, left_at=left,
                                  memory=self._memory.get(target.name),
-                                 static=self._caches[target.market].get(frame, target))
+                                 static=self._caches[target.market].get(frame, target),
+                                 watching=self._watching(session, target, frame, now))
         c = view.candidates
         if avoid:
             eligible = c.eligible & ~np.isin(c.server_id, list(avoid))
@@ -355,6 +362,25 @@ class Engine:
                                currency=target.currency, usd_rate=frame.usd_rate)
             view = replace(view, recent_wins=wins)
         return view
+
+    def _watching(self, session: Session, target: TargetConfig, frame: MarketFrame,
+                  now: float) -> bool:
+        """Whether the spot ``target`` is still in its first watch-list round of this run
+        (``bidder.watchlist.watch_round_complete``; the backtest asks the same)."""
+        if target.market != "spot" or target.name in self._watched:
+            return False
+        if self._since is None:
+            run = session.get(BotRun, self._run_id)
+            self._since = run.started_at if run is not None else now
+        listing = listing_frame(session)
+        candidates = target_candidates(listing, target) if listing is not None else []
+        if not watch_round_complete(candidates, frame.server_id, frame.observed_at,
+                                    since=self._since, now=now, poller=self._config.poller):
+            return True
+        self._watched.add(target.name)
+        log.info("spot target %r: its %d candidates polled once; it may now create orders",
+                 target.name, len(candidates))
+        return False
 
     def _virtual_fills(self, session: Session, view: TargetView, rows: Sequence[BotOrder],
                        now: float) -> TargetView:

@@ -31,13 +31,14 @@ if TYPE_CHECKING:  # types only: bidder status uses the lowering maths without n
     from strategies.base import DesiredBid, OwnOrder, TargetView
 
 DeferReason = Literal["cooldown", "step", "cap", "floor_above_cap", "budget", "rate_unknown",
-                      "in_flight", "server_taken", "not_eligible"]
+                      "in_flight", "server_taken", "not_eligible", "watching"]
 """Why a wish waits: ``cooldown`` (a lowering waits for ``not_before``), ``step`` (a lowering goes
 as far as allowed now and continues later), ``cap`` (the wish is above the cap), ``floor_above_cap``
 (the server's floor is above the cap), ``budget`` (the daily budget has no room), ``rate_unknown``
 (a USD rate needed for the cap or budget is unknown), ``in_flight`` (the order's id or last outcome
 is not known yet), ``server_taken`` (another of our orders lives on the server), ``not_eligible``
-(the server does not match the target or cannot be rented now)."""
+(the server does not match the target or cannot be rented now), ``watching`` (a spot target creates
+nothing before its first full watch-list round: ``TargetView.watching``)."""
 
 CancelReason = Literal["not_wanted", "duplicate"]
 
@@ -260,11 +261,28 @@ def plan(decisions: Sequence[TargetDecision], rules: MarketsConfig, budget: Budg
     occupied = {o.server_id: d.view.target.name for d in decisions for o in d.view.orders}
     for d in decisions:
         if d.desired is not None:
-            _plan_target(d.view, {b.server_id: b.price for b in d.desired},
-                         rules.rules(d.view.target.market), now, occupied, draft)
+            desired = {b.server_id: b.price for b in d.desired}
+            if d.view.watching:
+                desired = _no_new_servers(d.view, desired, draft)
+            _plan_target(d.view, desired, rules.rules(d.view.target.market), now, occupied,
+                         draft)
     _fit_budget(draft)
     return Plan(actions=(*draft.cancels, *draft.lowers, *draft.raises, *draft.creates),
                 deferred=tuple(draft.deferred))
+
+
+def _no_new_servers(view: TargetView, desired: dict[int, float],
+                    draft: _Draft) -> dict[int, float]:
+    """``desired`` without new servers (deferred as ``watching``), for a target still in its
+    first watch-list round: a held server keeps the price wanted for it, or its own price when
+    the strategy wanted to leave it for a new one (which cannot be bought yet)."""
+    held = {o.server_id: o.price for o in view.orders}
+    new = [sid for sid in desired if sid not in held]
+    if not new:
+        return desired
+    for sid in new:
+        draft.defer(view.target.name, sid, desired[sid], "watching")
+    return {sid: desired.get(sid, price) for sid, price in held.items()}
 
 
 def _plan_target(view: TargetView, desired: dict[int, float], rules: MarketRules, now: float,

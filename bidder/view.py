@@ -115,7 +115,8 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
                       thresholds: tuple[np.ndarray, np.ndarray] | None = None,
                       rebuy_block: float = 0.0,
                       left_at: Mapping[int, float] | None = None,
-                      memory: MarketMemory | None = None) -> TargetView:
+                      memory: MarketMemory | None = None,
+                      watching: bool = False) -> TargetView:
     """What ``target``'s strategy sees in ``frame``, with ``orders`` (our live orders for it).
 
     ``markets`` gives the GigaSPOT allocation rule (spot always uses ``highest_price``) and the fee
@@ -126,6 +127,7 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     an order of this target there) let the strategy avoid buying back what it just left.
     ``memory`` (one per target, kept between decisions) takes in the rivals' prices now and gives
     each candidate how contested it has been (``raises_per_hour``, ``hands_per_hour``).
+    ``watching``: a spot target's first watch-list round is not complete yet (no creates).
     Servers of our orders are always rows: ``eligible`` False when they no longer match, NaN data
     when they are not in the frame at all.
     """
@@ -189,7 +191,7 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     return TargetView(now=now, target=spec, candidates=Candidates(**columns), orders=tuple(orders),
                       usd_per_unit=usd_per_unit,
                       recent_wins=np.empty(0) if recent_wins is None else recent_wins,
-                      left_at={} if left_at is None else left_at)
+                      left_at={} if left_at is None else left_at, watching=watching)
 
 
 def _unknown_where_unconvertible(frame: MarketFrame, bid_price: np.ndarray,

@@ -22,7 +22,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bidder.config import TargetConfig
+from bidder.config import PollerConfig, TargetConfig
 from bidder.view import cap_per_gpu_day, static_match
 from storage.frames import MarketFrame
 from storage.models import CurrencyRates, MarketplaceListing, MarketplaceServer
@@ -91,6 +91,27 @@ def target_candidates(frame: MarketFrame, target: TargetConfig) -> list[int]:
     if math.isfinite(cap):
         ok &= floor <= cap * frame.gpus
     return frame.server_id[ok].tolist()
+
+
+def watch_round_complete(candidates: Sequence[int] | np.ndarray, polled_id: np.ndarray,
+                         polled_at: np.ndarray, *, since: float, now: float,
+                         poller: PollerConfig) -> bool:
+    """Whether a spot target has seen one full watch-list round since ``since`` (the run's
+    start): every one of its ``candidates`` (``target_candidates`` of the newest listing) has a
+    poll at or after ``since`` (``polled_id``/``polled_at``: the market's servers and when each
+    was last polled, NaN when not), or two rounds' time has passed, in case one cannot be polled.
+
+    Until then the target creates nothing (``TargetView.watching``): it would buy the first
+    servers polled and move as soon as cheaper ones showed up, each move a creation fee and a new
+    cooldown. The live engine and the backtest both ask this, with the same inputs.
+    """
+    wanted = np.asarray(candidates, dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        polled = np.asarray(polled_id, dtype=np.int64)[np.asarray(polled_at) >= since]
+    if bool(np.isin(wanted, polled).all()):
+        return True
+    rounds = math.ceil(len(wanted) / poller.spot_polls_per_round) + 1
+    return now - since >= 2 * rounds * poller.spot_interval
 
 
 class RoundRobin:

@@ -171,6 +171,10 @@ class TargetView:
     left_at: Mapping[int, float] = field(default_factory=dict)
     """Server id -> when we last cancelled an order of this target there, for the servers left
     within ``target.rebuy_block``: buying one again soon after is churn."""
+    watching: bool = False
+    """True while a spot target has not seen one full watch-list round in this run
+    (``bidder.watchlist.watch_round_complete``): the rules engine then creates no order for it
+    and keeps what it holds, live and in backtests alike."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +311,8 @@ def _by_cost_per_unit(size: np.ndarray, cost: np.ndarray) -> np.ndarray:
 
 
 def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
-                  held_discount: float = 0.0, payback: float = 0.0) -> list[DesiredBid]:
+                  held_discount: float = 0.0,
+                  payback: float | np.ndarray = 0.0) -> list[DesiredBid]:
     """Desired bids at ``bid`` on the rows that fill the target's count at the lowest ``cost``.
 
     The common last step of the built-in strategies. ``cost`` ranks the rows (per server-day;
@@ -315,9 +320,10 @@ def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
 
     - rows we already hold count ``held_discount`` cheaper (0..1), since moving restarts an order's
       cooldown and step knowledge (1.0 keeps every usable holding);
-    - with ``payback`` (seconds) every row we do not hold also carries the target's creation fee
-      spread over that horizon: a move happens only when it pays its new order back in time, and
-      of two covers of equal price the one with fewer orders wins;
+    - with ``payback`` (seconds, one for all rows or one per row) every row we do not hold also
+      carries the target's creation fee spread over that horizon: a move happens only when it
+      pays its new order back in time, and of two covers of equal price the one with fewer
+      orders wins;
     - a row we left within ``target.rebuy_block`` (``view.left_at``) is not bought again, unless
       the count cannot be met without it.
 
@@ -333,8 +339,13 @@ def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
         usable = held[np.isfinite(cost[held])]
         cost = cost.copy()
         cost[usable] *= 1.0 - held_discount
-    if payback > 0 and spec.creation_fee > 0:
-        fee = np.full(len(c), spec.creation_fee * DAY / payback)
+    scalar = not isinstance(payback, np.ndarray)
+    if spec.creation_fee > 0 and (payback > 0 if scalar else bool((payback > 0).any())):
+        if scalar:  # the common case: one horizon, no array work
+            fee = np.full(len(c), spec.creation_fee * DAY / float(payback))
+        else:
+            with np.errstate(divide="ignore"):
+                fee = np.where(payback > 0, spec.creation_fee * DAY / payback, 0.0)
         fee[held] = 0.0
         cost = cost + fee
     size = gpus_needed(spec, c.gpus)

@@ -33,13 +33,19 @@ class Outbid(Strategy):
         """How much above the best rival to bid, per server-day in the order currency (the
         default suits CLORE; use a smaller one for bitcoin)."""
         switch_margin: float = Field(0.1, ge=0, lt=1)
-        """A new server must be this fraction cheaper than a held one to move."""
+        """A new server must be this fraction cheaper than a held one to move. It holds still
+        through noise that would otherwise make it chase every small difference (in
+        ``bench_backtest``'s noisy market 0.02 costs 1.2-1.4 % more than 0.1, with 40 % more
+        orders), at the price of keeping a held server whose host raised its floor by less than
+        the margin (``bench_bidding``'s quiet 8-GPU target: README)."""
         payback_hours: float = Field(6.0, gt=0)
-        """A move must pay back its new order's creation fee within this many hours."""
+        """A move must pay back its new order's creation fee within this many hours (with market
+        memory, within the time until the server's next rival raise, when that is sooner)."""
         contest_penalty: float = Field(0.0, ge=0)
         """Each rival raise per hour seen lately on a server makes it count this fraction dearer
-        (0: off). Against a rival that answers every raise, a near-equal quiet server wins and
-        the escalation stops."""
+        (0: off), and a new order there must pay its creation fee back before the rival's next
+        raise is due (``1 / raises_per_hour``). Against a rival that answers every raise, a
+        near-equal quiet server wins and the escalation stops."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -58,10 +64,15 @@ class Outbid(Strategy):
         usable = c.eligible & (want <= limit)
         horizon = self.params.payback_hours * 3600.0
         cost = staying_cost(view, want, np.where(usable, want, np.inf), horizon)
+        payback: float | np.ndarray = horizon
         if self.params.contest_penalty > 0 and c.raises_per_hour is not None:
-            cost = cost * (1.0 + self.params.contest_penalty * np.nan_to_num(c.raises_per_hour))
+            raises = np.nan_to_num(c.raises_per_hour)
+            cost = cost * (1.0 + self.params.contest_penalty * raises)
+            # a server whose best rival raises every so often is held only until its next raise:
+            # a new order there must pay its creation fee back within that time
+            payback = np.minimum(horizon, 3600.0 / np.maximum(raises, 1e-9))
         return hold_cheapest(view, want, cost, held_discount=self.params.switch_margin,
-                             payback=horizon)
+                             payback=payback)
 
 
 def staying_cost(view: TargetView, want: np.ndarray, cost: np.ndarray,

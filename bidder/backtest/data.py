@@ -29,6 +29,7 @@ import json
 import multiprocessing as mp
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select
@@ -75,6 +76,9 @@ RANK_TOLERANCE = 1e-9
 the span's CLORE rates is ranked tick by tick (far beyond rounding error)."""
 FLOOR = "floor:"
 """State columns ``floor:<currency>`` hold each server's floor in that currency."""
+LISTED_FLOOR = "listed_floor:"
+"""Spot fact columns ``listed_floor:<currency>``: the floor the ``marketplace`` listing states
+(the watch list's candidates are picked by it; a poll's floor may differ)."""
 
 
 class HistoryError(ValueError):
@@ -674,7 +678,7 @@ def _spot(session: Session, polls: _Polls, time: np.ndarray, targets: Sequence[T
     m = MarketplaceServer
     listed = session.execute(
         select(m.server_id, m.gpu_count, m.gpu_model, m.country, m.reliability, m.rented,
-               MarketplaceListing.taken_at)
+               MarketplaceListing.taken_at, m.spot_floors)
         .join(MarketplaceListing, MarketplaceListing.id == m.first_listing)
         .where(MarketplaceListing.taken_at <= float(time[-1]))
         .order_by(MarketplaceListing.taken_at, m.server_id)).all()
@@ -687,17 +691,22 @@ def _spot(session: Session, polls: _Polls, time: np.ndarray, targets: Sequence[T
     n = len(ids)
     l_row = _row_of(ids, l_id)
     keep = l_row >= 0
+    currencies = sorted({t.currency for t in targets})
+    # the listing's own floors: the watch list picks its candidates by them
+    # (``bidder.watchlist.target_candidates``), and a run waits for one round of those
+    listed_floors = {f"{LISTED_FLOOR}{c}": np.array(
+        [_listed_floor(r[7], c) for r, k in zip(listed, keep.tolist()) if k], dtype=np.float64)
+        for c in currencies}
     fact_stream = EventStream.build(
         n_ticks, np.searchsorted(time, l_time[keep], side="left"), l_row[keep],
         {"gpus": l_gpus[keep], "gpu_model": l_model[keep], "country": l_cc[keep],
-         "reliability": l_rel[keep], "rented": l_rented[keep]},
+         "reliability": l_rel[keep], "rented": l_rented[keep], **listed_floors},
         {"gpus": np.zeros(n, np.int32), "gpu_model": np.full(n, "", dtype=object),
          "country": np.full(n, "", dtype=object), "reliability": np.full(n, np.nan),
-         "rented": np.zeros(n, bool)})
+         "rented": np.zeros(n, bool), **{c: np.full(n, np.nan) for c in listed_floors}})
 
     p_row = _row_of(ids, polls.server_id)
     keep = np.flatnonzero(p_row >= 0)
-    currencies = sorted({t.currency for t in targets})
     k = len(keep)
     poll_tick = np.searchsorted(time, polls.time[keep], side="left")
     expiry_tick = np.searchsorted(time, _stale_after(polls.server_id[keep], polls.time[keep]),
@@ -714,6 +723,14 @@ def _spot(session: Session, polls: _Polls, time: np.ndarray, targets: Sequence[T
     rivals, wins = _spot_rivals(session, polls, keep, p_row, poll_tick, expiry_tick, n_ticks, n,
                                 fact_stream, currencies[0] if len(currencies) == 1 else None)
     return MarketHistory("spot", ids, fact_stream, state_stream, rivals, wins)
+
+
+def _listed_floor(floors: Any, currency: str) -> float:
+    """A listing entry's spot floor in ``currency`` (NaN when it states none)."""
+    if isinstance(floors, str):
+        floors = json.loads(floors or "{}")
+    value = (floors or {}).get(currency)
+    return float(value) if value is not None else np.nan
 
 
 def _in_currency(session: Session, o_poll: np.ndarray, o_id: np.ndarray, o_bid: np.ndarray,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bidder.allocation import one_bid_threshold
-from bidder.backtest.data import FLOOR, History, MarketHistory
+from bidder.backtest.data import FLOOR, LISTED_FLOOR, History, MarketHistory
 from bidder.backtest.events import EventStream
 from bidder.backtest.fills import Book
 from storage.frames import MarketFrame
@@ -124,6 +124,25 @@ class ReplayMarket:
             bid_start=self._one_each, bid_id=self.rivals["bid_id"], bid_owner=self._no_owner,
             bid_price=rival_price, bid_pl=self.rivals["pl"], bid_active=self._false,
             bid_mine=self._false)
+
+    def listing(self, now: float) -> MarketFrame:
+        """The spot servers as the ``marketplace`` listing states them now (its floors, its
+        ``rented``), as ``bidder.watchlist.listing_frame`` gives them live: what the watch list
+        picks its candidates from. Not polled: no offers, ``observed_at`` now."""
+        facts = self.facts
+        n = self.data.n_servers
+        floors = {c[len(LISTED_FLOOR):]: v for c, v in facts.items() if c.startswith(LISTED_FLOOR)}
+        rented = facts.get("rented", self._false)
+        return MarketFrame(
+            market=self.market, time=now, clore_usd=self.clore_usd(), rates_usd=self.rates(),
+            server_id=self.data.server_id, gpus=facts["gpus"], gpu_model=facts["gpu_model"],
+            country=facts["country"], reliability=facts.get("reliability", self._nan),
+            online=np.ones(n, dtype=bool), rentable=~rented, working_properly=np.ones(n, bool),
+            energy_price=self._nan, pl_min=self._nan, pl_max=self._nan,
+            observed_at=np.full(n, now), floors=floors,
+            bid_start=np.zeros(n + 1, dtype=np.int64), bid_id=np.empty(0, np.int64),
+            bid_owner=np.empty(0, np.int64), bid_price=np.empty(0), bid_pl=np.empty(0),
+            bid_active=np.empty(0, bool), bid_mine=np.empty(0, bool))
 
     def thresholds(self, rule: str, our_pl: float | None,
                    currency: str) -> tuple[np.ndarray, np.ndarray]:

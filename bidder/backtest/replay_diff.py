@@ -254,7 +254,8 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
     record = run_variant(history, config, AS_CONFIGURED, settings, "replay",
                          decision_times=[c.at for c in run.cycles],
                          seen_at=[c.seen_at for c in run.cycles], end=run.end,
-                         starting_orders=run.starting, keep_trace=True)
+                         starting_orders=run.starting, keep_trace=True,
+                         started_at=run.started_at)
     assert record.trace is not None
     out = ReplayDiff(run)
     for cycle, (_, the_plan) in zip(run.cycles, record.trace):

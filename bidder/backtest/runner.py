@@ -36,6 +36,8 @@ from bidder.config import Config, TargetConfig
 from bidder.memory import MarketMemory
 from bidder.rules import Plan, TargetDecision, plan
 from bidder.view import StaticMatchCache, build_target_view
+from bidder.watchlist import target_candidates, watch_round_complete
+from storage.frames import MarketFrame
 from strategies.base import Strategy
 from strategies.registry import load_strategy, safe_decide
 
@@ -183,13 +185,15 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
                 seen_at: Sequence[float] | None = None, end: float | None = None,
                 starting_orders: Sequence[StartingOrder] = (),
                 progress: Callable[[int], None] | None = None,
-                keep_trace: bool = False) -> RunRecord:
+                keep_trace: bool = False, started_at: float | None = None) -> RunRecord:
     """Replay ``history`` with ``variant`` deciding for ``targets`` (default: every configured
     target), in ``mode`` ``replay`` (rivals as recorded) or ``reactive`` (the best rivals answer).
 
     ``decision_times``/``seen_at``/``end``/``starting_orders`` replay a live session (see
     ``steps`` and the module docstring);
     ``progress(steps_done)`` is called now and then; ``keep_trace`` keeps every step's plan.
+    ``started_at``: when the replayed bot run began (default: the first step), from which its
+    spot targets' first watch-list round counts.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -202,6 +206,7 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     step_time, step_tick, decide = steps(history, config.bot.decide_interval, decision_times,
                                    seen_at, end)
     step_dt = step_durations(step_time)
+    run.started_at = float(step_time[0]) if started_at is None else started_at
     run.start(starting_orders, step_time[0], len(step_time))
     for s, step in enumerate(zip(step_time.tolist(), step_tick.tolist(), decide.tolist(),
                                  step_dt.tolist())):
@@ -241,6 +246,11 @@ class _Run:
                        if getattr(s, "uses_memory", False)}
         """Per target whose strategy looks at how contested servers are."""
         self.started: set[str] = set()
+        self.started_at = 0.0
+        """The run's start: spot polls from then on count for a spot target's first watch-list
+        round (a replayed bot run's own start, else the first step)."""
+        self.watched: set[str] = set()
+        """Spot targets whose first watch-list round is complete."""
         self.decide_first = settings.fills == "decision"
         """Decide before filling a decision's tick (``RunSettings.fills``)."""
         self.reactive = {m: ReactiveRivals(settings.reactive, history.markets[m].server_id)
@@ -343,7 +353,8 @@ class _Run:
                 thresholds=self._thresholds(target),
                 rebuy_block=self.config.bot.rebuy_block,
                 left_at=self.exchange.left_at[target.name],
-                memory=self.memory.get(target.name))
+                memory=self.memory.get(target.name),
+                watching=self._watching(target, frame, now))
             if target.name not in self.started:
                 strategy.on_start(view.target)
                 self.started.add(target.name)
@@ -352,6 +363,20 @@ class _Run:
         self.exchange.apply(actions, now, tick)
         if self.trace is not None:
             self.trace.append((now, actions))
+
+    def _watching(self, target: TargetConfig, frame: MarketFrame, now: float) -> bool:
+        """Whether the spot ``target`` is still in its first watch-list round, by the live
+        engine's rule (``bidder.watchlist.watch_round_complete``) on the recorded listing and
+        polls."""
+        if target.market != "spot" or target.name in self.watched:
+            return False
+        listing = self.markets[target.market].listing(now)
+        if watch_round_complete(target_candidates(listing, target), frame.server_id,
+                                frame.observed_at, since=self.started_at, now=now,
+                                poller=self.config.poller):
+            self.watched.add(target.name)
+            return False
+        return True
 
     def _thresholds(self, target: TargetConfig) -> tuple[np.ndarray, np.ndarray] | None:
         """Every server's rival threshold for ``target`` now, from the replayed market, which

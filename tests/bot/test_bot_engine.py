@@ -38,7 +38,12 @@ def test_no_decision_before_the_first_polls(rig, database, caplog):
     bot.poll_marketplace_job()
     bot.poll_spot_job()
     assert bot.decide_job().skipped is None
+    # spot waits for one full watch-list round: this one polled only some candidates
+    assert {o.kind for o in ours(r.market)} == {"gigaspot"}
+    bot.poll_spot_job()  # the rest of the candidates
+    assert bot.decide_job().skipped is None
     assert {o.kind for o in ours(r.market)} == {"gigaspot", "spot"}
+    assert "candidates polled once; it may now create orders" in caplog.text
 
 
 def test_stale_market_data_holds_everything_still(rig, database, caplog):
@@ -74,7 +79,11 @@ def test_each_cycle_records_what_a_replay_needs(rig, database):
         decided = session.scalars(select(BotDecision).order_by(BotDecision.cycle_id)).all()
         by_cycle = {c.id: c for c in session.scalars(select(BotCycle))}
         journal = session.scalars(select(ApiJournal).order_by(ApiJournal.id)).all()
-    first = decided[0]
+    # until every candidate has been polled once the wish waits (the first watch-list round)
+    k = next(k for k, d in enumerate(decided) if d.actions)
+    assert k > 0 and all(d.actions == [] and [x["reason"] for x in d.deferred] == ["watching"]
+                         for d in decided[:k])
+    first = decided[k]
     assert (first.target, first.strategy, first.params) == ("s", "outbid", {"tick": 0.5})
     assert first.orders == [] and first.desired == [{"server_id": SERVER, "price": 20.5}]
     assert first.actions == [{"kind": "create", "target": "s", "server_id": SERVER,
@@ -85,7 +94,7 @@ def test_each_cycle_records_what_a_replay_needs(rig, database):
     [create] = [j for j in journal if j.endpoint == "create_order"]
     assert create.cycle_id == first.cycle_id
     # after the rival left: the wish is the floor, the cooldown defers it, then a lowering
-    waiting = next(d for d in decided if d.deferred)
+    waiting = next(d for d in decided[k:] if d.deferred)
     [deferred] = waiting.deferred
     assert deferred["reason"] == "cooldown" and deferred["wanted_price"] == 11.1014
     assert waiting.orders[0]["state"] == "winning" and waiting.orders[0]["order_id"] is not None

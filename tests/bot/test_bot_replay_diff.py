@@ -88,6 +88,14 @@ def test_both_markets_replay_with_no_decision_gap(tmp_path):
     rival is seen only when its server is polled; README, --replay-diff.)"""
     path = tmp_path / "both.db"
     record_session(path, hours=1.5, spot=True)
+    # the spot target waited for its first watch-list round (6 polls a round)
+    # before its first create, and the replay waited just as long: no decision differs
+    with open_database(f"sqlite:///{path}", writer=False) as db, db.sessions() as session:
+        spot = session.scalars(select(BotDecision).where(BotDecision.target == "s")
+                               .order_by(BotDecision.cycle_id)).all()
+    first = next(k for k, d in enumerate(spot) if any(a["kind"] == "create" for a in d.actions))
+    assert first >= 1 and all({x["reason"] for x in d.deferred} == {"watching"}
+                              for d in spot[:first])
     diff = diff_of(path)
     assert diff.differences == []
     costs = {c.target: c for c in diff.costs}

@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -276,3 +277,20 @@ def test_budget_in_an_order_currency_converts_other_currencies_through_usd():
     assert committed_per_day([clore.view, btc.view], NO_FEES, CLORE) == pytest.approx(32.0)
     # without a CLORE target in sight, the CLORE rate is unknown: no guess
     assert math.isnan(committed_per_day([btc.view], NO_FEES, CLORE))
+
+
+# --- a spot target's first watch-list round ------------------------------------------------------
+
+
+def test_a_target_still_watching_creates_nothing_and_keeps_what_it_holds():
+    target = make_target()
+    view = build_target_view(frame(), target, [order(1, 12.0), order(2, 14.0)], now=NOW,
+                             markets=NO_FEES, watching=True)
+    # the strategy wants to leave 2 for 3 and 4: 3 and 4 wait, 2 stays at its price, 1 is lowered
+    p = run(TargetDecision(view, [DesiredBid(1, 11.0), DesiredBid(3, 11.5),
+                                  DesiredBid(4, 11.6)]))
+    assert p.actions == (ChangePrice("t", 101, 1, 12.0, 11.0),)
+    assert p.deferred == (Deferred("t", 3, 11.5, "watching"), Deferred("t", 4, 11.6, "watching"))
+    done = run(TargetDecision(replace(view, watching=False),
+                              [DesiredBid(1, 11.0), DesiredBid(3, 11.5)]))
+    assert Create("t", 3, 11.5) in done.actions and Cancel("t", 102, 2, "not_wanted") in done.actions

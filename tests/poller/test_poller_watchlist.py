@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
-from bidder.config import TargetConfig
+from bidder.config import PollerConfig, TargetConfig
 from bidder.sim.world import CLORE, USD
-from bidder.watchlist import RoundRobin, listing_frame, target_candidates
+from bidder.watchlist import RoundRobin, listing_frame, target_candidates, watch_round_complete
 
 
 def target(**fields):
@@ -119,3 +120,22 @@ def test_round_robin_with_no_slots_or_no_servers():
     assert rr.take({"a": [1, 2]}, 0) == []
     assert rr.take({"a": []}, 3) == []
     assert rr.take({}, 3) == []
+
+
+def test_a_watch_list_round_is_complete_when_every_candidate_was_polled_since_the_start():
+    poller = PollerConfig(spot_interval=30.0, spot_polls_per_round=2)
+    since = 1000.0
+    ids = np.array([5, 6, 7, 8])
+    before = np.array([1010.0, 990.0, np.nan, 1020.0])  # 6 only before the start, 7 never
+
+    def done(polled_at, now=1100.0, candidates=(5, 6, 7)):
+        return watch_round_complete(list(candidates), ids, polled_at, since=since, now=now,
+                                    poller=poller)
+
+    assert not done(before)
+    assert done(np.array([1010.0, 1050.0, 1080.0, np.nan]))  # 8 is no candidate
+    assert done(before, candidates=(5, 8))
+    assert done(before, candidates=())  # nothing listed: nothing to wait for
+    # a candidate that cannot be polled holds the target back at most two rounds' time:
+    # ceil(3 / 2) + 1 = 3 rounds of 30 s, twice
+    assert not done(before, now=since + 179.0) and done(before, now=since + 180.0)

@@ -45,3 +45,19 @@ def test_outbid_with_a_contest_penalty_leaves_a_ratchet_for_a_quiet_server():
     assert wary.uses_memory
     assert bids(wary.decide(contested)) == {2: 12.7}
     assert bids(wary.decide(view)) == {1: 12.5}  # without memory: as before
+
+
+def test_a_new_order_on_a_contested_server_must_repay_its_fee_before_the_next_raise():
+    # server 1 wins at 12.1 but its rival raises twice an hour; server 2 is quiet at 12.3. With a
+    # creation fee of 0.01, a new order on 1 must earn it back in half an hour (0.48 a day on top),
+    # on 2 within payback_hours (0.02 a day): the quiet one is cheaper to hold
+    rows = [{"id": 1, "threshold": 11.6}, {"id": 2, "threshold": 11.8}]
+    view = make_view(rows)
+    view = replace(view, target=replace(view.target, creation_fee=0.01),
+                   candidates=replace(view.candidates, raises_per_hour=np.array([2.0, 0.0]),
+                                      hands_per_hour=np.zeros(2)))
+    assert bids(Outbid(tick=0.5).decide(view)) == {1: 12.1}  # no memory: the price alone
+    wary = Outbid(tick=0.5, contest_penalty=1e-6)  # the raise rate counts only through the fee
+    assert bids(wary.decide(view)) == {2: 12.3}
+    calm = replace(view, candidates=replace(view.candidates, raises_per_hour=np.zeros(2)))
+    assert bids(wary.decide(calm)) == {1: 12.1}
