@@ -186,6 +186,8 @@ class CloreClient:
         self._clock = clock
         self._limiter = limiter if limiter is not None else RateLimiter(clock, clore_rate_limits())
         self._max_retries = max_retries
+        self._in_flight_hold = timeout
+        """How long a call's rate-limit slot is held while it is in flight (``RateLimiter``)."""
         self._observer = observer
         self.base_url = base_url
         headers = {"User-Agent": f"clore-bidder/{__version__}"}
@@ -385,12 +387,16 @@ class CloreClient:
         attempt = 0
         while True:
             attempt += 1
-            if not ep.cdn:
-                self._limiter.acquire(ep.name, ep.priority)
+            held = None if ep.cdn else \
+                self._limiter.acquire(ep.name, ep.priority, hold=self._in_flight_hold)
             started = self._clock.now()
             response: httpx.Response | None = None
             try:
-                response = send()
+                try:
+                    response = send()
+                finally:  # the exchange saw it by now: the next call's second counts from here
+                    if held is not None:
+                        self._limiter.done(ep.name, held, self._clock.now())
                 result = interpret(response)
             except httpx.RequestError as exc:  # converted, not chained: it holds the headers
                 fault = self._transport_fault(ep.name, exc)

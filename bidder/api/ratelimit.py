@@ -3,7 +3,13 @@
 The table says which limits each endpoint consumes (every endpoint consumes ``all``;
 ``create_order`` also consumes ``create_order``). ``RateLimiter.acquire`` blocks, through the
 injected clock, until every limit an endpoint consumes allows one more call, serving waiting
-callers by priority (cancels before edits before creates before polls). The send times live in a
+callers by priority (cancels before edits before creates before polls).
+
+The exchange counts a request when it *arrives*, and arrival lags sending by a network delay that
+varies (a loaded machine, a slow route): two sends a period apart may arrive closer. So a call's
+slot is held while it is in flight (``hold``: at most the request timeout) and, once its reply
+is in (``done``), counts from then: the exchange saw the request no later than it replied, so the
+next send a period after the reply arrives a period after it, whatever the delays. The send times live in a
 state backend: in memory for one process, or in a small ``flock``-guarded file so that every
 process using the key (the bot and a ``bidder cancel-all`` beside it) shares one budget.
 """
@@ -36,6 +42,9 @@ PUBLISHED_MIN_INTERVAL = 1.0
 """The published limit: one request per second per key, every endpoint."""
 PUBLISHED_CREATE_INTERVAL = 5.0
 """The published limit: one ``create_order`` per five seconds per key."""
+HELD_POLL = 0.2
+"""Seconds a waiting caller sleeps at most before looking again: a slot held for a call in
+flight (here or in another process sharing the state) frees as soon as that call ends."""
 _MINUTE = 60
 _HOUR_MINUTES = 60
 
@@ -119,12 +128,24 @@ class LimiterRecord:
                 ready = max(ready, recent[-limit.calls] + limit.period)
         return max(0.0, ready - now)
 
-    def record(self, limits: tuple[RateLimit, ...], now: float) -> None:
+    def record(self, limits: tuple[RateLimit, ...], now: float, until: float | None = None) -> None:
+        """A send at ``now`` whose slot counts from ``until`` (default ``now``; later while the
+        call is in flight, see ``settle``)."""
+        at = now if until is None else until
         for limit in limits:
-            self.sends[limit.limit_id] = [*self.sends.get(limit.limit_id, []), now][-limit.calls :]
+            self.sends[limit.limit_id] = [*self.sends.get(limit.limit_id, []), at][-limit.calls :]
         minute = int(now // _MINUTE)
         self.minutes = {m: n for m, n in self.minutes.items() if m > minute - _HOUR_MINUTES}
         self.minutes[minute] = self.minutes.get(minute, 0) + 1
+
+    def settle(self, limits: tuple[RateLimit, ...], held: float, done: float) -> None:
+        """The call whose slot was held until ``held`` got its reply at ``done``: its slot counts
+        from ``done`` (a slot another process's later send has pushed out is left alone)."""
+        for limit in limits:
+            recent = self.sends.get(limit.limit_id)
+            if recent and held in recent:
+                recent[recent.index(held)] = done
+                recent.sort()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -236,8 +257,11 @@ class RateLimiter:
         self._queue: list[tuple[int, int]] = []
         self._arrivals = itertools.count()
 
-    def acquire(self, endpoint: str, priority: Priority) -> float:
-        """Wait until ``endpoint`` may be called, record the call, and return the send time."""
+    def acquire(self, endpoint: str, priority: Priority, *, hold: float = 0.0) -> float:
+        """Wait until ``endpoint`` may be called and record the call; return the time its slot is
+        held until: the send time plus ``hold`` (the longest the call may be in flight), to be
+        given back to ``done`` with the time its reply came. With ``hold`` 0 the slot counts from
+        the send (callers that never call ``done``)."""
         limits = self.limits.for_endpoint(endpoint)
         ticket = (int(priority), next(self._arrivals))
         with self._cond:
@@ -248,12 +272,12 @@ class RateLimiter:
                         self._cond.wait()
                         continue
                     now = self._clock.now()
-                    wait = self._state.update(lambda r: self._take(r, limits, now))
+                    wait = self._state.update(lambda r: self._take(r, limits, now, now + hold))
                     if wait == 0.0:
-                        return now
+                        return now + hold
                     self._cond.release()
-                    try:
-                        self._clock.sleep(wait)
+                    try:  # a held slot frees early when its call ends: look again soon
+                        self._clock.sleep(min(wait, HELD_POLL))
                     finally:
                         self._cond.acquire()
             finally:
@@ -262,11 +286,20 @@ class RateLimiter:
                 self._cond.notify_all()
 
     @staticmethod
-    def _take(record: LimiterRecord, limits: tuple[RateLimit, ...], now: float) -> float:
+    def _take(record: LimiterRecord, limits: tuple[RateLimit, ...], now: float,
+              until: float) -> float:
         wait = record.wait(limits, now)
         if wait == 0.0:
-            record.record(limits, now)
+            record.record(limits, now, until)
         return wait
+
+    def done(self, endpoint: str, held: float, at: float) -> None:
+        """The call ``acquire`` held a slot for until ``held`` has its reply (or failed) at
+        ``at``: the next call may go a period after ``at``."""
+        limits = self.limits.for_endpoint(endpoint)
+        self._state.update(lambda r: r.settle(limits, held, at))
+        with self._cond:
+            self._cond.notify_all()
 
     def backoff(self, seconds: float) -> None:
         """Let nobody using this state send for ``seconds`` (the exchange said we were too fast)."""

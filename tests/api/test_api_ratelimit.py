@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from freezegun import freeze_time
 
-from api_fakes import KEY, T0, SteppedClock
+from api_fakes import KEY, T0, SteppedClock, fixture
 from bidder.api import (
     FileLimiterState,
     MemoryLimiterState,
@@ -211,3 +211,45 @@ def test_memory_state_is_the_default_and_per_instance() -> None:
     assert a.acquire("wallets", Priority.POLL) == T0
     assert b.acquire("wallets", Priority.POLL) - T0 == pytest.approx(1.05)
     assert RateLimiter(clock).acquire("wallets", Priority.POLL) == clock.now()
+
+
+def test_a_slot_counts_from_the_reply_of_a_slow_call() -> None:
+    """The exchange counts a request when it arrives, and arrivals lag sends by varying delays:
+    the next send waits a period after the reply, when the exchange has surely seen the call."""
+    clock = ManualClock(T0)
+    limiter = RateLimiter(clock)
+    held = limiter.acquire("wallets", Priority.POLL, hold=30.0)
+    assert held - T0 == 30.0  # in flight: nobody may send before it ends or its hold runs out
+    clock.advance(0.7)  # the reply takes 0.7 s
+    limiter.done("wallets", held, clock.now())
+    assert limiter.acquire("marketplace", Priority.POLL) - T0 == pytest.approx(0.7 + 1.05)
+
+
+def test_a_call_in_flight_holds_its_slot_for_every_user_of_the_state() -> None:
+    """A second process (sharing the state) waits while the call is in flight; if its caller died
+    and never said it ended, the slot frees when the hold runs out."""
+    clock = ManualClock(T0)
+    state = MemoryLimiterState()
+    mine, other = RateLimiter(clock, state=state), RateLimiter(clock, state=state)
+    mine.acquire("create_order", Priority.CREATE, hold=30.0)  # never done: its caller died
+    assert other.acquire("cancel_order", Priority.CANCEL) - T0 == pytest.approx(31.05)
+
+
+def test_the_client_spaces_calls_from_their_replies(
+    make_client, server, clock: ManualClock
+) -> None:
+    """Seen from the exchange: each request arrives a full period after the previous reply,
+    however long the replies take."""
+    arrivals: list[float] = []
+
+    def slow(request):
+        arrivals.append(clock.now())
+        clock.advance(0.4)  # the exchange takes 0.4 s to answer
+        return fixture("wallets.json")
+
+    server.on("wallets", slow, slow, slow)
+    client = make_client()
+    for _ in range(3):
+        client.wallets()
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert gaps == pytest.approx([0.4 + 1.05] * 2)

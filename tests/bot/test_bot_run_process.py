@@ -117,7 +117,8 @@ def sim_url() -> Iterator[str]:
     assert url.startswith("http://127.0.0.1:"), url
     yield url
     sim.send_signal(signal.SIGTERM)
-    assert sim.wait(timeout=20) == 0
+    report, _ = sim.communicate(timeout=20)  # the invariant report: says what broke on exit 1
+    assert sim.returncode == 0, report
 
 
 def bidder(*args: str, config: Path | None = None,
