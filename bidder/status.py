@@ -173,7 +173,8 @@ def _next_text(d: dict[str, Any], now: float) -> str:
              "budget": "waits for room in the budget", "rate_unknown": "the USD rate is unknown",
              "in_flight": "waits until the order's outcome is known",
              "server_taken": "another of our orders holds it",
-             "not_eligible": "the server does not qualify now"}
+             "not_eligible": "the server does not qualify now",
+             "watching": "waits for the first full round of spot polls (buys nothing before)"}
     return f"wants {server} at {price:.6g}: {words.get(reason, reason)}"
 
 

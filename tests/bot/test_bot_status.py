@@ -152,3 +152,19 @@ def test_a_database_of_another_schema_is_refused(capsys, config_file, db_url):
         session.add(SchemaVersion(version=99, description="from the future"))
     code, text = status(capsys, config_file)
     assert code == 2 and "written by a newer clore-bidder" in text
+
+
+def test_every_deferral_reason_reads_as_words():
+    """Each reason the rules engine defers for is told in words, none shown raw (``watching``
+    came with the spot watch-list round)."""
+    from typing import get_args
+
+    from bidder.rules import DeferReason
+    from bidder.status import _next_text
+
+    for reason in get_args(DeferReason):
+        text = _next_text({"server_id": 7, "wanted_price": 1.5, "reason": reason,
+                           "not_before": None}, 0.0)
+        assert text.startswith("will ") or f": {reason}" not in text, (reason, text)
+    assert "first full round of spot polls" in _next_text(
+        {"server_id": 7, "wanted_price": 1.5, "reason": "watching", "not_before": None}, 0.0)
