@@ -15,14 +15,15 @@ Two GigaSPOT markets, generated here from a seed (no recording needed):
   of a server we take also answers us. The cheap servers are contested, the free ones dearer.
 
 For GPU targets of 8 and 16 (1-, 2-, 4- and 8-GPU servers) it runs, in replay and reactive mode:
-``outbid`` (the default), ``outbid`` with market memory (``contest_penalty``), the baseline
+``outbid`` (the default), ``outbid`` with market memory (``MEMORY``: ``contest_penalty`` and
+``contested_at``), the baseline
 (``NiceHashBot`` below: a plugin, not a built-in) and ``fixed`` at the cap. It prints, per
 market, target and mode, the "Done means" figures of issue 11:
 
 - outbid's cost per GPU-hour over the whole-server oracle's (<= 1.02 replay, <= 1.05 reactive),
-  and with market memory (which should pay against the ratchets: lower cost at equal-or-better
-  availability than without it, in reactive mode);
-- outbid's availability against the baseline's (>=) and its cost per GPU-hour (<=);
+  and with market memory;
+- outbid's availability against the baseline's (>=) and its cost per GPU-hour (<=), without and
+  with market memory (``cost/nhb``, ``memory/nhb``);
 - outbid's cost per GPU-hour over the static bid's in the quiet market (<= 0.70);
 - surplus GPU-hours as a share of held GPU-hours (<= 1 %), and rebuys within an hour (0).
 
@@ -215,9 +216,12 @@ def config(count: int) -> Config:
                      "oc": {"pl": 200}}]})
 
 
+MEMORY = "contest_penalty=0.05,contested_at=2"
+"""outbid's market-memory settings here: a server whose rival moves twice an hour or more (a bot
+repricing at the exchange's pace, not a host now and then) counts at its rival's recent high."""
 VARIANTS = [
     *expand_grid("outbid"),
-    *expand_grid("outbid:contest_penalty=0.05"),
+    *expand_grid(f"outbid:{MEMORY}"),
     Variant("nicehashbot", "benchmarks.bench_bidding:NiceHashBot", {}),
     *expand_grid(f"fixed:price_per_gpu_day={CAP:g}"),
 ]
@@ -252,7 +256,7 @@ def _per_gpu_hour(row: dict[str, Any]) -> float:
 def _figures(kind: str, count: int, mode: str, by: dict[tuple[str, str], dict[str, Any]]
              ) -> dict[str, Any]:
     out = by[("outbid", mode)]
-    memory = by[("outbid:contest_penalty=0.05", mode)]
+    memory = by[(f"outbid:{MEMORY}", mode)]
     nhb = by[("nicehashbot", mode)]
     static = by[(f"fixed:price_per_gpu_day={CAP:g}", mode)]
     whole = out["oracle_whole_servers_cost"] / out["oracle_whole_servers_gpu_hours"]
@@ -263,9 +267,12 @@ def _figures(kind: str, count: int, mode: str, by: dict[tuple[str, str], dict[st
         "avail": out["availability"], "avail memory": memory["availability"],
         "avail nhb": nhb["availability"],
         "cost/nhb": _per_gpu_hour(out) / _per_gpu_hour(nhb),
+        "memory/nhb": _per_gpu_hour(memory) / _per_gpu_hour(nhb),
         "cost/static": _per_gpu_hour(out) / _per_gpu_hour(static),
         "surplus %": 100 * out["surplus_gpu_hours"] / max(out["gpu_hours"], 1e-9),
-        "rebuys": out["rebuys_within_hour"], "orders": out["orders_created"],
+        "surplus memory %": 100 * memory["surplus_gpu_hours"] / max(memory["gpu_hours"], 1e-9),
+        "rebuys": out["rebuys_within_hour"], "rebuys memory": memory["rebuys_within_hour"],
+        "orders": out["orders_created"],
         "orders memory": memory["orders_created"], "orders nhb": nhb["orders_created"],
         "fractional/whole": out["oracle_full_cost"] / out["oracle_whole_servers_cost"],
     }

@@ -8,7 +8,10 @@ exponentially decayed rates per server:
 
 - ``raises_per_hour``: the best rival's price went up (a rival raised, or a dearer bid took over);
 - ``hands_per_hour``: the best bid changed hands otherwise (a rival arrived, left, or a cheaper bid
-  became the best one because the best left).
+  became the best one because the best left);
+- ``rival_high``: the best rival's highest price over the last ``HIGH_WINDOW`` (six hours; NaN: no
+  rival seen in it). A ratchet's price is a saw: its low points are cheap to beat, but holding the
+  server means staying above its jumps, so what a server costs to hold is its recent high.
 
 Observations are per decision, so events between two decisions count once. Pure numpy; no I/O.
 """
@@ -16,17 +19,35 @@ Observations are per decision, so events between two decisions count once. Pure 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
 HALF_LIFE = 6 * 3600.0
 """Seconds after which an event counts half."""
 TOLERANCE = 1e-9
+HIGH_WINDOW = HALF_LIFE
+"""Seconds over which ``rival_high`` is the maximum (to within one of ``HIGH_BUCKETS``): as long
+as a raise is remembered, so is the price it went to. A ratchet jumps back up about once an hour
+at random; an hour's window often sees only its fall and undervalues it."""
+HIGH_BUCKETS = 6
+
+
+class Contest(NamedTuple):
+    """How contested each server has been, aligned with the ids observed."""
+
+    raises_per_hour: np.ndarray
+    hands_per_hour: np.ndarray
+    rival_high: np.ndarray
 
 
 class MarketMemory:
-    def __init__(self, half_life: float = HALF_LIFE) -> None:
+    def __init__(self, half_life: float = HALF_LIFE, high_window: float = HIGH_WINDOW) -> None:
         self.tau = half_life / math.log(2.0)
+        self.bucket = high_window / HIGH_BUCKETS
+        self._highs = np.empty((0, HIGH_BUCKETS + 1))
+        """Per server, the best rival's maximum in each of the last buckets (a ring; NaN: none)."""
+        self._bucket_at: int | None = None
         self._ids = np.empty(0, dtype=np.int64)
         self._price = np.empty(0)
         self._raises = np.empty(0)
@@ -34,10 +55,9 @@ class MarketMemory:
         self._first = np.empty(0)
         self._at: float | None = None
 
-    def observe(self, now: float, server_id: np.ndarray,
-                rival_price: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def observe(self, now: float, server_id: np.ndarray, rival_price: np.ndarray) -> Contest:
         """Take in the best rival's price (NaN: none) on ``server_id`` now; return their
-        (raises per hour, hands per hour) as of now."""
+        raises and hands per hour and the rival's recent high, as of now."""
         ids = np.asarray(server_id, dtype=np.int64)
         self._add(ids, now)
         if self._at is not None and now > self._at:
@@ -56,13 +76,28 @@ class MarketMemory:
         np.add.at(self._raises, pos, (raised & seen).astype(np.float64))
         np.add.at(self._hands, pos, (((had != has) | fell) & seen).astype(np.float64))
         self._price[pos] = price
-        return self.rates(pos, now)
+        slot = self._roll(now)
+        self._highs[pos, slot] = np.fmax(self._highs[pos, slot], price)
+        high = np.fmax.reduce(self._highs[pos], axis=1)  # NaN only where no rival was seen
+        raises, hands = self.rates(pos, now)
+        return Contest(raises, hands, high)
 
     def rates(self, pos: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
         age = np.maximum(now - self._first[pos], 0.0)
         window = self.tau * -np.expm1(-age / self.tau)  # the decayed time observed
         hours = np.maximum(window, 60.0) / 3600.0
         return self._raises[pos] / hours, self._hands[pos] / hours
+
+    def _roll(self, now: float) -> int:
+        """The ring slot of ``now``'s bucket, clearing buckets older than the window."""
+        at = int(now // self.bucket)
+        size = HIGH_BUCKETS + 1
+        if self._bucket_at is not None and at > self._bucket_at:
+            for b in range(max(self._bucket_at + 1, at - size + 1), at + 1):
+                self._highs[:, b % size] = np.nan
+        if self._bucket_at is None or at > self._bucket_at:
+            self._bucket_at = at
+        return self._bucket_at % size  # a late observation counts in the newest bucket
 
     def _add(self, ids: np.ndarray, now: float) -> None:
         """Make room for servers not seen before (rare after the first decisions)."""
@@ -79,3 +114,4 @@ class MarketMemory:
         self._raises = np.concatenate([self._raises, np.zeros(k)])[order]
         self._hands = np.concatenate([self._hands, np.zeros(k)])[order]
         self._first = np.concatenate([self._first, np.full(k, now)])[order]
+        self._highs = np.concatenate([self._highs, np.full((k, HIGH_BUCKETS + 1), np.nan)])[order]

@@ -90,6 +90,9 @@ class Candidates:
     the caller keeps no market memory"""
     hands_per_hour: np.ndarray | None = None
     """float64: how often the best bid changed hands otherwise lately (a rival arriving, leaving)"""
+    rival_high: np.ndarray | None = None
+    """float64: the best rival's highest price over the last six hours (``bidder.memory``; NaN: no
+    rival in that time): what staying above a saw-tooth rival costs"""
     _index: tuple[np.ndarray, np.ndarray | None] | None = field(
         default=None, init=False, repr=False, compare=False)
     """The ids sorted, and the sorting order unless they already were; built on first look-up."""

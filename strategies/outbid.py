@@ -46,10 +46,20 @@ class Outbid(Strategy):
         (0: off), and a new order there must pay its creation fee back before the rival's next
         raise is due (``1 / raises_per_hour``). Against a rival that answers every raise, a
         near-equal quiet server wins and the escalation stops."""
+        contested_at: float = Field(0.0, ge=0)
+        """With market memory: a server whose best rival moved (``raises_per_hour`` plus
+        ``hands_per_hour``) at least this often an hour lately is valued at what holding it
+        costs, not at its price now (0: off). A ratchet's price is a saw; a bid at its low points
+        is lost at its next jump back up. On such a server the bid is at least the rival's high
+        of the last six hours (``rival_high``) plus ``tick``, never above the cap, and servers are
+        chosen by that price, so a quiet server cheaper than a contested one's high wins. A bot
+        repricing at the exchange's pace moves about six times an hour, a host repricing now and
+        then far less than once: 2 tells them apart. Off by default: where rivals only jitter it
+        pays for availability it does not get (``bench_backtest``'s market: README)."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.uses_memory = self.params.contest_penalty > 0
+        self.uses_memory = self.params.contest_penalty > 0 or self.params.contested_at > 0
 
     def limit(self, view: TargetView) -> np.ndarray | None:
         """The most to pay per server-day; None when it cannot be known this tick (no change)."""
@@ -63,7 +73,9 @@ class Outbid(Strategy):
         want = np.maximum(c.floor, c.threshold + self.params.tick)
         usable = c.eligible & (want <= limit)
         horizon = self.params.payback_hours * 3600.0
-        cost = staying_cost(view, want, np.where(usable, want, np.inf), horizon)
+        hold = self.hold_price(view, want)
+        bid = want if hold is want else np.minimum(hold, np.maximum(limit, want))
+        cost = staying_cost(view, bid, np.where(usable, hold, np.inf), horizon)
         payback: float | np.ndarray = horizon
         if self.params.contest_penalty > 0 and c.raises_per_hour is not None:
             raises = np.nan_to_num(c.raises_per_hour)
@@ -71,8 +83,20 @@ class Outbid(Strategy):
             # a server whose best rival raises every so often is held only until its next raise:
             # a new order there must pay its creation fee back within that time
             payback = np.minimum(horizon, 3600.0 / np.maximum(raises, 1e-9))
-        return hold_cheapest(view, want, cost, held_discount=self.params.switch_margin,
+        return hold_cheapest(view, bid, cost, held_discount=self.params.switch_margin,
                              payback=payback)
+
+    def hold_price(self, view: TargetView, want: np.ndarray) -> np.ndarray:
+        """What holding each server takes: ``want``, or on a contested server (``contested_at``)
+        the rival's recent high plus ``tick`` when that is more."""
+        c = view.candidates
+        if not self.params.contested_at or c.raises_per_hour is None or c.hands_per_hour is None \
+                or c.rival_high is None:
+            return want
+        moves = np.nan_to_num(c.raises_per_hour) + np.nan_to_num(c.hands_per_hour)
+        contested = moves >= self.params.contested_at
+        high = np.where(contested, np.nan_to_num(c.rival_high, nan=0.0) + self.params.tick, 0.0)
+        return np.maximum(want, high)
 
 
 def staying_cost(view: TargetView, want: np.ndarray, cost: np.ndarray,

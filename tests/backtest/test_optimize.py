@@ -117,7 +117,7 @@ def test_a_study_with_other_settings_is_refused(sqlite_url, tmp_path, capsys):
 
 @pytest.mark.parametrize("space, message", [
     ("tick=0.01:2.0,bravery=0:1", "strategy 'outbid' has no parameter 'bravery' (its parameters: "
-                                  "contest_penalty, payback_hours, switch_margin, tick)"),
+                                  "contest_penalty, contested_at, payback_hours, switch_margin, tick)"),
     ("tick=2.0:0.01", "low must be below high"),
     ("tick=0:1:log", "a log range must start above 0"),
     ("switch_margin=0.0:1.5", "1.5 is not allowed"),

@@ -18,7 +18,7 @@ def test_raises_and_changes_of_hands_are_counted_per_server():
     memory.observe(NOW, ids, np.array([5.0, np.nan]))  # first look: no events
     for k in range(1, 7):  # an hour: server 7's rival raises every 10 minutes
         memory.observe(NOW + 600 * k, ids, np.array([5.0 + k, np.nan]))
-    raises, hands = memory.observe(NOW + 3600, np.array([3, 7, 9]),
+    raises, hands, _ = memory.observe(NOW + 3600, np.array([3, 7, 9]),
                                    np.array([4.0, 11.0, 2.0]))  # 3 gets a rival, 9 is new
     assert raises.tolist() == pytest.approx([0.0, 6.0, 0.0], abs=0.01)
     assert hands.tolist() == pytest.approx([1.0, 0.0, 0.0], abs=0.01)
@@ -28,8 +28,8 @@ def test_old_events_fade():
     memory = MarketMemory(half_life=3600.0)
     memory.observe(NOW, np.array([1]), np.array([1.0]))
     memory.observe(NOW + 60, np.array([1]), np.array([2.0]))
-    early, _ = memory.observe(NOW + 120, np.array([1]), np.array([2.0]))
-    late, _ = memory.observe(NOW + 120 + 6 * 3600, np.array([1]), np.array([2.0]))
+    early, _, _ = memory.observe(NOW + 120, np.array([1]), np.array([2.0]))
+    late, _, _ = memory.observe(NOW + 120 + 6 * 3600, np.array([1]), np.array([2.0]))
     assert late[0] < early[0] / 10
 
 
@@ -61,3 +61,52 @@ def test_a_new_order_on_a_contested_server_must_repay_its_fee_before_the_next_ra
     assert bids(wary.decide(view)) == {2: 12.3}
     calm = replace(view, candidates=replace(view.candidates, raises_per_hour=np.zeros(2)))
     assert bids(wary.decide(calm)) == {1: 12.1}
+
+
+def test_the_rival_high_is_the_best_rivals_highest_price_over_the_window():
+    memory = MarketMemory(half_life=1e9, high_window=3600.0)  # buckets of 10 minutes
+    ids = np.array([1, 2])
+    high = None
+    for k, price in enumerate([9.0, 20.0, 18.0, 16.2, 14.6]):  # a saw on 1; 2 has no rival
+        high = memory.observe(NOW + 600 * k, ids, np.array([price, np.nan])).rival_high
+    assert high[0] == pytest.approx(20.0)
+    assert np.isnan(high[1])
+    # over an hour after the jump, only the fall is left in the window
+    for k in range(5, 10):
+        high = memory.observe(NOW + 600 * k, ids, np.array([14.6 * 0.9 ** (k - 4), 3.0])
+                              ).rival_high
+    # the window is whole buckets: the last hour to hour and ten minutes (the price 60 minutes ago)
+    assert high[0] == pytest.approx(16.2)
+    assert high[1] == pytest.approx(3.0)
+    # a server seen for the first time has only its price now
+    assert memory.observe(NOW + 6000, np.array([5]), np.array([4.0])).rival_high[0] == 4.0
+
+
+def _contested(view, moves, high):
+    return replace(view, candidates=replace(
+        view.candidates, raises_per_hour=np.array(moves, dtype=float),
+        hands_per_hour=np.zeros(len(moves)), rival_high=np.array(high, dtype=float)))
+
+
+def test_outbid_values_a_contested_server_at_its_rivals_recent_high():
+    # server 1 wins now at 10.5 but its rival is a saw that went up to 16 lately; server 2's rival
+    # is quiet at 12: holding 1 costs 16.5, holding 2 costs 12.5
+    rows = [{"id": 1, "threshold": 10.0}, {"id": 2, "threshold": 12.0}]
+    view = _contested(make_view(rows), moves=[7.0, 0.0], high=[16.0, 12.0])
+    assert bids(Outbid(tick=0.5).decide(view)) == {1: 10.5}  # the trough: lost at the next jump
+    holder = Outbid(tick=0.5, contested_at=2.0)
+    assert holder.uses_memory
+    assert bids(holder.decide(view)) == {2: 12.5}
+    # where the contested server is still the cheapest to hold, bid above the rival's high, so
+    # its next jump back up does not take the server
+    cheap = _contested(make_view(rows), moves=[7.0, 0.0], high=[11.0, 12.0])
+    assert bids(holder.decide(cheap)) == {1: 11.5}
+    # a rival that repriced once lately is no ratchet: the price now counts
+    calm = _contested(make_view(rows), moves=[0.3, 0.0], high=[16.0, 12.0])
+    assert bids(holder.decide(calm)) == {1: 10.5}
+
+
+def test_outbid_holding_above_a_high_never_bids_over_the_cap():
+    rows = [{"id": 1, "threshold": 20.0}]
+    view = _contested(make_view(rows, cap_per_gpu_day=25.0), moves=[7.0], high=[40.0])
+    assert bids(Outbid(tick=0.5, contested_at=2.0).decide(view)) == {1: 25.0}
