@@ -12,7 +12,8 @@ from sqlalchemy import select
 
 from bidder.config import CLORE
 from bidder.engine import budget_left, recent_wins, stale_after
-from bot_helpers import KEY, START, giga_target, make_config, ours, spot_target
+from bot_helpers import KEY, START, assert_books_agree, assert_invariants, giga_target, make_config, \
+    ours, spot_target
 from storage.frames import empty_frame
 from storage.models import ApiJournal, BotCycle, BotDecision, BotHalt, BotOrder, BotRun
 
@@ -22,6 +23,14 @@ SERVER = 1084
 def cycles(database):
     with database.sessions() as session:
         return list(session.scalars(select(BotCycle).order_by(BotCycle.id)))
+
+
+def settled_books_agree(market, database, bot) -> None:
+    """The order-flow invariant: after a reconciliation, our orders at the exchange are the
+    database's, one per server, and no rule of the exchange was broken."""
+    bot.executor.reconcile()
+    assert_books_agree(market, database)
+    assert_invariants(market, database)
 
 
 def test_no_decision_before_the_first_polls(rig, database, caplog):
@@ -44,6 +53,7 @@ def test_no_decision_before_the_first_polls(rig, database, caplog):
     assert bot.decide_job().skipped is None
     assert {o.kind for o in ours(r.market)} == {"gigaspot", "spot"}
     assert "candidates polled once; it may now create orders" in caplog.text
+    settled_books_agree(r.market, database, bot)
 
 
 def test_stale_market_data_holds_everything_still(rig, database, caplog):
@@ -66,12 +76,13 @@ def test_stale_market_data_holds_everything_still(rig, database, caplog):
     bot.poll_spot_job()
     assert bot.decide_job().skipped is None
     assert not held.open  # fresh data again: it moves
+    settled_books_agree(r.market, database, bot)
 
 
 def test_each_cycle_records_what_a_replay_needs(rig, database):
     r = rig(make_config(spot_target(strategy_params={"tick": 0.5})))
     rival = r.market.place_rival(SERVER, 20.0)
-    r.start()
+    bot = r.start()
     r.run(90)
     r.market.cancel(rival.id)
     r.run(700)
@@ -101,6 +112,7 @@ def test_each_cycle_records_what_a_replay_needs(rig, database):
     lowered = next(d for d in decided if d.actions and d.actions[0]["kind"] == "lower")
     assert lowered.actions[0]["price"] == 11.1014
     assert deferred["not_before"] == pytest.approx(lowered.orders[0]["next_lower_at"])
+    settled_books_agree(r.market, database, bot)
 
 
 def test_the_kill_switch_stops_the_bot_at_its_next_cycle(rig, database, caplog):
@@ -112,13 +124,14 @@ def test_the_kill_switch_stops_the_bot_at_its_next_cycle(rig, database, caplog):
     result = bot.decide_job()
     assert result.skipped == "halted by cancel-all" and bot.stop.is_set()
     assert "halted by bidder cancel-all" in caplog.text
+    settled_books_agree(r.market, database, bot)  # halted, not cancelled: cancel-all does that
 
 
 def test_percentile_strategies_get_recent_winning_prices_from_storage(rig, database):
     r = rig(make_config(spot_target(strategy="percentile",
                                     strategy_params={"history_window": 3600})))
     r.market.place_rival(1153, 40.0)  # 4 x GTX 1660 SUPER, floor 34.1861: wins at 40
-    r.start()
+    bot = r.start()
     r.run(60)
     with database.sessions() as session:
         wins = recent_wins(session, "spot", np.array([1153, 1084]), np.array([4, 1]),
@@ -129,6 +142,7 @@ def test_percentile_strategies_get_recent_winning_prices_from_storage(rig, datab
     assert set(wins.tolist()) == {10.0}
     # the median win per GPU-day on 1084 (one GPU) is below its floor: the floor it is
     assert desired == [{"server_id": 1084, "price": 11.1014}]
+    settled_books_agree(r.market, database, bot)
 
 
 def test_unmanaged_orders_count_against_the_budget():
