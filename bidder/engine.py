@@ -49,6 +49,7 @@ from bidder.orders import (
 )
 from bidder.reconcile import in_flight
 from bidder.rules import Plan, TargetDecision, action_json, plan
+from bidder.spend import cost_per_day
 from bidder.memory import MarketMemory
 from bidder.view import StaticMatchCache, build_target_view
 from bidder.watchlist import listing_frame, target_candidates, watch_round_complete
@@ -154,9 +155,9 @@ def budget_left(config: Config, unmanaged: Sequence[BotOrder],
             return 1.0
         return rates.usd_rate(currency) if rates is not None else math.nan
 
-    cost = sum(o.price * (1 + config.markets.rules(o.market).fee_fraction)  # type: ignore[arg-type]
-               * (1.0 if o.currency == budget.currency else usd(o.currency) / usd(budget.currency))
-               for o in unmanaged)
+    cost = sum(cost_per_day(o.price,
+                            config.markets.rules(o.market).fee_fraction,  # type: ignore[arg-type]
+                            o.currency, budget.currency, usd) for o in unmanaged)
     return budget.model_copy(update={"max_per_day": budget.max_per_day - cost})
 
 

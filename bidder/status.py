@@ -26,6 +26,7 @@ from bidder.clock import Clock
 from bidder.config_file import CLORE
 from bidder.lowering import next_lower_at, stored_rules
 from bidder.plain import plain
+from bidder.spend import cost_per_day
 from storage.reader import Reader, json_value, reader_of
 
 if TYPE_CHECKING:
@@ -269,15 +270,8 @@ def _budget(status: Status, budget: dict[str, Any], markets: dict[str, Any],
     currency = budget["currency"]
     status.budget_currency = currency
     status.budget_per_day = budget.get("max_per_day")
-    per_unit = rates.get(currency, math.nan)
-    total = 0.0
-    for o in status.orders:
-        fee = stored_rules(markets, o.market).fee_fraction
-        if o.currency == currency:
-            total += o.price * (1 + fee)
-        else:
-            total += (o.usd_per_day if o.usd_per_day is not None else math.nan) * (1 + fee) \
-                / per_unit
+    total = sum((cost_per_day(o.price, stored_rules(markets, o.market).fee_fraction, o.currency,
+                              currency, rates.get) for o in status.orders), 0.0)
     status.spend_per_day = total if math.isfinite(total) else None
 
 
