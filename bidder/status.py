@@ -288,8 +288,9 @@ def _lease(db: Reader, wall_now: float) -> dict[str, Any] | None:
 
 
 def _last_poll(db: Reader) -> float | None:
-    """When a poll last succeeded: one lookup per endpoint in the index of API calls (schema 7);
-    a single ``endpoint IN (...)`` query reads every poll the journal holds."""
+    """When a poll last succeeded: one descent of the index of API calls (schema 7) per
+    endpoint, on both backends; a ``max`` over ``endpoint IN (...)`` may read every matching
+    index entry, and the journal grows by a row a second for the bot's whole life."""
     last = [db.scalar(LAST_POLL_SQL, (endpoint,)) for endpoint in POLL_ENDPOINTS]
     return max((t for t in last if t is not None), default=None)
 
@@ -357,7 +358,7 @@ def render(status: Status) -> str:
         lease = status.lease
         out.append(f"lease: held by run {lease['run_id']} ({lease['mode']}, pid {lease['pid']} on "
                    f"{lease['host']}), last heartbeat {fmt_age(lease['heartbeat_age'])} ago")
-    elif status.last_cycle is not None or status.ages:
+    else:
         out.append("lease: free (no bot holds this database)")
     out.append("")
     if status.targets:
