@@ -328,7 +328,10 @@ def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
       pays its new order back in time, and of two covers of equal price the one with fewer
       orders wins;
     - a row we left within ``target.rebuy_block`` (``view.left_at``) is not bought again, unless
-      the count cannot be met without it.
+      the count cannot be met without it;
+    - a held row whose price to win is unknown this tick (NaN ``threshold``: a rival's price in a
+      currency without a rate, say) stays at its order's price: not knowing is no reason to pay
+      a creation fee and a new cooldown elsewhere. Rows we do not hold are not bought blind.
 
     Our orders count as held from the moment they are sent (``pending`` included).
     """
@@ -336,8 +339,9 @@ def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
     spec = view.target
     held = np.zeros(0, dtype=np.int64)
     if view.orders:
-        held = c.rows_of([o.server_id for o in view.orders])
-        held = held[held >= 0]
+        rows = c.rows_of([o.server_id for o in view.orders])
+        held = rows[rows >= 0]
+        bid, cost = _keep_unknown(view, rows, bid, cost)
     if len(held) and held_discount:
         usable = held[np.isfinite(cost[held])]
         cost = cost.copy()
@@ -363,6 +367,21 @@ def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
         rows = cheapest_cover(spec.count, size, cost)
     return [DesiredBid(sid, price) for sid, price in zip(c.server_id[rows].tolist(),
                                                          bid[rows].tolist())]
+
+
+def _keep_unknown(view: TargetView, rows: np.ndarray, bid: np.ndarray, cost: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``bid`` and ``cost`` with each held, eligible row of unknown threshold at its order's
+    price (at most the cap)."""
+    c = view.candidates
+    keep = [(row, min(o.price, float(c.cap[row]))) for o, row in zip(view.orders, rows.tolist())
+            if row >= 0 and c.eligible[row] and np.isnan(c.threshold[row])]
+    if not keep:
+        return bid, cost
+    bid, cost = np.array(bid, dtype=np.float64), np.array(cost, dtype=np.float64)
+    for row, price in keep:
+        bid[row] = cost[row] = price
+    return bid, cost
 
 
 def _blocked(view: TargetView, held: np.ndarray) -> np.ndarray:

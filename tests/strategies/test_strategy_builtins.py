@@ -172,3 +172,33 @@ def test_percentile_price_is_capped_and_needs_history():
 def test_percentile_window_is_a_parameter():
     assert Percentile(history_window=3600).history_window == 3600
     assert Percentile().history_window == pytest.approx(86_400)
+
+
+# --- a held server whose price to win is unknown this tick -----------------------------------------
+
+
+@pytest.mark.parametrize("strategy", [
+    outbid(), Fixed(price_per_gpu_day=12.0), Percentile(quantile=0.5),
+    Profit(revenue_per_gpu_day=25.0, tick=0.5)], ids=lambda s: s.name)
+def test_a_held_server_of_unknown_threshold_is_kept_at_its_price(strategy):
+    """Not knowing the price to win (a rival's currency without a rate) is no reason to cancel,
+    pay a creation fee and start a new cooldown elsewhere; a server we do not hold is not bought
+    blind."""
+    rows = [{"id": 1, "threshold": np.nan}, {"id": 2, "threshold": 5.0},
+            {"id": 3, "threshold": np.nan}]
+    view = make_view(rows, orders=(held(1, 11.0),), recent_wins=WINS)
+    assert bids(strategy.decide(view)) == {1: 11.0}
+    nothing_held = make_view(rows, recent_wins=WINS)
+    assert 1 not in bids(strategy.decide(nothing_held))
+    assert 3 not in bids(strategy.decide(nothing_held))
+
+
+def test_a_held_server_of_unknown_threshold_is_still_left_when_it_no_longer_matches():
+    rows = [{"id": 1, "threshold": np.nan, "eligible": False}, {"id": 2, "threshold": 12.0}]
+    view = make_view(rows, orders=(held(1, 11.0),))
+    assert bids(outbid().decide(view)) == {2: 12.5}
+
+
+def test_a_held_server_of_unknown_threshold_is_kept_at_most_at_the_cap():
+    view = make_view([{"id": 1, "threshold": np.nan}], orders=(held(1, 45.0),))
+    assert bids(outbid().decide(view)) == {1: 30.0}
