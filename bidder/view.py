@@ -172,12 +172,13 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     threshold, rival_price = thresholds
 
     gpus = frame.gpus[rows]
+    threshold, rival_price = _unknown_where_infinite(threshold[rows], rival_price[rows])
     columns = {
         "server_id": frame.server_id[rows],
         "gpus": gpus,
         "floor": floor_all[rows],
-        "threshold": threshold[rows],
-        "rival_price": rival_price[rows],
+        "threshold": threshold,
+        "rival_price": rival_price,
         "cap": cap * gpus,
         "reliability": frame.reliability[rows],
         "eligible": match[rows],
@@ -208,6 +209,17 @@ def _unknown_where_unconvertible(frame: MarketFrame, bid_price: np.ndarray,
     threshold[rows] = np.nan
     rival_price[rows] = np.nan
     return threshold, rival_price
+
+
+def _unknown_where_infinite(threshold: np.ndarray, rival_price: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """A rival price of +inf (the backtest's record of an offer it could not convert: no bid of
+    ours beats it there) is, to a strategy, an unknown price to beat (NaN), as the live view
+    says of such an offer: the same inputs live and in backtests."""
+    unknown = np.isposinf(rival_price) | np.isposinf(threshold)
+    if not unknown.any():
+        return threshold, rival_price
+    return np.where(unknown, np.nan, threshold), np.where(unknown, np.nan, rival_price)
 
 
 def _orders_absent(orders: Sequence[OwnOrder], rows: Sequence[int | None]) -> list[OwnOrder]:

@@ -330,8 +330,10 @@ def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
     - a row we left within ``target.rebuy_block`` (``view.left_at``) is not bought again, unless
       the count cannot be met without it;
     - a held row whose price to win is unknown this tick (NaN ``threshold``: a rival's price in a
-      currency without a rate, say) stays at its order's price: not knowing is no reason to pay
-      a creation fee and a new cooldown elsewhere. Rows we do not hold are not bought blind.
+      currency without a rate, say) stays at its order's price while the order is not known to
+      be outbid: not knowing is no reason to pay a creation fee and a new cooldown elsewhere.
+      Outbid there, there is no price to raise to, so it is left. Rows we do not hold are not
+      bought blind.
 
     Our orders count as held from the moment they are sent (``pending`` included).
     """
@@ -371,11 +373,12 @@ def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
 
 def _keep_unknown(view: TargetView, rows: np.ndarray, bid: np.ndarray, cost: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """``bid`` and ``cost`` with each held, eligible row of unknown threshold at its order's
-    price (at most the cap)."""
+    """``bid`` and ``cost`` with each held, eligible row of unknown threshold whose order is not
+    outbid at its order's price (at most the cap)."""
     c = view.candidates
     keep = [(row, min(o.price, float(c.cap[row]))) for o, row in zip(view.orders, rows.tolist())
-            if row >= 0 and c.eligible[row] and np.isnan(c.threshold[row])]
+            if row >= 0 and o.state != "outbid" and c.eligible[row]
+            and np.isnan(c.threshold[row])]
     if not keep:
         return bid, cost
     bid, cost = np.array(bid, dtype=np.float64), np.array(cost, dtype=np.float64)

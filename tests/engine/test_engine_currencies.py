@@ -73,6 +73,23 @@ def test_an_offer_in_a_currency_without_a_rate_makes_its_server_unknown_never_ch
     assert view_of(with_currencies(ours, ["DOGE", ""])).candidates.threshold.tolist() == [20.0]
 
 
+def test_the_backtests_record_of_an_unconvertible_offer_is_unknown_to_the_strategy_as_live():
+    """The backtest keeps an offer it could not convert as +inf (no bid of ours beats it in its
+    fills); the strategy must see what the live view shows of the same offer: NaN, with market
+    memory remembering no infinite high."""
+    from bidder.memory import MarketMemory
+
+    frame = make_frame([Server(1, bids=[Bid(float("inf"), active=True)]),
+                        Server(2, bids=[Bid(120.0, active=True)])], rates=RATES)
+    view = build_target_view(frame, make_target(max_price_per_gpu_day=500.0), [], now=NOW,
+                             markets=MarketsConfig(), memory=MarketMemory())
+    live = view_of(with_currencies(frame, ["DOGE", ""]))
+    for seen in (view, live):
+        assert np.isnan(seen.candidates.threshold[0]) and np.isnan(seen.candidates.rival_price[0])
+        assert seen.candidates.threshold[1] == 120.0
+    assert not np.isinf(view.candidates.rival_high).any()
+
+
 def test_without_a_rate_for_our_own_currency_no_stated_offer_converts():
     frame = make_frame([Server(1, bids=[Bid(1e-4, active=True)])], rates={"bitcoin": 60_000.0},
                        clore_usd=float("nan"))

@@ -202,3 +202,9 @@ def test_a_held_server_of_unknown_threshold_is_still_left_when_it_no_longer_matc
 def test_a_held_server_of_unknown_threshold_is_kept_at_most_at_the_cap():
     view = make_view([{"id": 1, "threshold": np.nan}], orders=(held(1, 45.0),))
     assert bids(outbid().decide(view)) == {1: 30.0}
+
+
+def test_an_outbid_order_of_unknown_threshold_is_left_there_is_no_price_to_raise_to():
+    rows = [{"id": 1, "threshold": np.nan}, {"id": 2, "threshold": 12.0}]
+    view = make_view(rows, orders=(held(1, 11.0, state="outbid"),))
+    assert bids(outbid().decide(view)) == {2: 12.5}
