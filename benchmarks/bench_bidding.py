@@ -21,9 +21,13 @@ For GPU targets of 8 and 16 (1-, 2-, 4- and 8-GPU servers) it runs, in replay an
 market, target and mode, the "Done means" figures of issue 11:
 
 - outbid's cost per GPU-hour over the whole-server oracle's (<= 1.02 replay, <= 1.05 reactive),
-  and with market memory;
+  and with market memory; in the war market also over the whole-server oracle of the servers no
+  bot bids on (``memory/no-bots``: the same market with those servers offline), which tells the
+  part of the gap that is the saws' troughs from the part a strategy could still win;
 - outbid's availability against the baseline's (>=) and its cost per GPU-hour (<=), without and
-  with market memory (``cost/nhb``, ``memory/nhb``);
+  with market memory (``cost/nhb``, ``memory/nhb``), and per GPU-hour of the count asked for
+  (``asked ...``: the baseline overshoots the count with cheap servers, ``surplus nhb %``, and
+  GPUs nobody asked for make its cost per GPU-hour look lower);
 - outbid's cost per GPU-hour over the static bid's in the quiet market (<= 0.70);
 - surplus GPU-hours as a share of held GPU-hours (<= 1 %), and rebuys within an hour (0).
 
@@ -107,8 +111,13 @@ class NiceHashBot(Strategy):
 # --- the markets ----------------------------------------------------------------------------------
 
 
-def market(kind: str, *, days: float, servers: int, seed: int) -> History:
-    """A seeded GigaSPOT market of ``servers`` servers over ``days``, one tick a minute."""
+def market(kind: str, *, days: float, servers: int, seed: int,
+           without_bots: bool = False) -> History:
+    """A seeded GigaSPOT market of ``servers`` servers over ``days``, one tick a minute.
+
+    ``without_bots``: the same war market with every server a ratchet bot bids on offline
+    throughout (the servers nobody fights over): its oracle is what holding capacity costs
+    when one never rides a saw's troughs."""
     rng = np.random.default_rng([seed, 0 if kind == "quiet" else 1])
     n_ticks = int(days * DAY / STEP) + 1
     time = T0 + STEP * np.arange(n_ticks)
@@ -147,6 +156,8 @@ def market(kind: str, *, days: float, servers: int, seed: int) -> History:
                 if t % 10 == 0:
                     price *= 0.9
                 t += 1
+        if without_bots:
+            online[:, ratchets] = False
     return _history(time, gpus, floor, online, rival)
 
 
@@ -237,14 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for kind in ("quiet", "war"):
         history = market(kind, days=args.days, servers=args.servers, seed=args.seed)
+        quiet_part = market(kind, days=args.days, servers=args.servers, seed=args.seed,
+                            without_bots=True) if kind == "war" else None
         for count in (8, 16):
             cfg = config(count)
             result = run_backtest(history, cfg, VARIANTS, RunSettings(),
                                   modes=("replay", "reactive"), targets=cfg.targets,
                                   workers=args.workers)
             by = {(m["strategy"], m["mode"]): m["targets"][0] for m in result.metrics}
+            no_bots = _whole_oracle(quiet_part, cfg) if quiet_part is not None else None
             for mode in ("replay", "reactive"):
-                rows.append(_figures(kind, count, mode, by))
+                rows.append(_figures(kind, count, mode, by, no_bots))
     _print(rows)
     return 0
 
@@ -253,21 +267,42 @@ def _per_gpu_hour(row: dict[str, Any]) -> float:
     return row["cost_per_gpu_hour"] if row["cost_per_gpu_hour"] is not None else float("nan")
 
 
-def _figures(kind: str, count: int, mode: str, by: dict[tuple[str, str], dict[str, Any]]
-             ) -> dict[str, Any]:
+def _whole_oracle(history: History, cfg: Config) -> float:
+    """The whole-server oracle's cost per GPU-hour on ``history`` (any variant's run gives it)."""
+    result = run_backtest(history, cfg, VARIANTS[:1], RunSettings(), modes=("replay",),
+                          targets=cfg.targets, workers=1)
+    row = result.metrics[0]["targets"][0]
+    return row["oracle_whole_servers_cost"] / row["oracle_whole_servers_gpu_hours"]
+
+
+def _per_asked_gpu_hour(row: dict[str, Any]) -> float:
+    """Cost per GPU-hour of the capacity asked for: GPUs held beyond the count are paid for and
+    not wanted, and counting them in the hours would make a strategy that overshoots with cheap
+    servers look cheaper."""
+    asked = row["gpu_hours"] - row["surplus_gpu_hours"]
+    return row["cost"] / asked if asked > 0 else float("nan")
+
+
+def _figures(kind: str, count: int, mode: str, by: dict[tuple[str, str], dict[str, Any]],
+             no_bots: float | None) -> dict[str, Any]:
     out = by[("outbid", mode)]
     memory = by[(f"outbid:{MEMORY}", mode)]
     nhb = by[("nicehashbot", mode)]
     static = by[(f"fixed:price_per_gpu_day={CAP:g}", mode)]
     whole = out["oracle_whole_servers_cost"] / out["oracle_whole_servers_gpu_hours"]
+    nan = float("nan")
     return {
         "market": kind, "target": count, "mode": mode,
         "outbid/whole": _per_gpu_hour(out) / whole,
         "memory/whole": _per_gpu_hour(memory) / whole,
+        "memory/no-bots": _per_gpu_hour(memory) / no_bots if no_bots else nan,
         "avail": out["availability"], "avail memory": memory["availability"],
         "avail nhb": nhb["availability"],
         "cost/nhb": _per_gpu_hour(out) / _per_gpu_hour(nhb),
         "memory/nhb": _per_gpu_hour(memory) / _per_gpu_hour(nhb),
+        "asked cost/nhb": _per_asked_gpu_hour(out) / _per_asked_gpu_hour(nhb),
+        "asked memory/nhb": _per_asked_gpu_hour(memory) / _per_asked_gpu_hour(nhb),
+        "surplus nhb %": 100 * nhb["surplus_gpu_hours"] / max(nhb["gpu_hours"], 1e-9),
         "cost/static": _per_gpu_hour(out) / _per_gpu_hour(static),
         "surplus %": 100 * out["surplus_gpu_hours"] / max(out["gpu_hours"], 1e-9),
         "surplus memory %": 100 * memory["surplus_gpu_hours"] / max(memory["gpu_hours"], 1e-9),
