@@ -22,8 +22,9 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from bidder.config import MarketsConfig
-from bidder.rules import Cancel, ChangePrice, Create, Plan, StepKnowledge, lowest_allowed
+from bidder.config import MarketRules, MarketsConfig
+from bidder.rules import Cancel, ChangePrice, Create, Plan, StepKnowledge, lowest_allowed, \
+    next_lower_at
 from bidder.sim.options import StepRule
 from strategies.base import OwnOrder
 
@@ -146,23 +147,26 @@ class EmulatedExchange:
         cached = self._own.get(target)
         if cached is not None and cached[0] == self.version:
             return cached[1]
-        fraction = self.markets.rules(self._targets[target].market).initial_step_fraction
-        orders = [self._own_order(o, fraction) for o in self.orders.values() if o.target == target]
+        rules = self.markets.rules(self._targets[target].market)
+        orders = [self._own_order(o, rules) for o in self.orders.values() if o.target == target]
         self._own[target] = (self.version, orders)
         return orders
 
-    def _own_order(self, o: EmulatedOrder, fraction: float) -> OwnOrder:
-        """``o`` as the bot sees it, made again only when that changed (most of the orders stay
-        the same when one of them changes)."""
+    def _own_order(self, o: EmulatedOrder, rules: MarketRules) -> OwnOrder:
+        """``o`` as the bot sees it, with the lowering limits built as live
+        (``bidder.orders.own_order``: the bot's beliefs, not the exchange's truth), so a strategy
+        gets the same inputs in a backtest; made again only when that changed (most of the
+        orders stay the same when one of them changes)."""
         state = (o.price, o.winning, o.bot_lowered_at, o.not_before, o.knowledge)
         made = self._own_of.get(o.order_id)
         if made is not None and made[0] == state:
             return made[1]
         own = OwnOrder(o.server_id, o.price, o.gpus, "winning" if o.winning else "outbid",
                        o.created_at, order_id=o.order_id, last_lowered_at=o.bot_lowered_at,
-                       next_lower_at=o.not_before,
-                       lowest_allowed=None if o.knowledge is None
-                       else lowest_allowed(o.price, o.knowledge, fraction))
+                       next_lower_at=next_lower_at(o.created_at, o.bot_lowered_at,
+                                                   o.not_before or None, rules),
+                       lowest_allowed=lowest_allowed(o.price, o.knowledge,
+                                                     rules.initial_step_fraction))
         self._own_of[o.order_id] = (state, own)
         return own
 
