@@ -283,6 +283,7 @@ class EmulatedExchange:
             if wait > TIME_TOLERANCE:
                 counters.cooldown_refusals += 1
                 order.not_before = now + math.ceil(wait)
+                self.version += 1  # the bot learns when it may lower: its view changes
                 return
         _, _, floor = self._info(order.market, order.server_id, order.currency)
         lowest = max(self._step.lowest(order.price), floor if math.isfinite(floor) else 0.0)
@@ -290,6 +291,7 @@ class EmulatedExchange:
             counters.step_refusals += 1
             order.knowledge = StepKnowledge(order.price, lowest)
             if lowest >= order.price * (1 - PRICE_TOLERANCE):
+                self.version += 1  # the step learned changes the bot's view
                 return
             counters.api_calls += 1  # the retry at max_step
             price = lowest

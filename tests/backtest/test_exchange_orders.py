@@ -63,3 +63,31 @@ def test_a_new_order_shows_the_cooldown_and_step_a_live_one_shows():
     assert seen.lowest_allowed == pytest.approx(90.0)
     assert_books_agree(ex)
 
+
+
+def test_the_view_follows_the_bot_beliefs_through_a_refusal_and_a_step():
+    ex = exchange(ExchangeRules(cooldown=900.0), cooldown=300.0, cooldown_from_creation=False)
+    send(ex, 0.0, Create("t", 5, 100.0))
+    assert ex.own_orders("t")[0].next_lower_at == 0.0  # the bot believes it may lower at once
+    assert_books_agree(ex)
+    oid = the_order(ex).order_id
+    send(ex, 60.0, ChangePrice("t", oid, 5, 100.0, 95.0))  # the exchange says: wait 840 s
+    assert ex.own_orders("t")[0].next_lower_at == pytest.approx(900.0)
+    assert_books_agree(ex)
+    send(ex, 900.0, ChangePrice("t", oid, 5, 100.0, 50.0))  # 10 % step: refused, retried at 90
+    (seen,) = ex.own_orders("t")
+    assert seen.price == pytest.approx(90.0)
+    assert seen.next_lower_at == pytest.approx(900.0 + 300.0)  # the bot's own cooldown
+    assert seen.lowest_allowed == pytest.approx(81.0)  # the learned step, as live applies it
+    assert_books_agree(ex)
+
+
+def test_a_step_refusal_with_nothing_to_retry_reaches_the_bot():
+    ex = exchange()
+    send(ex, 0.0, Create("t", 5, FLOOR))
+    assert ex.own_orders("t")[0].lowest_allowed == 0.0  # initial_step_fraction 1.0: probe
+    oid = the_order(ex).order_id
+    send(ex, 600.0, ChangePrice("t", oid, 5, FLOOR, 0.95 * FLOOR))  # the floor refuses it
+    assert ex.counters("t").step_refusals == 1 and the_order(ex).price == FLOOR
+    assert ex.own_orders("t")[0].lowest_allowed == pytest.approx(FLOOR)
+    assert_books_agree(ex)

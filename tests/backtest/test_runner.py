@@ -82,6 +82,19 @@ def test_a_cooldown_the_bot_does_not_know_is_refused_and_counted():
     assert c.cooldown_refusals >= 1 and c.lowerings == 0
 
 
+def test_a_cooldown_refusal_is_waited_out_not_sent_again_at_every_decision():
+    h = history(np.full((20, 1), NONE), floor=1.0)
+    settings = RunSettings(ExchangeRules(cooldown=900.0), fills="decision")
+    run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=9.5), settings, "replay",
+                      keep_trace=True)
+    c = one(run).counters
+    lowered = [t - T0 for t, p in run.trace for a in p.actions if isinstance(a, ChangePrice)]
+    # the bot believes 600 s; the exchange refuses at 600 s and tells it to wait until 900 s
+    assert lowered == [600.0, 900.0]
+    assert c.cooldown_refusals == 1 and c.lowerings == 1
+    assert c.api_calls == 1 + 2
+
+
 def test_a_rival_above_us_preempts_and_the_gap_is_measured():
     rival = np.full((11, 1), NONE)
     rival[4:7, 0] = 8.0  # a richer rival holds the server from minute 4 to 6
