@@ -85,6 +85,9 @@ class EmulatedOrder:
     """From a ``time_to_lowering`` answer."""
     knowledge: StepKnowledge | None = None
     winning: bool = False
+    fee_paid: bool = False
+    """A starting order that lived past ``creation_fee_after`` before the run: its creation fee
+    is not the run's."""
 
 
 @dataclass(slots=True)
@@ -176,9 +179,9 @@ class EmulatedExchange:
             order.winning = winning
             self.version += 1
 
-    def add_starting(self, order: StartingOrder, birth: int) -> EmulatedOrder:
-        """Put a starting order on the book; it is older than the rivals first seen after tick
-        ``birth``."""
+    def add_starting(self, order: StartingOrder, birth: int, start: float) -> EmulatedOrder:
+        """Put a starting order on the book when the run starts (at ``start``); it is older than
+        the rivals first seen after tick ``birth``."""
         spec = self._targets[order.target]
         row, gpus, _ = self._info(spec.market, order.server_id, spec.currency)
         if row < 0:
@@ -192,7 +195,8 @@ class EmulatedExchange:
             lowered = max(order.created_at, lowered or -math.inf)
         placed = EmulatedOrder(order_id, order.target, spec.market, spec.currency, order.server_id,
                                row, gpus, order.price, order.created_at, birth, lowered,
-                               order.last_lowered_at, knowledge=order.knowledge)
+                               order.last_lowered_at, knowledge=order.knowledge,
+                               fee_paid=self._fee_due(spec.market, order.created_at, start))
         self.orders[order_id] = placed
         self.version += 1
         return placed
@@ -238,15 +242,20 @@ class EmulatedExchange:
         return self._oldest[1]
 
     def end(self, order: EmulatedOrder, now: float) -> None:
-        """End an order; it pays the creation fee if it lived past ``creation_fee_after``."""
+        """End an order; it pays the creation fee if it lived past ``creation_fee_after`` (unless
+        it had paid it before the run)."""
         rules = self.markets.rules(order.market)
-        if now - order.created_at > rules.creation_fee_after:
+        if not order.fee_paid and self._fee_due(order.market, order.created_at, now):
             counters = self.counters(order.target)
             counters.creation_fees += rules.creation_fee
             counters.creation_fee_orders += 1
         del self.orders[order.order_id]
         self._own_of.pop(order.order_id, None)
         self.version += 1
+
+    def _fee_due(self, market: str, created_at: float, now: float) -> bool:
+        """Whether an order created at ``created_at`` owes its creation fee by ``now``."""
+        return now - created_at > self.markets.rules(market).creation_fee_after
 
     def end_all(self, now: float) -> None:
         """The run is over: fees of the orders still live are due as if they ended now."""

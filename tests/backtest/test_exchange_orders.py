@@ -91,3 +91,23 @@ def test_a_step_refusal_with_nothing_to_retry_reaches_the_bot():
     assert ex.counters("t").step_refusals == 1 and the_order(ex).price == FLOOR
     assert ex.own_orders("t")[0].lowest_allowed == pytest.approx(FLOOR)
     assert_books_agree(ex)
+
+
+@pytest.mark.parametrize("created_before, ended_after, fee", [
+    (7200.0, 60.0, 0.0),  # paid before the run
+    (7200.0, 0.0, 0.0),  # the run ends at once
+    (300.0, 400.0, 0.5),  # lived past 600 s during the run: the run kept it, the run pays
+    (300.0, 200.0, 0.0),  # cancelled within 600 s of its creation
+])
+def test_a_starting_order_pays_its_creation_fee_only_when_it_falls_due_in_the_run(
+        created_before, ended_after, fee):
+    ex = exchange(creation_fee=0.5)
+    start = 10_000.0
+    ex.add_starting(StartingOrder("t", 5, 3.0, created_at=start - created_before, order_id=7),
+                    birth=0, start=start)
+    assert_books_agree(ex)
+    ex.end_all(start + ended_after)
+    assert ex.counters("t").creation_fees == fee
+    assert ex.counters("t").creation_fee_orders == (fee > 0)
+    assert ex.orders == {}
+    assert_books_agree(ex)

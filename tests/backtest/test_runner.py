@@ -162,6 +162,21 @@ def test_a_live_session_replays_from_its_orders_at_its_decision_times():
     assert not any(isinstance(a, Create) for _, p in run.trace for a in p.actions)
 
 
+def test_a_starting_order_is_not_charged_the_creation_fee_it_paid_before_the_run():
+    h = history(np.full((21, 2), NONE), floor=1.0)
+    start = StartingOrder("t", server_id=1, price=5.0, created_at=T0 - 3600, order_id=555)
+    cfg = config(creation_fee=0.5)
+    run = run_variant(h, cfg, hold(5.0), DECIDE_FIRST, "replay", starting_orders=[start],
+                      keep_trace=True)
+    assert not any(p.actions for _, p in run.trace)  # kept as it stood
+    assert one(run).counters.creation_fees == 0.0
+    assert one(run).counters.creation_fee_orders == 0
+    moved = run_variant(h, cfg, hold(5.0, server=2), DECIDE_FIRST, "replay",
+                        starting_orders=[start])
+    # the new order on server 2 lived 20 minutes: its fee is the run's; the old one's is not
+    assert one(moved).counters.creation_fees == 0.5
+
+
 def test_decisions_follow_decide_interval_when_snapshots_are_denser():
     h = history(np.full((10, 1), NONE), step=20.0)
     run = run_variant(h, config(decide_interval=60.0), hold(5.0), RunSettings(), "replay",
