@@ -219,9 +219,12 @@ def _range_text(start: float | None, end: float | None) -> str:
 
 
 def _rates(session: Session, time: np.ndarray) -> tuple[tuple[Mapping[str, float], ...], np.ndarray]:
+    """The rates rows up to the last of ``time`` and, per time, the index of the one last seen at
+    or before it (-1: none). Ordered by time, not id: an import of older polls adds older rows
+    after newer ones, and the search needs the times sorted."""
     rows = session.execute(select(CurrencyRates.first_seen, CurrencyRates.rates)
                            .where(CurrencyRates.first_seen <= float(time[-1]))
-                           .order_by(CurrencyRates.id)).all()
+                           .order_by(CurrencyRates.first_seen, CurrencyRates.id)).all()
     table = tuple({str(k): float(v) for k, v in r.rates.items()} for r in rows)
     seen = np.array([r.first_seen for r in rows], dtype=np.float64)
     return table, np.searchsorted(seen, time, side="right").astype(np.int64) - 1

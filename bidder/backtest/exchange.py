@@ -22,8 +22,9 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from bidder.config import MarketsConfig
-from bidder.rules import Cancel, ChangePrice, Create, Plan, StepKnowledge, lowest_allowed
+from bidder.config import MarketRules, MarketsConfig
+from bidder.rules import Cancel, ChangePrice, Create, Plan, StepKnowledge, lowest_allowed, \
+    next_lower_at
 from bidder.sim.options import StepRule
 from strategies.base import OwnOrder
 
@@ -84,6 +85,9 @@ class EmulatedOrder:
     """From a ``time_to_lowering`` answer."""
     knowledge: StepKnowledge | None = None
     winning: bool = False
+    fee_paid: bool = False
+    """A starting order that lived past ``creation_fee_after`` before the run: its creation fee
+    is not the run's."""
 
 
 @dataclass(slots=True)
@@ -146,23 +150,26 @@ class EmulatedExchange:
         cached = self._own.get(target)
         if cached is not None and cached[0] == self.version:
             return cached[1]
-        fraction = self.markets.rules(self._targets[target].market).initial_step_fraction
-        orders = [self._own_order(o, fraction) for o in self.orders.values() if o.target == target]
+        rules = self.markets.rules(self._targets[target].market)
+        orders = [self._own_order(o, rules) for o in self.orders.values() if o.target == target]
         self._own[target] = (self.version, orders)
         return orders
 
-    def _own_order(self, o: EmulatedOrder, fraction: float) -> OwnOrder:
-        """``o`` as the bot sees it, made again only when that changed (most of the orders stay
-        the same when one of them changes)."""
+    def _own_order(self, o: EmulatedOrder, rules: MarketRules) -> OwnOrder:
+        """``o`` as the bot sees it, with the lowering limits built as live
+        (``bidder.orders.own_order``: the bot's beliefs, not the exchange's truth), so a strategy
+        gets the same inputs in a backtest; made again only when that changed (most of the
+        orders stay the same when one of them changes)."""
         state = (o.price, o.winning, o.bot_lowered_at, o.not_before, o.knowledge)
         made = self._own_of.get(o.order_id)
         if made is not None and made[0] == state:
             return made[1]
         own = OwnOrder(o.server_id, o.price, o.gpus, "winning" if o.winning else "outbid",
                        o.created_at, order_id=o.order_id, last_lowered_at=o.bot_lowered_at,
-                       next_lower_at=o.not_before,
-                       lowest_allowed=None if o.knowledge is None
-                       else lowest_allowed(o.price, o.knowledge, fraction))
+                       next_lower_at=next_lower_at(o.created_at, o.bot_lowered_at,
+                                                   o.not_before or None, rules),
+                       lowest_allowed=lowest_allowed(o.price, o.knowledge,
+                                                     rules.initial_step_fraction))
         self._own_of[o.order_id] = (state, own)
         return own
 
@@ -172,9 +179,9 @@ class EmulatedExchange:
             order.winning = winning
             self.version += 1
 
-    def add_starting(self, order: StartingOrder, birth: int) -> EmulatedOrder:
-        """Put a starting order on the book; it is older than the rivals first seen after tick
-        ``birth``."""
+    def add_starting(self, order: StartingOrder, birth: int, start: float) -> EmulatedOrder:
+        """Put a starting order on the book when the run starts (at ``start``); it is older than
+        the rivals first seen after tick ``birth``."""
         spec = self._targets[order.target]
         row, gpus, _ = self._info(spec.market, order.server_id, spec.currency)
         if row < 0:
@@ -188,7 +195,8 @@ class EmulatedExchange:
             lowered = max(order.created_at, lowered or -math.inf)
         placed = EmulatedOrder(order_id, order.target, spec.market, spec.currency, order.server_id,
                                row, gpus, order.price, order.created_at, birth, lowered,
-                               order.last_lowered_at, knowledge=order.knowledge)
+                               order.last_lowered_at, knowledge=order.knowledge,
+                               fee_paid=self._fee_due(spec.market, order.created_at, start))
         self.orders[order_id] = placed
         self.version += 1
         return placed
@@ -234,15 +242,20 @@ class EmulatedExchange:
         return self._oldest[1]
 
     def end(self, order: EmulatedOrder, now: float) -> None:
-        """End an order; it pays the creation fee if it lived past ``creation_fee_after``."""
+        """End an order; it pays the creation fee if it lived past ``creation_fee_after`` (unless
+        it had paid it before the run)."""
         rules = self.markets.rules(order.market)
-        if now - order.created_at > rules.creation_fee_after:
+        if not order.fee_paid and self._fee_due(order.market, order.created_at, now):
             counters = self.counters(order.target)
             counters.creation_fees += rules.creation_fee
             counters.creation_fee_orders += 1
         del self.orders[order.order_id]
         self._own_of.pop(order.order_id, None)
         self.version += 1
+
+    def _fee_due(self, market: str, created_at: float, now: float) -> bool:
+        """Whether an order created at ``created_at`` owes its creation fee by ``now``."""
+        return now - created_at > self.markets.rules(market).creation_fee_after
 
     def end_all(self, now: float) -> None:
         """The run is over: fees of the orders still live are due as if they ended now."""
@@ -279,6 +292,7 @@ class EmulatedExchange:
             if wait > TIME_TOLERANCE:
                 counters.cooldown_refusals += 1
                 order.not_before = now + math.ceil(wait)
+                self.version += 1  # the bot learns when it may lower: its view changes
                 return
         _, _, floor = self._info(order.market, order.server_id, order.currency)
         lowest = max(self._step.lowest(order.price), floor if math.isfinite(floor) else 0.0)
@@ -286,6 +300,7 @@ class EmulatedExchange:
             counters.step_refusals += 1
             order.knowledge = StepKnowledge(order.price, lowest)
             if lowest >= order.price * (1 - PRICE_TOLERANCE):
+                self.version += 1  # the step learned changes the bot's view
                 return
             counters.api_calls += 1  # the retry at max_step
             price = lowest

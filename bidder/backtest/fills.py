@@ -3,9 +3,10 @@
 Each server's book is its best rival (``bidder.backtest.data``) plus at most one order of ours. The
 allocation rule is ``bidder.allocation``'s: the highest score at or above the floor wins on a server
 that can be won now (online, rentable, a known floor); equal scores go to the earlier bid, so a
-rival seen before our order was created keeps the server at an equal score. A winner pays its own
-price (``pay_your_bid``) or the lowest price that would still have won (``second_price``: the price
-that ties the best rival, at least the floor).
+rival seen before our order was created keeps the server at an equal score. With no rival at or
+above the floor, our bid at or above it wins, even where its score is unknown (no CLORE rate). A
+winner pays its own price (``pay_your_bid``) or the lowest price that would still have won
+(``second_price``: the price that ties the best rival, at least the floor).
 
 The *marginal* price of a server is that lowest winning price, ``max(floor, threshold)``: no order
 can hold the server for less, whatever it bid. It is what overpay and the oracle are measured from.
@@ -128,10 +129,11 @@ class Contest:
                           b.gpus, b.energy_price, clore_usd, power=self.our_power)
         theirs = bid_scores(self.rule, b.rival_price, b.rival_pl, b.gpus, b.energy_price,
                             clore_usd, power=self.rival_power)
-        # NaN comparisons are False: no floor, no rival or an unknown score never wins; a rival
-        # that came after our order loses an equal score
+        # NaN comparisons are False: no floor, or an unknown score against a rival, never wins;
+        # a rival that came after our order loses an equal score. A bid alone on an open server
+        # wins whatever its score: the exchange needs no CLORE rate or energy price to see that
         beats = np.where(self.later, ours >= theirs, ours > theirs)
-        win = self.open & np.where(self.alone, ours == ours, beats)
+        win = self.open & (self.alone | beats)
         tie = price_for_score(self.rule, theirs, self.our_pl, b.gpus, b.energy_price, clore_usd,
                               power=self.our_power)
         marginal = np.maximum(self.open_floor, np.where(self.rival, tie, 0.0))

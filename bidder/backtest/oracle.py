@@ -46,6 +46,7 @@ from bidder.backtest.events import carry_after
 from bidder.backtest.fills import Book, marginal_price
 from bidder.config import Config, TargetConfig
 from bidder.view import static_match
+from storage.frames import usd_per_unit
 
 DAY = 86_400.0
 
@@ -124,8 +125,10 @@ def _cap_bound(history: History, target: TargetConfig, floors_currency: str,
     if target.cap_currency in (None, target.currency):
         per_gpu = target.max_price_per_gpu_day
     else:
+        # as the view converts the cap (``MarketFrame.usd_rate``): spot's recorded rates with
+        # its fallbacks (USD is 1, CLORE is ``clore_price``); GigaSPOT's ``clore_price``
         rates = np.array([history.clore_usd[t] if target.market == "gigaspot" else
-                          history.rates_at(t).get(floors_currency, np.nan)
+                          usd_per_unit(floors_currency, history.rates_at(t), history.clore_usd[t])
                           for t in range(history.n_ticks)])
         rates = rates[np.isfinite(rates) & (rates > 0)]
         per_gpu = target.max_price_per_gpu_day / rates.min() if len(rates) else np.nan

@@ -295,7 +295,7 @@ class _Run:
             if order.target not in known:
                 raise ValueError(f"starting order for unknown target {order.target!r}")
             birth = int(np.searchsorted(self.history.time, order.created_at, side="right")) - 1
-            self.exchange.add_starting(order, birth)
+            self.exchange.add_starting(order, birth, t0)
 
     # --- one step --------------------------------------------------------------------------------
 

@@ -111,7 +111,8 @@ def test_a_rate_missing_at_some_ticks_is_a_warning_in_the_table_and_the_json(tmp
     doc = json.loads(out.read_text())
     [message] = doc["settings"]["warnings"]
     assert message.startswith(warning[len("WARNING: "):])
-    assert 0.3 < availability(doc) < 0.7
+    # the idle machine has no rival: the bid alone holds it, rate or not, as on the exchange
+    assert availability(doc) > 0.9
 
 
 def test_a_usd_budget_without_a_rate_stops_naming_it(imported, tmp_path, capsys):
@@ -204,7 +205,8 @@ def test_optimize_with_a_rate_missing_at_some_ticks_warns_in_the_table_and_the_j
     [message] = doc["warnings"]
     assert message.startswith(warning[len("WARNING: "):])
     assert "bidder optimize --clore-usd RATE" in message
-    assert 0.3 < doc["best"]["metrics"]["availability"] < 0.7
+    # the idle machine has no rival: the bid alone holds it, rate or not, as on the exchange
+    assert doc["best"]["metrics"]["availability"] > 0.9
 
 
 def test_optimize_with_a_holdout_lacking_the_rate_stops_naming_the_holdout(tmp_path, capsys):

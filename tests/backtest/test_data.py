@@ -86,6 +86,23 @@ def test_a_machine_that_leaves_the_snapshot_cannot_be_won(db):
     assert online == [True, False, True]
 
 
+def test_rates_recorded_out_of_time_order_are_found_by_time(db):
+    """An import of older polls adds rates rows after newer ones: each tick still gets the rates
+    last seen at or before it."""
+    from storage.models import CurrencyRates
+
+    record(db, [{"1": machine([])}] * 8)
+    with db.sessions.begin() as session:
+        session.add(CurrencyRates(first_seen=T + 300, rates={"bitcoin": 2.0}))
+        session.flush()
+        session.add(CurrencyRates(first_seen=T + 90, rates={"bitcoin": 1.5}))  # older, added later
+        session.flush()
+        session.add(CurrencyRates(first_seen=T - 60, rates={"bitcoin": 1.0}))
+    h = load(db, config())
+    assert [h.rates_at(t).get("bitcoin") for t in range(h.n_ticks)] == \
+        [1.0, 1.0, 1.5, 1.5, 1.5, 2.0, 2.0, 2.0]
+
+
 def test_an_empty_range_is_refused(db):
     record(db, [{"1": machine([])}])
     with pytest.raises(HistoryError, match="no GigaSPOT snapshots"):

@@ -52,6 +52,19 @@ def test_host_profit_a_lower_power_limit_wins_at_a_lower_price():
     assert not run(b, 100.0, rule="highest_price").win[0]
 
 
+@pytest.mark.parametrize("clore, energy", [(np.nan, 0.1), (0.05, np.nan)])
+def test_host_profit_a_bid_alone_wins_even_where_its_score_is_unknown(clore, energy):
+    # no CLORE rate recorded, or no energy price: the exchange still gives a lone bid its server
+    alone = run(book(np.nan, energy=energy), 5.0, rule="host_profit", clore=clore)
+    assert alone.win[0] and alone.paid[0] == 5.0 and alone.marginal[0] == 1.0
+    closed = run(book(np.nan, energy=energy, can_win=False), 5.0, rule="host_profit", clore=clore)
+    assert not closed.win[0] and closed.paid[0] == 0.0
+    under_floor = run(book(np.nan, energy=energy, floor=6.0), 5.0, rule="host_profit", clore=clore)
+    assert not under_floor.win[0]
+    # against a rival, an unknown score still cannot be ranked: it does not win
+    assert not run(book(4.0, energy=energy), 5.0, rule="host_profit", clore=clore).win[0]
+
+
 def test_second_price_pays_what_it_takes_to_win():
     f = run(book(5.0, floor=2.0), 9.0, payment="second_price")
     assert f.win[0] and f.paid[0] == 5.0
@@ -75,7 +88,7 @@ def plain_fill(rule, payment, b, price, birth, pl, clore):
     ours, theirs = score(price, pl), score(b.rival_price, b.rival_pl)
     rival = b.rival_price >= b.floor
     beats = (ours > theirs) | ((ours == theirs) & (b.rival_birth > birth))
-    win = b.can_win & (price >= b.floor) & (ours == ours) & (~rival | beats)
+    win = b.can_win & (price >= b.floor) & (~rival | beats)
     if rule == "highest_price":
         tie = theirs
     else:

@@ -9,6 +9,7 @@ from bidder.backtest.oracle import _cheapest_first, _whole_covers, oracle
 from strategies.base import cheapest_cover
 from bidder.backtest.runner import RunSettings
 
+from bidder.config import parse_config
 from bt_helpers import config, history
 
 VARIANTS = [
@@ -69,6 +70,22 @@ def test_the_oracle_takes_the_cheapest_servers_step_by_step():
     # two 60-s steps with a duration (the last tick has none): 3.0, then 4.0 per day
     assert result.oracles["t"].full == pytest.approx((3.0 + 4.0) * 60 / 86_400)
     assert result.oracles["t"].full_availability == pytest.approx(1.0)
+
+
+def test_a_usd_cap_on_spot_converts_as_the_view_does_where_no_spot_rate_was_recorded():
+    # no currency_rates_in_usd recorded: live and the backtest's view convert CLORE with
+    # clore_price (0.05 USD), so a 0.5 USD cap is 10 CLORE per GPU-day and every server is in reach
+    h = history(np.full((11, 2), np.nan), floor=[1.0, 2.0], market="spot", clore=0.05)
+    cfg = parse_config({"targets": [{"name": "t", "market": "spot", "count": 1,
+                                     "max_price_per_gpu_day": 0.5, "cap_currency": "USD"}]})
+    result = run_backtest(h, cfg, expand_grid("fixed:price_per_gpu_day=5"),
+                          RunSettings(fills="decision"), modes=["replay"], targets=cfg.targets)
+    row = result.metrics[0]["targets"][0]
+    assert row["availability"] == pytest.approx(1.0)  # the strategy's cap was known
+    assert result.oracles["t"].full_availability == pytest.approx(1.0)
+    # the cheaper floor, with the default 2.5 % fee
+    assert result.oracles["t"].full == pytest.approx(1.0 * 1.025 * 600 / 86_400)
+    assert 0.0 <= row["regret"] < row["cost"]
 
 
 def test_the_oracle_is_the_same_computed_in_blocks_of_ticks(monkeypatch):

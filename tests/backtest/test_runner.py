@@ -82,6 +82,19 @@ def test_a_cooldown_the_bot_does_not_know_is_refused_and_counted():
     assert c.cooldown_refusals >= 1 and c.lowerings == 0
 
 
+def test_a_cooldown_refusal_is_waited_out_not_sent_again_at_every_decision():
+    h = history(np.full((20, 1), NONE), floor=1.0)
+    settings = RunSettings(ExchangeRules(cooldown=900.0), fills="decision")
+    run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=9.5), settings, "replay",
+                      keep_trace=True)
+    c = one(run).counters
+    lowered = [t - T0 for t, p in run.trace for a in p.actions if isinstance(a, ChangePrice)]
+    # the bot believes 600 s; the exchange refuses at 600 s and tells it to wait until 900 s
+    assert lowered == [600.0, 900.0]
+    assert c.cooldown_refusals == 1 and c.lowerings == 1
+    assert c.api_calls == 1 + 2
+
+
 def test_a_rival_above_us_preempts_and_the_gap_is_measured():
     rival = np.full((11, 1), NONE)
     rival[4:7, 0] = 8.0  # a richer rival holds the server from minute 4 to 6
@@ -147,6 +160,21 @@ def test_a_live_session_replays_from_its_orders_at_its_decision_times():
     # held from the first step, at 7.0 until the lowering at 90 s
     assert one(run).paid_per_day[0] == 7.0 and one(run).held_units.min() == 1
     assert not any(isinstance(a, Create) for _, p in run.trace for a in p.actions)
+
+
+def test_a_starting_order_is_not_charged_the_creation_fee_it_paid_before_the_run():
+    h = history(np.full((21, 2), NONE), floor=1.0)
+    start = StartingOrder("t", server_id=1, price=5.0, created_at=T0 - 3600, order_id=555)
+    cfg = config(creation_fee=0.5)
+    run = run_variant(h, cfg, hold(5.0), DECIDE_FIRST, "replay", starting_orders=[start],
+                      keep_trace=True)
+    assert not any(p.actions for _, p in run.trace)  # kept as it stood
+    assert one(run).counters.creation_fees == 0.0
+    assert one(run).counters.creation_fee_orders == 0
+    moved = run_variant(h, cfg, hold(5.0, server=2), DECIDE_FIRST, "replay",
+                        starting_orders=[start])
+    # the new order on server 2 lived 20 minutes: its fee is the run's; the old one's is not
+    assert one(moved).counters.creation_fees == 0.5
 
 
 def test_decisions_follow_decide_interval_when_snapshots_are_denser():
