@@ -5,7 +5,9 @@ memory, so a snapshot costs one parse, one comparison per row and writes for the
 That memory is replaced only after the snapshot's transaction commits: a rejected or failed snapshot
 leaves both the database and the ingester as they were. Before each snapshot the ingester checks
 that the newest recorded snapshot is still the one it knows, and reloads the open rows otherwise
-(another process recorded in between).
+(another process recorded in between). Ingests of one database run one at a time: on SQLite by the
+writer's ``BEGIN IMMEDIATE``, on PostgreSQL by an advisory lock (``storage.locks``) taken first in
+the transaction, so two processes never both diff against the same open rows.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from storage.gigaspot_parse import (
     parse_snapshot,
 )
 from storage.intervals import diff_versions
+from storage.locks import GIGASPOT_INGEST, serialise
 from storage.models import BIDS, FACTS, STATES, Currency, GigaspotSnapshot
 
 
@@ -143,6 +146,7 @@ class SnapshotIngester:
         """
         digest = hashlib.sha256(raw).hexdigest()
         with _collector_paused(), self._sessions() as session, session.begin():
+            serialise(session, GIGASPOT_INGEST)  # before any read: see the last ingest's commit
             known = session.execute(select(GigaspotSnapshot).where(
                 GigaspotSnapshot.time == snapshot_time)).scalar_one_or_none()
             if known is not None:

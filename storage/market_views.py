@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
-from sqlalchemy import ColumnElement, Select, Table, and_, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Select,
+    Table,
+    and_,
+    func,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.orm import Session
 
 from bidder.config import CLORE
@@ -73,16 +87,46 @@ def gigaspot_frame(session: Session, *, my_user_id: int | None = None,
     """The GigaSPOT market in the newest snapshot taken at or before ``at`` (default: the newest).
 
     ``bid_mine`` marks bids owned by ``my_user_id``, or by the user id recorded with the snapshot
-    when ``my_user_id`` is None. Before any snapshot: an empty frame.
+    when ``my_user_id`` is None. Before any snapshot: an empty frame. Its reads see one moment of
+    the database (``one_snapshot``): an ingest that commits meanwhile is in none of them.
     """
-    query = select(GigaspotSnapshot).order_by(GigaspotSnapshot.id.desc()).limit(1)
-    newest = session.execute(query).scalar_one_or_none()
-    snapshot = newest if at is None else session.execute(
-        query.where(GigaspotSnapshot.time <= at)).scalar_one_or_none()
+    with one_snapshot(session) as connection:
+        return _gigaspot_frame(connection, my_user_id, at)
+
+
+@contextmanager
+def one_snapshot(session: Session) -> Iterator[Connection]:
+    """A connection whose reads all see the same committed state of the database.
+
+    On PostgreSQL (READ COMMITTED) each statement sees the commits made before it, so a frame read
+    in several statements could take states from one snapshot and bids from the next: the reads run
+    in a read-only REPEATABLE READ transaction on a connection of their own. SQLite sessions hold
+    one snapshot per transaction already (a writer's even blocks the ingest): ``session``'s own
+    connection.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        yield session.connection()
+        return
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    with engine.connect() as connection:
+        # not the postgresql_readonly option: its reset makes the pooled connection READ WRITE,
+        # overriding a reader engine's default_transaction_read_only
+        connection.execution_options(isolation_level="REPEATABLE READ")
+        with connection.begin():
+            connection.execute(text("SET TRANSACTION READ ONLY"))
+            yield connection
+
+
+def _gigaspot_frame(connection: Connection, my_user_id: int | None,
+                    at: float | None) -> MarketFrame:
+    g = GigaspotSnapshot
+    query = select(g.id, g.time, g.clore_price, g.my_user_id).order_by(g.id.desc()).limit(1)
+    newest = connection.execute(query).first()
+    snapshot = newest if at is None else connection.execute(query.where(g.time <= at)).first()
     if snapshot is None:
         return empty_frame("gigaspot", float(at) if at is not None else 0.0)
     is_newest = newest is not None and snapshot.id == newest.id
-    connection = session.connection()
     states, facts, bids = gigaspot_frame_reads(snapshot.id, is_newest)
     server_id, online, rented, working, reliability, min_bid, mrl, energy = to_columns(
         fetch_rows(connection, states),

@@ -2,9 +2,10 @@
 
 The version is the highest row of ``schema_version`` (0 for an empty database). Writers call
 ``upgrade``: every pending migration runs in its own transaction and is recorded in the same
-transaction, so a failed upgrade leaves the database at the last version that completed. Readers call
-``require_current``: they never migrate (``bidder status`` must not change a database the bot is
-writing) and get a message saying which program has to open it first.
+transaction, so a failed upgrade leaves the database at the last version that completed. Two
+writers upgrading at once apply each migration once: the second waits, then finds it done. Readers
+call ``require_current``: they never migrate (``bidder status`` must not change a database the bot
+is writing) and get a message saying which program has to open it first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, Engine, func, inspect, insert, select
 
 from storage.errors import SchemaVersionError, StorageError, schema_too_new, schema_too_old
+from storage.locks import SCHEMA_MIGRATION, serialise
 from storage.migrations import MIGRATIONS, Migration
 from storage.models import SchemaVersion
 
@@ -56,7 +58,10 @@ def upgrade(engine: Engine, migrations: Sequence[Migration] = MIGRATIONS) -> int
     latest = len(migrations)
     for migration in migrations:
         with engine.begin() as connection:
-            # read inside the (write-locked) transaction: another writer may have upgraded already
+            # read inside the write-locked transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: the
+            # advisory lock): another writer may have upgraded already, and one doing so now
+            # finishes its migration before this one reads
+            serialise(connection, SCHEMA_MIGRATION)
             current = schema_version(connection)
             if current > latest:
                 raise _newer_error(engine, current, latest)

@@ -3,7 +3,9 @@
 The caller owns the transaction (``with sessions.begin() as session: record_spot_poll(...)``), so a
 poll round can be recorded in one commit. Polls are kept one row each; currency rates, the same in
 nearly every poll, are stored again only when they change. A listing is interval-encoded like a
-GigaSPOT snapshot: a server's entry is written again only when it changes.
+GigaSPOT snapshot: a server's entry is written again only when it changes. Listings of one
+database are recorded one at a time (on PostgreSQL by an advisory lock, ``storage.locks``), so two
+processes never both diff against the same open entries.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from bidder.api.models import MarketplaceReply, MarketplaceServer, SpotMarketplaceReply
 from storage.intervals import diff_versions
+from storage.locks import MARKETPLACE_INGEST, serialise
 from storage.models import (
     CurrencyRates,
     MarketplaceListing,
@@ -112,13 +115,15 @@ def _listed_values(server: MarketplaceServer) -> tuple[Any, ...]:
 
 def record_marketplace(session: Session, taken_at: float, reply: MarketplaceReply) -> MarketplaceResult:
     """Record one ``marketplace`` listing. Listings must come in time order: an older one than the
-    newest recorded is refused (``ValueError``), as it would end entries that came after it."""
+    newest recorded is refused (``ValueError``), as it would end entries that came after it.
+    On PostgreSQL this holds the listing lock until the caller's transaction ends."""
     _require_ok(reply, "marketplace")
     current = {}
     for server in reply.servers:
         if server.id in current:
             raise ValueError(f"marketplace reply lists server {server.id} twice")
         current[server.id] = _listed_values(server)
+    serialise(session, MARKETPLACE_INGEST)  # before reading the newest listing and open entries
     newest = session.scalar(select(func.max(MarketplaceListing.taken_at)))
     if newest is not None and taken_at < newest:
         raise ValueError(f"marketplace listing taken at {taken_at} is older than the newest "

@@ -3,6 +3,8 @@
 Both databases have this program's schema (the source is read at its current version, the target
 is brought to it), so every table is copied as it is, parents before children, in batches, inside
 one transaction on the target: a copy that fails half-way leaves the target as empty as it was.
+The source is read in one snapshot (SQLite: one read transaction; PostgreSQL: REPEATABLE READ), so
+a database the bot is writing is copied as it was when the copy began.
 Afterwards every table's row count is compared, and PostgreSQL's id sequences are moved past the
 copied ids (inserted ids do not advance them; the next insert would collide).
 """
@@ -76,10 +78,25 @@ def empty_target(connection: Connection) -> None:
             connection.execute(delete(table))
 
 
+def _one_snapshot(source: Connection) -> None:
+    """Make every read of ``source`` see the same moment. PostgreSQL's READ COMMITTED would show
+    each table as of its own SELECT: a row written meanwhile to a table already copied breaks the
+    count check, a child row whose parent was copied before it breaks a foreign key. A SQLite
+    connection's transaction is one snapshot already."""
+    if source.dialect.name != "postgresql":
+        return
+    if source.in_transaction():
+        raise ValueError("copy_tables needs a source connection with no transaction begun "
+                         "(it reads the source in one REPEATABLE READ snapshot)")
+    source.execution_options(isolation_level="REPEATABLE READ")
+
+
 def copy_tables(source: Connection, target: Connection,
                 progress: Callable[[str, int], None] | None = None) -> CopyResult:
     """Copy every row of every table from ``source`` into ``target`` (both at the same schema
-    version; the target's tables empty), then check the counts."""
+    version; the target's tables empty), then check the counts. ``source`` must have no
+    transaction begun: its reads, the counts too, are made one snapshot here."""
+    _one_snapshot(source)
     for table in data_tables():
         if table.name in SEEDED:
             continue

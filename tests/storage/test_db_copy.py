@@ -14,7 +14,7 @@ from bidder.cli import main
 from bidder.sim.options import SimOptions
 from storage.db import open_database, sqlite_path
 from storage.models import BotOrder, BotOrderEvent, BotRun, GigaspotSnapshot
-from storage.transfer import row_counts
+from storage.transfer import copy_tables, row_counts
 
 START = 1_700_000_000.0
 CONFIG = """
@@ -137,3 +137,37 @@ def test_bad_input_is_one_line_and_creates_nothing(tmp_path, capsys, source, tar
     assert len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
     assert sqlite_path(target) is None or not sqlite_path(target).exists()
+
+
+def test_a_copy_of_a_database_being_written_is_the_source_as_the_copy_began(
+        db_url, db_backend, fresh_db_url):
+    # the bot writes an order and its event while the copy runs: after bot_order is copied,
+    # before bot_order_event is read (on PostgreSQL at READ COMMITTED, the event would reach the
+    # copy without its order, and bot_order's count would differ)
+    fill(db_url)
+    target = fresh_db_url(OTHER[db_backend])
+    with open_database(db_url, writer=False) as a, a.engine.connect() as connection:
+        before = row_counts(connection)
+    written = []
+
+    def bot_writes(table: str, copied: int) -> None:
+        if table != "bot_order" or written:
+            return
+        with open_database(db_url, writer=True) as bot, bot.sessions.begin() as session:
+            order = BotOrder(target="rigs", market="gigaspot", server_id=9, state="creating",
+                             price=1.0, currency="CLORE-Blockchain", gpus=1, created_at=START + 9,
+                             adopted=False, dry_run=False, lookups=0)
+            session.add(order)
+            session.flush()
+            session.add(BotOrderEvent(order_ref=order.id, at=START + 9, kind="created"))
+            written.append(order.id)
+
+    with open_database(db_url, writer=False) as source, \
+            open_database(target, writer=True) as copy:
+        with source.engine.connect() as reader, copy.engine.begin() as writer:
+            result = copy_tables(reader, writer, bot_writes)
+    assert written == [2]
+    assert result.rows == before and (before["bot_order"], before["bot_order_event"]) == (1, 1)
+    with open_database(db_url, writer=False) as a, a.engine.connect() as connection:
+        now = row_counts(connection)
+        assert (now["bot_order"], now["bot_order_event"]) == (2, 2)  # written, after the copy began
