@@ -109,7 +109,8 @@ def _run(args: argparse.Namespace) -> int:
                          if known else "the config has no [[targets]]: nothing to tune "
                                        "(give --config)")
     target = known[args.target]
-    dims = parse_space(args.space, args.strategy)
+    base = fixed_params(target, args.strategy)
+    dims = parse_space(args.space, args.strategy, base)
     try:
         holdout = parse_duration(args.holdout) if args.holdout is not None else None
         start, end = parse_time(args.start, "--from"), parse_time(args.end, "--to")
@@ -122,14 +123,22 @@ def _run(args: argparse.Namespace) -> int:
     warnings = _preflight(config, target, in_sample, held_out, fees)  # before any study exists
     setup = study_setup(args.strategy, target.name, args.mode, args.objective,
                         args.min_availability, dims, holdout, start, end,
-                        clore_usd=args.clore_usd)
+                        clore_usd=args.clore_usd, base=base)
     study = _study(optuna, args, setup)
     from bidder.optimize import Scorer, trial_objective
 
-    scorer = Scorer(in_sample, config, target, args.strategy, settings, args.mode)
+    scorer = Scorer(in_sample, config, target, args.strategy, settings, args.mode, base)
     study.optimize(trial_objective(scorer, dims, args.objective, args.min_availability,
                                    _report), n_trials=args.trials)
-    return _finish(optuna, study, args, setup, config, target, settings, held_out, warnings)
+    return _finish(optuna, study, args, setup, config, target, settings, held_out, warnings,
+                   base)
+
+
+def fixed_params(target: Any, strategy: str) -> dict[str, Any]:
+    """The parameters every trial holds (``--space`` overrides them): the target's
+    ``strategy_params`` when it is configured with the strategy searched, else none (they are
+    another strategy's)."""
+    return dict(target.strategy_params) if target.strategy == strategy else {}
 
 
 def args_for_settings(args: argparse.Namespace) -> argparse.Namespace:
@@ -267,7 +276,8 @@ def _pct(v: Any) -> str:
 
 
 def _finish(optuna: Any, study: Any, args: argparse.Namespace, setup: dict[str, Any],
-            config: Any, target: Any, settings: Any, held_out: Any, warnings: list[str]) -> int:
+            config: Any, target: Any, settings: Any, held_out: Any, warnings: list[str],
+            base: dict[str, Any]) -> int:
     from bidder.backtest.report import write_json
     from bidder.optimize import Scorer
 
@@ -276,7 +286,7 @@ def _finish(optuna: Any, study: Any, args: argparse.Namespace, setup: dict[str, 
         raise UsageError(f"study {study.study_name!r} has no finished trial yet (give --trials)")
     ranked = sorted(done, key=lambda t: (t.value, t.number))
     top = ranked[:TOP]
-    holdout_scorer = (Scorer(held_out, config, target, args.strategy, settings, args.mode)
+    holdout_scorer = (Scorer(held_out, config, target, args.strategy, settings, args.mode, base)
                       if held_out is not None else None)
     rows = []
     for t in top:
