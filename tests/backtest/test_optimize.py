@@ -204,3 +204,69 @@ def test_trials_hold_the_target_s_strategy_params(sqlite_url, tmp_path, capsys):
     best = best_equals_a_backtest(config, out, "profit", "revenue_per_gpu_day=40.0,tick=0.2",
                                   tmp_path)
     assert 0 <= best["params"]["margin"] <= 0.5
+
+
+def test_the_bot_s_postgresql_url_opens_the_study_through_psycopg(sqlite_url, pg_url, tmp_path,
+                                                                  monkeypatch):
+    """``postgresql://`` names no driver: SQLAlchemy 2.0 picks psycopg2 (2.1 psycopg 3), which
+    the [postgres] extra does not bring; the study opens through psycopg 3, as the bot's
+    engines do, whichever SQLAlchemy is installed."""
+    import sqlalchemy.dialects.postgresql.base as pg_base
+    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+
+    class WithoutPsycopg2(PGDialect_psycopg2):
+        @classmethod
+        def import_dbapi(cls):
+            raise ModuleNotFoundError("No module named 'psycopg2'")
+
+    monkeypatch.setattr(pg_base, "dialect", WithoutPsycopg2)  # SQLAlchemy 2.0's default
+    config = recorded(sqlite_url, tmp_path, minutes=10)
+    bare = pg_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    assert bare != pg_url
+    assert optimize(config, "--space", "tick=0.01:1.0", "--trials", "1", "--storage", bare,
+                    "--min-availability", "0") == 0
+    import optuna
+
+    assert len(optuna.load_study(study_name="outbid-rigs", storage=pg_url).trials) == 1
+
+
+def test_the_study_s_setup_is_read_and_written_under_the_creation_lock(sqlite_url, tmp_path,
+                                                                      monkeypatch):
+    """Two processes starting a new study together with other settings: the second must find
+    the first's setup, so the setup is read and written while the lock is held."""
+    from contextlib import contextmanager
+
+    import optuna
+
+    import bidder.commands.optimize as command
+
+    held: list[bool] = []
+    seen: list[tuple[str, bool]] = []
+
+    @contextmanager
+    def lock(url):
+        held.append(True)
+        try:
+            yield
+        finally:
+            held.pop()
+
+    real_attrs = optuna.study.Study.user_attrs
+    real_set = optuna.study.Study.set_user_attr
+
+    def read(study):
+        seen.append(("read", bool(held)))
+        return real_attrs.fget(study)
+
+    def write(study, key, value):
+        seen.append(("write", bool(held)))
+        return real_set(study, key, value)
+
+    monkeypatch.setattr(command, "_creation_lock", lock)
+    monkeypatch.setattr(optuna.study.Study, "user_attrs", property(read))
+    monkeypatch.setattr(optuna.study.Study, "set_user_attr", write)
+    config = recorded(sqlite_url, tmp_path, minutes=10)
+    assert optimize(config, "--space", "tick=0.01:1.0", "--trials", "1", "--storage",
+                    f"sqlite:///{tmp_path / 'study.db'}", "--min-availability", "0") == 0
+    assert ("read", True) in seen and ("write", True) in seen
+    assert ("read", False) not in seen and ("write", False) not in seen

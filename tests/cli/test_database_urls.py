@@ -47,6 +47,8 @@ def test_a_port_that_is_not_a_number_is_one_line_in_every_command(tmp_path, caps
 @pytest.mark.parametrize("args", [
     ["db", "copy", "--from", BAD, "--to", "sqlite:///{tmp}/t.db"],
     ["db", "copy", "--from", "sqlite:///{tmp}/s.db", "--to", BAD],
+    ["optimize", "--config", "{config}", "--target", "rigs", "--strategy", "outbid",
+     "--space", "tick=0.01:1", "--trials", "1", "--storage", BAD],
 ])
 def test_a_bad_port_in_an_option_is_one_line(tmp_path, capsys, args):
     config = config_with(tmp_path, f"sqlite:///{tmp_path / 's.db'}")
