@@ -53,55 +53,96 @@ class Dimension:
     def describe(self) -> str:
         return f"{self.name}={self.low:g}:{self.high:g}{':log' if self.log else ''}"
 
+    def middle(self) -> float | int:
+        """A value inside the range, to check the other parameters' ends against."""
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        return round(mid) if self.integer else mid
 
-def parse_space(text: str, strategy: str) -> list[Dimension]:
+
+def parse_space(text: str, strategy: str, base: Mapping[str, Any] | None = None) \
+        -> list[Dimension]:
     """``'tick=0.01:2.0:log,switch_margin=0.0:0.3'`` -> dimensions, each checked against the
-    strategy's parameters (name, integer or not, and both ends accepted by its validation)."""
-    try:
-        params_model = type(load_strategy(strategy, {})).Params
-    except StrategyError:
-        raise
-    except Exception as err:  # a strategy whose defaults are not enough: say so
-        raise SpaceError(f"strategy {strategy!r} cannot be created with its defaults: {err}") \
-            from None
-    fields = params_model.model_fields
+    strategy's parameters (name, integer or not, and both ends accepted by its validation).
+
+    ``base``: the parameters the trials hold fixed (the target's ``strategy_params`` when it runs
+    this strategy); the ends are checked with them and the other ranges' middles, so a strategy
+    with a required parameter (``fixed``, ``profit``) is searched with it in ``base`` or here."""
+    base = dict(base or {})
+    items = [_item(part) for part in (p.strip() for p in text.split(",")) if part]
+    if not items:
+        raise SpaceError("--space names no parameter")
+    fields = type(_instance(strategy, base, items)).Params.model_fields
     dims: list[Dimension] = []
-    for item in (part.strip() for part in text.split(",")):
-        if not item:
-            continue
-        name, eq, spec = (p.strip() for p in item.partition("="))
-        if not eq or not name:
-            raise SpaceError(f"--space item {item!r}: expected name=low:high[:log]")
+    for name, low, high, log, spec in items:
         if name not in fields:
             raise SpaceError(f"--space: strategy {strategy!r} has no parameter {name!r} "
                              f"(its parameters: {', '.join(sorted(fields)) or 'none'})")
-        parts = spec.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
-            raise SpaceError(f"--space {name}={spec}: expected low:high or low:high:log")
-        try:
-            low, high = float(parts[0]), float(parts[1])
-        except ValueError:
-            raise SpaceError(f"--space {name}={spec}: low and high must be numbers") from None
-        log = len(parts) == 3
-        if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
-            raise SpaceError(f"--space {name}={spec}: low must be below high")
-        if log and low <= 0:
-            raise SpaceError(f"--space {name}={spec}: a log range must start above 0")
         integer = fields[name].annotation is int
         if integer and not (low.is_integer() and high.is_integer()):
             raise SpaceError(f"--space {name}={spec}: {name} is an integer parameter")
         if any(d.name == name for d in dims):
             raise SpaceError(f"--space names {name!r} twice")
-        for end in (low, high):
-            try:
-                load_strategy(strategy, {name: int(end) if integer else end})
-            except StrategyError as err:
-                raise SpaceError(f"--space {name}={spec}: {end:g} is not allowed ({err})") \
-                    from None
         dims.append(Dimension(name, low, high, log, integer))
-    if not dims:
-        raise SpaceError("--space names no parameter")
+    middles = {**base, **{d.name: d.middle() for d in dims}}
+    try:
+        _create(strategy, middles)
+    except StrategyError as err:
+        raise SpaceError(f"--space: {err} (the parameters at the target's strategy_params and "
+                         "each range's middle)") from None
+    for d in dims:
+        for end in (d.low, d.high):
+            try:
+                _create(strategy, {**middles, d.name: int(end) if d.integer else end})
+            except StrategyError as err:
+                raise SpaceError(f"--space {d.describe()}: {end:g} is not allowed ({err})") \
+                    from None
     return dims
+
+
+def _item(text: str) -> tuple[str, float, float, bool, str]:
+    """One ``name=low:high[:log]`` -> name, low, high, log and the spec (for messages)."""
+    name, eq, spec = (p.strip() for p in text.partition("="))
+    if not eq or not name:
+        raise SpaceError(f"--space item {text!r}: expected name=low:high[:log]")
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+        raise SpaceError(f"--space {name}={spec}: expected low:high or low:high:log")
+    try:
+        low, high = float(parts[0]), float(parts[1])
+    except ValueError:
+        raise SpaceError(f"--space {name}={spec}: low and high must be numbers") from None
+    log = len(parts) == 3
+    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+        raise SpaceError(f"--space {name}={spec}: low must be below high")
+    if log and low <= 0:
+        raise SpaceError(f"--space {name}={spec}: a log range must start above 0")
+    return name, low, high, log, spec
+
+
+def _instance(strategy: str, base: Mapping[str, Any],
+              items: Sequence[tuple[str, float, float, bool, str]]) -> Any:
+    """An instance of ``strategy``, only to learn its parameters: made with ``base`` and the
+    ranges' middles (a required parameter may be given as a range only), else with ``base``
+    alone (a name it does not know is then refused by name); the first error if neither works."""
+    middles = {name: (low + high) / 2 for name, low, high, _, _ in items}
+    try:
+        return _create(strategy, {**base, **middles})
+    except StrategyError as err:
+        first = err
+    try:
+        return _create(strategy, base)
+    except StrategyError:
+        raise first from None
+
+
+def _create(strategy: str, params: Mapping[str, Any]) -> Any:
+    """``load_strategy``, with any other error of a strategy that breaks on creation said so."""
+    try:
+        return load_strategy(strategy, params)
+    except StrategyError:
+        raise
+    except Exception as err:
+        raise SpaceError(f"strategy {strategy!r} cannot be created: {err}") from None
 
 
 def parse_duration(text: str) -> float:
@@ -133,12 +174,15 @@ class Scorer:
     strategy: str
     settings: RunSettings
     mode: str
+    base: Mapping[str, Any] = field(default_factory=dict)
+    """Parameters every trial holds fixed (the target's ``strategy_params``); ``params`` win."""
     _covers: Covers | None = field(default=None, init=False)
 
     def score(self, params: Mapping[str, Any]) -> dict[str, Any]:
         label = f"{self.strategy}:" + ",".join(f"{k}={v}" for k, v in params.items())
-        run = run_variant(self.history, self.config, Variant(label, self.strategy, dict(params)),
-                          self.settings, self.mode, targets=[self.target])
+        variant = Variant(label, self.strategy, {**self.base, **params})
+        run = run_variant(self.history, self.config, variant, self.settings, self.mode,
+                          targets=[self.target])
         record = run.targets[self.target.name]
         held = record.held_units
         cover = self._cover()
@@ -205,13 +249,17 @@ def trial_objective(scorer: Scorer, dims: Sequence[Dimension], objective: str, f
 
 def study_setup(strategy: str, target: str, mode: str, objective: str, floor: float,
                 dims: Sequence[Dimension], holdout: float | None, start: float | None,
-                end: float | None, *, clore_usd: float | None = None) -> dict[str, Any]:
+                end: float | None, *, clore_usd: float | None = None,
+                base: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a shared study's trials must agree on; a process with another setup is refused.
-    A given USD per CLORE (``--clore-usd``) is part of it: trials scored at other rates do not
-    compare (a study started without one keeps its setup as it was)."""
+    A given USD per CLORE (``--clore-usd``) and the parameters held fixed (``base``) are part of
+    it: trials scored at other rates or parameters do not compare (a study started without
+    either keeps its setup as it was)."""
     setup = {"strategy": strategy, "target": target, "mode": mode, "objective": objective,
              "min_availability": floor, "space": [d.describe() for d in dims],
              "holdout_seconds": holdout, "from": start, "to": end}
     if clore_usd is not None:
         setup["clore_usd"] = clore_usd
+    if base:
+        setup["strategy_params"] = plain(dict(base))
     return setup

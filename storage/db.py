@@ -23,13 +23,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.errors import StorageError
-from storage.reader import DEFAULT_BUSY_TIMEOUT, sqlite_path  # shared with bidder status
+from storage.reader import (  # shared with bidder status
+    DEFAULT_BUSY_TIMEOUT,
+    not_a_url,
+    require_numeric_port,
+    sqlite_path,
+)
+from storage.reader import shown_url as light_shown_url
 from storage.schema import require_current, upgrade
 
 CACHE_KIB = 32_768
@@ -37,18 +43,36 @@ CACHE_KIB = 32_768
 cache would read them back from the OS on every snapshot."""
 
 
+def engine_url(url: str) -> URL:
+    """``url`` as this program's engines open it (``StorageError`` when it is not a URL):
+
+    - ``postgresql://`` names no driver: psycopg 3, the one the ``[postgres]`` extra brings
+      (SQLAlchemy would pick psycopg2);
+    - a SQLite file: its path with ``~`` expanded (``sqlite_path``), the file the checks here and
+      ``bidder status`` look at (sqlite3 would open a folder named ``~``)."""
+    require_numeric_port(url)
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise not_a_url(url) from None
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    path = sqlite_path(url)
+    if path is not None:
+        parsed = parsed.set(database=str(path))
+    return parsed
+
+
 def make_engine(url: str, *, writer: bool, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Engine:
     """An engine for ``url``. A writer creates a missing SQLite file (and its folders); a reader
     refuses one that does not exist, so a typo in a path is not answered by an empty database."""
+    parsed = engine_url(url)
     path = sqlite_path(url)
     if path is not None:
         if writer:
             path.parent.mkdir(parents=True, exist_ok=True)
         elif not path.exists():
             raise StorageError(f"no database at {path}: nothing has been recorded there yet")
-    parsed = make_url(url)
-    if parsed.drivername == "postgresql":  # no driver named: the one the [postgres] extra brings
-        parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() == "postgresql" and not writer:
         # readers (``bidder status``, a backtest) cannot write by mistake, as SQLite's query_only
         engine = create_engine(parsed, connect_args={
@@ -116,7 +140,7 @@ def open_database(url: str, *, writer: bool,
     missing driver, a folder that cannot be made, a server that does not answer."""
     try:
         engine = make_engine(url, writer=writer, busy_timeout=busy_timeout)
-    except (OSError, SQLAlchemyError, ImportError) as err:
+    except (OSError, SQLAlchemyError, ImportError, ValueError) as err:
         raise StorageError(f"cannot open the database {shown_url(url)}: {err}") from None
     try:
         if writer:
@@ -136,5 +160,5 @@ def shown_url(url: str) -> str:
     """``url`` fit for messages and logs: any password replaced by ``***``."""
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except SQLAlchemyError:
-        return "<unparseable database URL>"
+    except (SQLAlchemyError, ValueError):  # e.g. a port that is not a number
+        return light_shown_url(url)

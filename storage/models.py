@@ -41,6 +41,13 @@ def _now() -> float:
     return time.time()
 
 
+NULLABLE_JSON = JSON(none_as_null=True)
+"""The type of a nullable JSON column: Python ``None`` is SQL NULL, which ``IS NULL`` finds, not
+the JSON text ``'null'`` (SQLAlchemy's default), which reads back as ``None`` too but is not NULL
+in SQL. The DDL is the same, so this needs no migration; databases written before still hold
+``'null'`` where a value was missing, so their readers must not take it for a value."""
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
@@ -83,7 +90,7 @@ class GigaspotSnapshot(Base):
     """Of the raw file: a second file for the same time with other content is refused."""
     clore_price: Mapped[float | None]
     """USD per CLORE, from ``get_gigaspot``."""
-    creation_fees: Mapped[dict[str, Any] | None]
+    creation_fees: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON)
     my_user_id: Mapped[int | None] = mapped_column(BigInteger)
     machines: Mapped[int] = mapped_column(Integer)
 
@@ -261,7 +268,7 @@ class MarketplaceServer(Base):
     reliability: Mapped[float | None]
     spot_floors: Mapped[dict[str, Any]]
     on_demand: Mapped[dict[str, Any]]
-    specs: Mapped[dict[str, Any] | None]
+    specs: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON)
 
 
 # The interval tables as Core tables, for bulk statements and column queries.
@@ -353,7 +360,7 @@ class BotDecision(Base):
     params: Mapped[dict[str, Any]]
     orders: Mapped[list[Any]]
     """The ``OwnOrder``s given to the strategy (as dicts)."""
-    desired: Mapped[list[Any] | None]
+    desired: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSON)
     """``[{server_id, price}]``; NULL when the strategy asked for no change (or was not asked)."""
     actions: Mapped[list[Any]]
     """This target's planned actions (``{kind, ...}``) in execution order."""
@@ -383,7 +390,7 @@ class BotOrder(Base):
     """Per server-day in ``currency``."""
     currency: Mapped[str] = mapped_column(String)
     gpus: Mapped[int] = mapped_column(Integer)
-    oc: Mapped[list[Any] | None]
+    oc: Mapped[list[Any] | None] = mapped_column(NULLABLE_JSON)
     """GigaSPOT power settings sent, one per GPU."""
     sent_at: Mapped[float | None]
     """When the create was written to the journal (before it was sent)."""
@@ -422,7 +429,7 @@ class BotOrderEvent(Base):
     at: Mapped[float]
     kind: Mapped[str] = mapped_column(String)
     price: Mapped[float | None]
-    detail: Mapped[dict[str, Any] | None]
+    detail: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON)
 
 
 class ApiJournal(Base):
@@ -445,7 +452,7 @@ class ApiJournal(Base):
     """The body, secrets (ssh keys, passwords, tokens, env values) redacted."""
     status: Mapped[str] = mapped_column(String)
     finished_at: Mapped[float | None]
-    reply: Mapped[Any | None] = mapped_column(JSON)
+    reply: Mapped[Any | None] = mapped_column(NULLABLE_JSON)
     error: Mapped[str | None] = mapped_column(String)
 
 

@@ -53,15 +53,44 @@ def sqlite_path(url: str) -> Path | None:
 
 
 def shown_url(url: str) -> str:
-    """``url`` fit for messages and logs: any password replaced by ``***``."""
+    """``url`` fit for messages and logs: any password replaced by ``***``. The password runs to
+    the last ``@``, so one with an unencoded ``/``, ``?`` or ``@`` is hidden whole too (even in a
+    URL that cannot be parsed; rather too much hidden than a password shown)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    netloc, slash, tail = rest.partition("/")
-    userinfo, at, host = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-    return f"{scheme}://{netloc}{slash}{tail}"
+    userinfo, at, tail = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not at or not colon or "/" in user:  # no password (or a path with '@' and ':' in it)
+        return url
+    return f"{scheme}://{user}:***@{tail}"
+
+
+def not_a_url(url: str, why: str = "") -> StorageError:
+    """The error for a database URL that cannot be parsed, its password hidden."""
+    return StorageError(f"{shown_url(url)!r} is not a database URL{why} (e.g. "
+                        "sqlite:///path/bidder.db, postgresql+psycopg://user@host/db)")
+
+
+def require_numeric_port(url: str) -> None:
+    """Refuse (``not_a_url``) a server URL whose port is not a number: SQLAlchemy fails on it with
+    a bare ``int()`` error, psycopg by failing to resolve the host."""
+    port = _bad_port(url)
+    if port is not None:
+        raise not_a_url(url, f": its port {port!r} is not a number")
+
+
+def _bad_port(url: str) -> str | None:
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.partition("+")[0] == "sqlite":
+        return None
+    hosts = rest.rpartition("@")[2].partition("?")[0].partition("/")[0]  # past any password
+    for host in hosts.split(","):  # libpq takes host1:port1,host2:port2
+        after = host.rpartition("]")[2] if host.startswith("[") else host  # [IPv6]:port
+        _, colon, port = after.partition(":")
+        if colon and not port.isdigit():
+            return port
+    return None
 
 
 def json_value(value: Any) -> Any:
@@ -152,6 +181,7 @@ def open_reader(url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> Read
     naming the database (its password hidden): a missing SQLite file, a bad URL, a missing driver,
     a server that does not answer, a schema this program does not read."""
     backend = backend_name(url)
+    require_numeric_port(url)
     if backend == "sqlite":
         connection: Any = _open_sqlite(url, busy_timeout)
     elif backend == "postgresql":

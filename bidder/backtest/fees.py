@@ -9,7 +9,7 @@ Whatever the source, the fee and where it came from go into the report, with a w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -34,16 +34,34 @@ class CreationFee:
 
 def recorded_creation_fees(session: Session, *, end: float | None = None) -> dict[str, float]:
     """Currency -> creation fee of the newest recorded ``get_gigaspot`` reply (at or before
-    ``end``, the backtest's last tick) that gave one; empty when none did."""
-    query = select(GigaspotSnapshot.time, GigaspotSnapshot.creation_fees) \
+    ``end``, the backtest's last tick) that gave one; empty when none did.
+
+    A snapshot recorded without a reply (``bidder import`` of bare CDN files) or with a reply that
+    gave no fee says nothing about the fee, so it is passed over: databases written before
+    ``storage.models.NULLABLE_JSON`` hold the JSON text ``'null'`` there rather than SQL NULL,
+    and a reply without ``creation_fees`` is stored as ``{}``."""
+    query = select(GigaspotSnapshot.creation_fees) \
         .where(GigaspotSnapshot.creation_fees.is_not(None)) \
         .order_by(GigaspotSnapshot.time.desc())
     if end is not None:
         query = query.where(GigaspotSnapshot.time <= end)
-    for _, fees in session.execute(query.limit(1)):
-        return {str(k): float(v) for k, v in (fees or {}).items()
-                if isinstance(v, (int, float)) and v >= 0}
+    rows = session.scalars(query.execution_options(yield_per=1000))  # mostly the first row
+    try:
+        for fees in rows:
+            found = _fees_of(fees)
+            if found:
+                return found
+    finally:
+        rows.close()  # a PostgreSQL server-side cursor, left half read
     return {}
+
+
+def _fees_of(value: object) -> dict[str, float]:
+    """The usable fees of one recorded ``creation_fees`` value (anything but a mapping: none)."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): float(v) for k, v in value.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0}
 
 
 def with_creation_fees(config: Config, targets: Sequence[TargetConfig],

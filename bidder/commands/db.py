@@ -36,21 +36,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _copy(args: argparse.Namespace) -> int:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.exc import SQLAlchemyError
 
-    from storage.db import make_engine, open_database, shown_url, sqlite_path
+    from storage.db import engine_url, make_engine, open_database, shown_url, sqlite_path
     from storage.errors import StorageError
     from storage.schema import upgrade
     from storage.transfer import SEEDED, copy_tables, empty_target, row_counts
 
     for option, url in (("--from", args.source), ("--to", args.target)):
         try:
-            make_url(url)
-        except ArgumentError:
-            raise StorageError(f"{option} {url!r} is not a database URL (e.g. "
-                               "sqlite:///path/bidder.db, postgresql+psycopg://user@host/db)") \
-                from None
+            engine_url(url)
+        except StorageError as err:
+            raise StorageError(f"{option} {err}") from None
     if _same(args.source, args.target, sqlite_path):
         raise StorageError(f"--from and --to are the same database ({shown_url(args.source)})")
     source = open_database(args.source, writer=False)
@@ -59,7 +56,7 @@ def _copy(args: argparse.Namespace) -> int:
             engine = make_engine(args.target, writer=True)
             with engine.connect() as connection:
                 held = {k: v for k, v in row_counts(connection).items() if v and k not in SEEDED}
-        except (OSError, SQLAlchemyError, ImportError) as err:
+        except (OSError, SQLAlchemyError, ImportError, ValueError) as err:
             raise StorageError(f"cannot open the database {shown_url(args.target)}: "
                                f"{str(err).splitlines()[0]}") from None
         try:

@@ -109,7 +109,8 @@ def _run(args: argparse.Namespace) -> int:
                          if known else "the config has no [[targets]]: nothing to tune "
                                        "(give --config)")
     target = known[args.target]
-    dims = parse_space(args.space, args.strategy)
+    base = fixed_params(target, args.strategy)
+    dims = parse_space(args.space, args.strategy, base)
     try:
         holdout = parse_duration(args.holdout) if args.holdout is not None else None
         start, end = parse_time(args.start, "--from"), parse_time(args.end, "--to")
@@ -117,19 +118,28 @@ def _run(args: argparse.Namespace) -> int:
     except (ValueError, BacktestUsage) as err:
         raise UsageError(f"--holdout {err}" if "duration" in str(err) else str(err)) from None
     optuna = _optuna()
+    storage = _storage_url(args.storage)  # a bad URL is refused before the history loads
     config, in_sample, held_out, fees = _load(args, config, target, start, end, holdout)
     target = {t.name: t for t in config.targets}[target.name]
     warnings = _preflight(config, target, in_sample, held_out, fees)  # before any study exists
     setup = study_setup(args.strategy, target.name, args.mode, args.objective,
                         args.min_availability, dims, holdout, start, end,
-                        clore_usd=args.clore_usd)
-    study = _study(optuna, args, setup)
+                        clore_usd=args.clore_usd, base=base)
+    study = _study(optuna, args, setup, storage)
     from bidder.optimize import Scorer, trial_objective
 
-    scorer = Scorer(in_sample, config, target, args.strategy, settings, args.mode)
+    scorer = Scorer(in_sample, config, target, args.strategy, settings, args.mode, base)
     study.optimize(trial_objective(scorer, dims, args.objective, args.min_availability,
                                    _report), n_trials=args.trials)
-    return _finish(optuna, study, args, setup, config, target, settings, held_out, warnings)
+    return _finish(optuna, study, args, setup, config, target, settings, held_out, warnings,
+                   base)
+
+
+def fixed_params(target: Any, strategy: str) -> dict[str, Any]:
+    """The parameters every trial holds (``--space`` overrides them): the target's
+    ``strategy_params`` when it is configured with the strategy searched, else none (they are
+    another strategy's)."""
+    return dict(target.strategy_params) if target.strategy == strategy else {}
 
 
 def args_for_settings(args: argparse.Namespace) -> argparse.Namespace:
@@ -200,35 +210,56 @@ def _load(args: argparse.Namespace, config: Any, target: Any, start: float | Non
     return config, in_sample, held_out, fees
 
 
-def _study(optuna: Any, args: argparse.Namespace, setup: dict[str, Any]) -> Any:
+def _study(optuna: Any, args: argparse.Namespace, setup: dict[str, Any],
+           storage: str | None) -> Any:
+    """The study in ``storage`` (``_storage_url``: the URL to open, password and all), created
+    or loaded, whose setup is ``setup``: a study started with another is refused. Its setup is
+    read and written under the creation lock (PostgreSQL), so of two processes starting a new
+    study together with different settings, the second is refused; on SQLite storage (one
+    machine) that check is not atomic."""
     from storage.db import shown_url
 
     name = args.study or f"{args.strategy}-{args.target}"
     sampler = optuna.samplers.TPESampler(seed=args.seed)
     try:
-        with _creation_lock(args.storage):
-            study = optuna.create_study(study_name=name, storage=args.storage, sampler=sampler,
+        with _creation_lock(storage):
+            study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
                                         direction="minimize", load_if_exists=True)
+            found = study.user_attrs.get("setup")
+            if found is None:
+                study.set_user_attr("setup", setup)
     except ImportError as err:
         raise UsageError(f"--storage {shown_url(args.storage)}: a database driver is missing "
                          f"({err})") from None
     except Exception as err:  # Optuna's storage errors name no common base: say what failed
         raise UsageError(f"--storage {shown_url(args.storage or '')}: cannot open the study "
                          f"{name!r}: {str(err).splitlines()[0]}") from None
-    found = study.user_attrs.get("setup")
-    if found is None:
-        study.set_user_attr("setup", setup)
-    elif found != setup:
+    if found is not None and found != setup:
         differ = sorted(k for k in {*setup, *found} if found.get(k) != setup.get(k))
         raise UsageError(f"study {name!r} was started with other settings ({', '.join(differ)}: "
                          f"{ {k: found.get(k) for k in differ} }); name another --study")
     return study
 
 
+def _storage_url(url: str | None) -> str | None:
+    """``--storage`` as the bot's own engines open it (``storage.db.engine_url``): a
+    ``postgresql://`` URL through psycopg 3, ``~`` expanded in a SQLite path."""
+    from storage.db import engine_url
+    from storage.errors import StorageError
+
+    if url is None:
+        return None
+    try:
+        return engine_url(url).render_as_string(hide_password=False)
+    except StorageError as err:
+        raise UsageError(f"--storage {err}") from None
+
+
 @contextmanager
 def _creation_lock(url: str | None) -> Iterator[None]:
-    """On PostgreSQL, one process at a time creates Optuna's tables and the study: two processes
-    starting together would otherwise both issue the CREATE TABLEs, and one fails."""
+    """On PostgreSQL, one process at a time creates Optuna's tables and the study and reads or
+    writes its setup: two processes starting together would otherwise both issue the CREATE
+    TABLEs (and one fails), or both find no setup and write their own."""
     if url is None or not url.startswith("postgresql"):
         yield
         return
@@ -267,7 +298,8 @@ def _pct(v: Any) -> str:
 
 
 def _finish(optuna: Any, study: Any, args: argparse.Namespace, setup: dict[str, Any],
-            config: Any, target: Any, settings: Any, held_out: Any, warnings: list[str]) -> int:
+            config: Any, target: Any, settings: Any, held_out: Any, warnings: list[str],
+            base: dict[str, Any]) -> int:
     from bidder.backtest.report import write_json
     from bidder.optimize import Scorer
 
@@ -276,7 +308,7 @@ def _finish(optuna: Any, study: Any, args: argparse.Namespace, setup: dict[str, 
         raise UsageError(f"study {study.study_name!r} has no finished trial yet (give --trials)")
     ranked = sorted(done, key=lambda t: (t.value, t.number))
     top = ranked[:TOP]
-    holdout_scorer = (Scorer(held_out, config, target, args.strategy, settings, args.mode)
+    holdout_scorer = (Scorer(held_out, config, target, args.strategy, settings, args.mode, base)
                       if held_out is not None else None)
     rows = []
     for t in top:

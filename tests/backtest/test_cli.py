@@ -176,3 +176,84 @@ def test_fills_decision_keeps_the_older_model_for_comparison(recorded, tmp_path,
         backtest(recorded, "--strategy", "outbid", "--fills", "later")
     assert refused.value.code == 2
     assert "--fills: invalid choice: 'later'" in capsys.readouterr().err
+
+
+def import_bare_snapshots(config: Path, folder: Path, *, after: int, count: int) -> list[int]:
+    """``count`` CDN files a minute apart after ``after``, imported with no saved reply."""
+    from bt_helpers import bid, encode, machine
+
+    folder.mkdir()
+    times = [after + 60 * (k + 1) for k in range(count)]
+    for t in times:
+        snapshot = {"900001": machine([bid(77, 5, 3.0)], min_bid=2.0)}
+        (folder / f"prod_cdn_{t}.json").write_bytes(encode(snapshot))
+    assert main(["import", "--config", str(config), str(folder)]) == 0
+    return times
+
+
+def test_snapshots_imported_after_the_recording_keep_the_recorded_creation_fee(tmp_path, capsys):
+    """Bare CDN files imported after a live recording carry no ``get_gigaspot`` reply: they say
+    nothing about the fee, so the backtest still charges the one recorded before them, also in a
+    database written before missing values were SQL NULL (the JSON text 'null') and past a
+    reply that gave no fee (``{}``)."""
+    from sqlalchemy import JSON, func, select, update
+
+    from storage.models import GigaspotSnapshot
+
+    url = f"sqlite:///{tmp_path / 'mixed.db'}"  # the fix is in the models: SQLite shows it
+    with open_database(url, writer=True) as db:
+        record_sim(db, SimOptions(seed=4, spot_servers=2, gigaspot_machines=20), start=START,
+                   minutes=15)
+        with db.sessions() as session:
+            last = session.scalar(select(func.max(GigaspotSnapshot.time)))
+    config = tmp_path / "bidder.toml"
+    config.write_text(CONFIG.format(db=tmp_path / "mixed.db"))
+    times = import_bare_snapshots(config, tmp_path / "cdn", after=last, count=3)
+    with open_database(url, writer=True) as db, db.sessions() as session, session.begin():
+        fees = dict(session.execute(select(GigaspotSnapshot.time, GigaspotSnapshot.creation_fees)
+                                    .where(GigaspotSnapshot.time.in_(times))).all())
+        nulls = session.scalar(select(func.count()).where(GigaspotSnapshot.creation_fees.is_(None)))
+        assert fees == dict.fromkeys(times) and nulls == 3  # SQL NULL, not the JSON text 'null'
+        session.execute(update(GigaspotSnapshot).where(GigaspotSnapshot.time == times[1])
+                        .values(creation_fees=JSON.NULL))  # as written before the fix
+        session.execute(update(GigaspotSnapshot).where(GigaspotSnapshot.time == times[2])
+                        .values(creation_fees={}))  # a reply without fees
+    capsys.readouterr()
+    out = tmp_path / "o.json"
+    assert backtest(config, "--strategy", "outbid", "--json", str(out)) == 0
+    assert "creation fee gigaspot 0.045 CLORE-Blockchain (recorded get_gigaspot)" in \
+        capsys.readouterr().out
+    assert json.loads(out.read_text())["settings"]["creation_fees"] == [
+        {"market": "gigaspot", "fee": 0.045, "currency": "CLORE-Blockchain",
+         "source": "recorded get_gigaspot"}]
+
+
+def test_the_recorded_fee_is_the_newest_that_gave_one_on_either_backend(db_url):
+    """Missing fees are SQL NULL on both backends; rows that give no fee (SQL NULL, the JSON
+    'null' of older databases, ``{}``, no usable number) are passed over, newest first."""
+    from bt_helpers import bid, encode, machine
+    from sqlalchemy import JSON, func, select, update
+
+    from bidder.backtest.fees import recorded_creation_fees
+    from storage.gigaspot_ingest import SnapshotIngester
+    from storage.models import GigaspotSnapshot
+
+    given = [{"CLORE-Blockchain": 0.5}, {"CLORE-Blockchain": 0.07}, None, None, {},
+             {"CLORE-Blockchain": "free"}]
+    with open_database(db_url, writer=True) as db:
+        ingester = SnapshotIngester(db.sessions)
+        for k, fees in enumerate(given):
+            snapshot = encode({"900001": machine([bid(77, 5, 3.0 + k)])})
+            ingester.ingest(snapshot, snapshot_time=int(START) + 60 * k, fetched_at=START,
+                            source=f"s{k}", creation_fees=fees)
+        with db.sessions() as session, session.begin():
+            assert session.scalar(select(func.count()).where(
+                GigaspotSnapshot.creation_fees.is_(None))) == 2
+            session.execute(update(GigaspotSnapshot).where(
+                GigaspotSnapshot.time == int(START) + 120).values(creation_fees=JSON.NULL))
+        with db.sessions() as session:
+            assert recorded_creation_fees(session) == {"CLORE-Blockchain": 0.07}
+            assert recorded_creation_fees(session, end=START + 59) == {"CLORE-Blockchain": 0.5}
+            assert recorded_creation_fees(session, end=START - 1) == {}
+            # the session is still usable after a half-read result (a server-side cursor on PG)
+            assert session.scalar(select(func.count()).select_from(GigaspotSnapshot)) == 6

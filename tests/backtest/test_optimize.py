@@ -13,9 +13,10 @@ import pytest
 
 from bidder.backtest.simrecord import record_sim
 from bidder.cli import main
-from bidder.optimize import INFEASIBLE, objective_value, parse_duration
+from bidder.optimize import INFEASIBLE, SpaceError, objective_value, parse_duration, parse_space
 from bidder.sim.options import SimOptions
 from storage.db import open_database
+from strategies.registry import StrategyError
 
 START = 1_700_000_000.0
 CONFIG = """
@@ -148,3 +149,124 @@ def test_durations():
         5400.0, 21600.0, 172800.0, 3600.0, 5400.0]
     with pytest.raises(ValueError, match="positive duration"):
         parse_duration("soon")
+
+
+def test_a_strategy_with_a_required_parameter_is_searched_by_its_range():
+    dims = parse_space("price_per_gpu_day=1:5", "fixed")
+    assert [(d.name, d.low, d.high) for d in dims] == [("price_per_gpu_day", 1.0, 5.0)]
+    with pytest.raises(SpaceError, match=r"price_per_gpu_day=0:5: 0 is not allowed"):
+        parse_space("price_per_gpu_day=0:5", "fixed")
+    # profit's revenue: from the target's strategy_params (held fixed) or a range of its own
+    with pytest.raises(StrategyError, match="revenue_per_gpu_day"):
+        parse_space("margin=0:0.5", "profit")
+    assert [d.name for d in parse_space("margin=0:0.5", "profit",
+                                        {"revenue_per_gpu_day": 10.0})] == ["margin"]
+    assert [d.name for d in parse_space("margin=0:0.5,revenue_per_gpu_day=1:10", "profit")] == \
+        ["margin", "revenue_per_gpu_day"]
+    with pytest.raises(SpaceError, match=r"margin=0:1: 1 is not allowed"):
+        parse_space("margin=0:1", "profit", {"revenue_per_gpu_day": 10.0})
+
+
+def best_equals_a_backtest(config: Path, out: Path, strategy: str, fixed: str, tmp_path) -> dict:
+    """The best trial of ``out`` and the check that ``bidder backtest`` of its parameters (and
+    ``fixed``, the target's strategy_params) gives its metrics."""
+    best = json.loads(out.read_text())["best"]
+    params = ",".join([*filter(None, [fixed]), *(f"{k}={v!r}" for k, v in best["params"].items())])
+    bt = tmp_path / "bt.json"
+    assert main(["backtest", "--config", str(config), "--workers", "1", "--mode", "replay",
+                 "--strategy", f"{strategy}:{params}", "--json", str(bt)]) == 0
+    row = json.loads(bt.read_text())["runs"][0]["targets"][0]
+    for key in ("cost", "availability", "gpu_hours"):
+        assert row[key] == pytest.approx(best["metrics"][key], rel=1e-9, abs=1e-12)
+    return best
+
+
+def test_fixed_is_tuned_over_a_price_range(sqlite_url, tmp_path, capsys):
+    config = recorded(sqlite_url, tmp_path, minutes=15)
+    out = tmp_path / "out.json"
+    assert main(["optimize", "--config", str(config), "--target", "rigs", "--strategy", "fixed",
+                 "--space", "price_per_gpu_day=5:60", "--trials", "3", "--seed", "1",
+                 "--min-availability", "0", "--json", str(out)]) == 0, capsys.readouterr().err
+    best = best_equals_a_backtest(config, out, "fixed", "", tmp_path)
+    assert 5 <= best["params"]["price_per_gpu_day"] <= 60
+
+
+def test_trials_hold_the_target_s_strategy_params(sqlite_url, tmp_path, capsys):
+    config = recorded(sqlite_url, tmp_path, minutes=15)
+    config.write_text(config.read_text() + 'strategy = "profit"\n'
+                      'strategy_params = { revenue_per_gpu_day = 40.0, tick = 0.2 }\n')
+    out = tmp_path / "out.json"
+    assert main(["optimize", "--config", str(config), "--target", "rigs", "--strategy", "profit",
+                 "--space", "margin=0:0.5", "--trials", "2", "--seed", "1",
+                 "--min-availability", "0", "--json", str(out)]) == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["setup"]["strategy_params"] == {"revenue_per_gpu_day": 40.0, "tick": 0.2}
+    best = best_equals_a_backtest(config, out, "profit", "revenue_per_gpu_day=40.0,tick=0.2",
+                                  tmp_path)
+    assert 0 <= best["params"]["margin"] <= 0.5
+
+
+def test_the_bot_s_postgresql_url_opens_the_study_through_psycopg(sqlite_url, pg_url, tmp_path,
+                                                                  monkeypatch):
+    """``postgresql://`` names no driver: SQLAlchemy 2.0 picks psycopg2 (2.1 psycopg 3), which
+    the [postgres] extra does not bring; the study opens through psycopg 3, as the bot's
+    engines do, whichever SQLAlchemy is installed."""
+    import sqlalchemy.dialects.postgresql.base as pg_base
+    from sqlalchemy.dialects.postgresql.psycopg2 import PGDialect_psycopg2
+
+    class WithoutPsycopg2(PGDialect_psycopg2):
+        @classmethod
+        def import_dbapi(cls):
+            raise ModuleNotFoundError("No module named 'psycopg2'")
+
+    monkeypatch.setattr(pg_base, "dialect", WithoutPsycopg2)  # SQLAlchemy 2.0's default
+    config = recorded(sqlite_url, tmp_path, minutes=10)
+    bare = pg_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    assert bare != pg_url
+    assert optimize(config, "--space", "tick=0.01:1.0", "--trials", "1", "--storage", bare,
+                    "--min-availability", "0") == 0
+    import optuna
+
+    assert len(optuna.load_study(study_name="outbid-rigs", storage=pg_url).trials) == 1
+
+
+def test_the_study_s_setup_is_read_and_written_under_the_creation_lock(sqlite_url, tmp_path,
+                                                                      monkeypatch):
+    """Two processes starting a new study together with other settings: the second must find
+    the first's setup, so the setup is read and written while the lock is held."""
+    from contextlib import contextmanager
+
+    import optuna
+
+    import bidder.commands.optimize as command
+
+    held: list[bool] = []
+    seen: list[tuple[str, bool]] = []
+
+    @contextmanager
+    def lock(url):
+        held.append(True)
+        try:
+            yield
+        finally:
+            held.pop()
+
+    real_attrs = optuna.study.Study.user_attrs
+    real_set = optuna.study.Study.set_user_attr
+
+    def read(study):
+        seen.append(("read", bool(held)))
+        return real_attrs.fget(study)
+
+    def write(study, key, value):
+        seen.append(("write", bool(held)))
+        return real_set(study, key, value)
+
+    monkeypatch.setattr(command, "_creation_lock", lock)
+    monkeypatch.setattr(optuna.study.Study, "user_attrs", property(read))
+    monkeypatch.setattr(optuna.study.Study, "set_user_attr", write)
+    config = recorded(sqlite_url, tmp_path, minutes=10)
+    assert optimize(config, "--space", "tick=0.01:1.0", "--trials", "1", "--storage",
+                    f"sqlite:///{tmp_path / 'study.db'}", "--min-availability", "0") == 0
+    assert ("read", True) in seen and ("write", True) in seen
+    assert ("read", False) not in seen and ("write", False) not in seen
