@@ -79,6 +79,9 @@ FLOOR = "floor:"
 LISTED_FLOOR = "listed_floor:"
 """Spot fact columns ``listed_floor:<currency>``: the floor the ``marketplace`` listing states
 (the watch list's candidates are picked by it; a poll's floor may differ)."""
+OURS = "ours"
+"""Spot state column: the server's poll saw an offer of ours. The listing's ``rented`` does not
+count there, as in the live frame (``storage.market_views.spot_frame``)."""
 
 
 class HistoryError(ValueError):
@@ -715,17 +718,33 @@ def _spot(session: Session, polls: _Polls, time: np.ndarray, targets: Sequence[T
     expiry_tick = np.searchsorted(time, _stale_after(polls.server_id[keep], polls.time[keep]),
                                   side="right")
     fresh = {"online": polls.online[keep], "rentable": polls.open[keep],
-             "working_properly": np.ones(k, bool), "observed_at": polls.time[keep]}
+             "working_properly": np.ones(k, bool), "observed_at": polls.time[keep],
+             OURS: np.isin(polls.id[keep], _polls_with_our_offer(session, polls))}
     fresh.update({f"{FLOOR}{c}": np.array([float(polls.floors[i].get(c, np.nan)) for i in keep])
                   for c in currencies})
-    stale = {**_offline_values(k, currencies), "observed_at": np.full(k, np.nan)}
+    stale = {**_offline_values(k, currencies), "observed_at": np.full(k, np.nan),
+             OURS: np.zeros(k, bool)}
     state_stream = EventStream.build(
         n_ticks, np.concatenate([expiry_tick, poll_tick]), np.concatenate([p_row[keep]] * 2),
         {c: np.concatenate([stale[c], fresh[c]]) for c in fresh},
-        {**_offline_values(n, currencies), "observed_at": np.full(n, np.nan)})
+        {**_offline_values(n, currencies), "observed_at": np.full(n, np.nan),
+         OURS: np.zeros(n, bool)})
     rivals, wins = _spot_rivals(session, polls, keep, p_row, poll_tick, expiry_tick, n_ticks, n,
                                 fact_stream, currencies[0] if len(currencies) == 1 else None)
     return MarketHistory("spot", ids, fact_stream, state_stream, rivals, wins)
+
+
+def _polls_with_our_offer(session: Session, polls: _Polls) -> np.ndarray:
+    """Ids of the polls that saw an offer of ours on their server."""
+    if not len(polls.id):
+        return np.empty(0, dtype=np.int64)
+    o = SpotOffer
+    rows = fetch_rows(session.connection(),
+                      select(o.poll_id).distinct()
+                      .join(SpotPoll, SpotPoll.id == o.poll_id)
+                      .where(SpotPoll.polled_at >= float(polls.time.min()),
+                             SpotPoll.polled_at <= float(polls.time.max()), o.my.is_(True)))
+    return np.array([r[0] for r in rows], dtype=np.int64)
 
 
 def _listed_floor(floors: Any, currency: str) -> float:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bidder.allocation import one_bid_threshold
-from bidder.backtest.data import FLOOR, LISTED_FLOOR, History, MarketHistory
+from bidder.backtest.data import FLOOR, LISTED_FLOOR, OURS, History, MarketHistory
 from bidder.backtest.events import EventStream
 from bidder.backtest.fills import Book
 from storage.frames import MarketFrame
@@ -89,7 +89,10 @@ class ReplayMarket:
     @property
     def rentable(self) -> np.ndarray:
         rented = self.facts.get("rented")
-        return self.state["rentable"] if rented is None else self.state["rentable"] & ~rented
+        if rented is None:
+            return self.state["rentable"]
+        ours = self.state.get(OURS)  # our own offer's server: not rented to someone else
+        return self.state["rentable"] & ~(rented if ours is None else rented & ~ours)
 
     @property
     def energy_price(self) -> np.ndarray:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bidder.backtest.data import FLOOR, CHUNK_CELLS, History, facts_frame
+from bidder.backtest.data import FLOOR, OURS, CHUNK_CELLS, History, facts_frame
 from bidder.backtest.events import carry_after
 from bidder.backtest.fills import Book, marginal_price
 from bidder.config import Config, TargetConfig
@@ -202,7 +202,7 @@ def covers(history: History, config: Config, target: TargetConfig, *, step_tick:
     streams = (data.facts, data.state, data.rivals)
     wanted = [[c for c in names if c in stream.initial] for stream, names in zip(streams, (
         ("gpus", "rented"),
-        ("online", "rentable", "energy_price", f"{FLOOR}{target.currency}"),
+        ("online", "rentable", "energy_price", f"{FLOOR}{target.currency}", OURS),
         ("price", "pl", "birth")))]
     carries = [{c: s.initial[c] for c in names} for s, names in zip(streams, wanted)]
     for lo in range(0, history.n_ticks, block):
@@ -215,6 +215,8 @@ def covers(history: History, config: Config, target: TargetConfig, *, step_tick:
             continue
         rows = step_tick[first:last] - lo
         rented = facts.get("rented", np.zeros_like(state["rentable"]))
+        if OURS in state:  # a spot server our own offer holds is ours, whatever the listing says
+            rented = rented & ~state[OURS]
         book = Book(floor=state.get(f"{FLOOR}{target.currency}", np.full((hi - lo, n), np.nan)),
                     can_win=state["online"] & state["rentable"] & ~rented, gpus=facts["gpus"],
                     energy_price=state.get("energy_price", np.full((hi - lo, n), np.nan)),

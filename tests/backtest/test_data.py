@@ -215,3 +215,44 @@ def test_spot_offers_in_other_currencies_are_converted_and_unknown_ones_never_ch
     assert target["availability"] > 0.8
     # server 2 at 120.01 plus fees; read naively, server 1 or 3 would have cost about 10 a day
     assert 120.01 * 1.025 <= target["cost_per_gpu_hour"] * 24 < 140
+
+
+def test_a_spot_server_our_own_offer_holds_is_not_rented_to_someone_else(db):
+    """The listing may mark a server rented while our own offer runs on it (it is documented as
+    "rented on demand", but nothing guarantees it): where a poll saw an offer of ours the server
+    stays ours to keep, as in the live frame; a rented server without one cannot be won."""
+    import copy
+    import json
+
+    from bidder.api.models import MarketplaceReply, SpotMarketplaceReply
+    from bidder.backtest.market import ReplayMarket
+    from storage.market_views import spot_frame
+    from storage.spot_record import record_marketplace, record_spot_poll
+
+    fixtures = Path(__file__).parents[1] / "storage" / "fixtures"
+    listing = json.loads((fixtures / "marketplace.json").read_text())
+    first = listing["servers"][0]
+    listing["servers"] = [{**copy.deepcopy(first), "id": sid, "rented": True} for sid in (1, 2)]
+    doc = json.loads((fixtures / "spot_marketplace.json").read_text())
+
+    def reply(mine):
+        data = copy.deepcopy(doc)
+        data["market"]["offers"] = [{"offer_id": 100, "bid": 20.0, "active": True, "my": mine}]
+        data["market"]["server"]["min_pricing"] = {CLORE: 10.0}
+        return SpotMarketplaceReply.model_validate(data)
+
+    with db.sessions.begin() as session:
+        record_marketplace(session, T - 60, MarketplaceReply.model_validate(listing))
+        for minute in range(5):
+            for sid in (1, 2):
+                record_spot_poll(session, sid, T + 60 * minute + sid, reply(mine=sid == 1))
+    with db.sessions() as session:
+        live = spot_frame(session)
+    cfg = parse_config({"targets": [{"name": "s", "market": "spot", "unit": "servers",
+                                     "count": 1, "max_price_per_gpu_day": 500}]})
+    history = load(db, cfg)
+    market = ReplayMarket(history, history.markets["spot"])
+    for tick in range(history.n_ticks):
+        market.advance(tick)
+    assert dict(zip(market.data.server_id.tolist(), market.rentable.tolist())) \
+        == dict(zip(live.server_id.tolist(), live.rentable.tolist())) == {1: True, 2: False}
