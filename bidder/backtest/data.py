@@ -165,8 +165,15 @@ def load_history(session: Session, targets: Sequence[TargetConfig], *, allocatio
     recorded in the range.
     """
     extra = {m: set(map(int, ids)) for m, ids in (extra_servers or {}).items()}
-    snaps = snapshot_times(session, start, end)
     spot_targets = [t for t in targets if t.market == "spot"]
+    spot_currencies = sorted({t.currency for t in spot_targets})
+    if len(spot_currencies) > 1:
+        # one best rival per server, ranked in one currency: offers in several would be compared
+        # unconverted, a silently wrong price to beat
+        raise HistoryError(
+            f"spot targets in more than one order currency ({', '.join(spot_currencies)}) cannot "
+            "be replayed together: backtest them one currency at a time (--target NAME)")
+    snaps = snapshot_times(session, start, end)
     giga_targets = [t for t in targets if t.market == "gigaspot"]
     polls = _spot_polls(session, start, end) if spot_targets else None
     snap_time = snaps.time.astype(np.float64)

@@ -257,3 +257,36 @@ def test_the_recorded_fee_is_the_newest_that_gave_one_on_either_backend(db_url):
             assert recorded_creation_fees(session, end=START - 1) == {}
             # the session is still usable after a half-read result (a server-side cursor on PG)
             assert session.scalar(select(func.count()).select_from(GigaspotSnapshot)) == 6
+
+
+def test_spot_targets_in_two_currencies_are_refused_and_one_at_a_time_runs(recorded, tmp_path,
+                                                                         capsys):
+    """One best rival per server is ranked in one currency: two spot currencies at once would
+    compare offers unconverted. Refused in one line naming them and the way out; each alone runs."""
+    config = tmp_path / "two.toml"
+    config.write_text(recorded.read_text() + """
+[[targets]]
+name = "in-clore"
+market = "spot"
+count = 1
+unit = "servers"
+max_price_per_gpu_day = 80
+
+[[targets]]
+name = "in-bitcoin"
+market = "spot"
+count = 1
+unit = "servers"
+currency = "bitcoin"
+max_price_per_gpu_day = 0.001
+""")
+    out = tmp_path / "out.json"
+    assert backtest(config, "--strategy", "outbid", "--json", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "more than one order currency (CLORE-Blockchain, bitcoin)" in err and "--target" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+    assert backtest(config, "--strategy", "outbid", "--target", "in-clore", "--target", "rigs",
+                    "--json", str(out)) == 0
+    assert {t["target"] for t in json.loads(out.read_text())["runs"][0]["targets"]} \
+        == {"in-clore", "rigs"}
