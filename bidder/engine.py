@@ -354,7 +354,7 @@ class Engine:
             eligible = c.eligible & ~np.isin(c.server_id, list(avoid))
             view = replace(view, candidates=replace(c, eligible=eligible))
         if self.dry_run:
-            view = self._virtual_fills(session, view, rows, now)
+            view = self._virtual_fills(session, view, frame, rows, now)
         window = self._strategies[target.name].history_window
         if window > 0:
             c = view.candidates
@@ -383,16 +383,19 @@ class Engine:
                  target.name, len(candidates))
         return False
 
-    def _virtual_fills(self, session: Session, view: TargetView, rows: Sequence[BotOrder],
-                       now: float) -> TargetView:
-        """A virtual order wins only if its price beats the recorded rivals' threshold."""
+    def _virtual_fills(self, session: Session, view: TargetView, frame: MarketFrame,
+                       rows: Sequence[BotOrder], now: float) -> TargetView:
+        """A virtual order wins only on a server that can be won now (online, rentable: what the
+        backtest's fills ask too) and only if its price beats the recorded rivals' threshold."""
         c = view.candidates
         orders = []
         for order in rows:
             row = c.row(order.server_id)
+            at = frame.row(order.server_id)
             # an unknown (NaN) threshold or floor never lets it win
-            wins = row is not None and order.price > c.threshold[row] \
-                and order.price >= c.floor[row]
+            wins = row is not None and at is not None \
+                and bool(frame.online[at]) and bool(frame.rentable[at]) \
+                and order.price > c.threshold[row] and order.price >= c.floor[row]
             state = "winning" if wins else "outbid"
             set_market_state(session, order, state, now)
             orders.append(own_order(order, self._config.markets, state=state))

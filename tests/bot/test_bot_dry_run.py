@@ -55,3 +55,33 @@ def test_a_dry_run_has_its_own_database_by_default(tmp_path: Path):
     assert config.storage_url("dry-run") == f"sqlite:///{tmp_path / 'bidder-dry-run.db'}"
     assert config.storage_url("live") == f"sqlite:///{tmp_path / 'bidder.db'}"
     assert config.storage_url("sim") == f"sqlite:///{tmp_path / 'bidder-sim.db'}"
+
+
+@pytest.mark.parametrize("taken_away", ["offline", "rented"])
+def test_a_dry_run_order_on_a_server_that_cannot_be_won_now_does_not_win(rig, database,
+                                                                         taken_away):
+    """Offline or rented on demand, a server runs nothing of ours whatever our price: the
+    virtual fill says outbid there, as the backtest's fills do."""
+    r = rig(make_config(spot_target()), mode="dry-run")
+    r.market.place_rival(SERVER, 20.0)
+    r.start()
+
+    def order_on_server():
+        with database.sessions() as session:
+            order = session.scalars(select(BotOrder).where(BotOrder.server_id == SERVER)
+                                    .order_by(BotOrder.id.desc())).first()
+            kinds = session.scalars(select(BotOrderEvent.kind).where(
+                BotOrderEvent.order_ref == order.id)).all()
+        return order, kinds
+
+    r.run(600)
+    order, kinds = order_on_server()
+    assert order.market_state == "winning" and "outbid" not in kinds
+    if taken_away == "offline":
+        r.market.set_online(SERVER, False)
+    else:
+        r.market.set_rented(SERVER, True)
+    r.run(600)
+    order, kinds = order_on_server()
+    assert "outbid" in kinds, kinds
+    assert r.market.orders_of(KEY) == []
