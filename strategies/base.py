@@ -154,7 +154,9 @@ class OwnOrder:
     next_lower_at: float = 0.0
     """Earliest time the rules engine will allow a lowering."""
     lowest_allowed: float | None = None
-    """The lowest price a lowering may reach now, when learned (``max_step``); None when unknown."""
+    """The lowest price one lowering may reach now: by the learned step (``max_step``), else by
+    ``[markets] initial_step_fraction``. The bot and the backtester always give it (as
+    ``bidder.rules.lowest_allowed``); None only from a caller that does not know the rules."""
 
 
 @dataclass(frozen=True, slots=True)
