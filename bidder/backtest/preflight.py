@@ -52,7 +52,7 @@ class RateGap:
         what = "USD per CLORE" if self.currency == CLORE else f"USD per {self.currency}"
         where = ("none was recorded in this range" if self.everywhere
                  else f"it is missing at {self.missing:,} of {self.ticks:,} ticks, where "
-                      "nothing new is bought")
+                      "no server is bought at a price that needs it")
         how = how_to_give(command) if self.currency == CLORE else \
             "the spot polls record it (currency_rates_in_usd)"
         return f"{self.why} needs {what}, and {where}: {how}"
