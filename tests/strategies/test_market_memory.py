@@ -82,10 +82,14 @@ def test_the_rival_high_is_the_best_rivals_highest_price_over_the_window():
     assert memory.observe(NOW + 6000, np.array([5]), np.array([4.0])).rival_high[0] == 4.0
 
 
-def _contested(view, moves, high):
+def _contested(view, moves, high, falls_per_raise=5.0):
+    """``moves`` an hour on each server, split into raises and falls as a saw's are (a ratchet
+    bot steps down about five times for each jump back up)."""
+    moves = np.array(moves, dtype=float)
+    raises = moves / (1.0 + falls_per_raise)
     return replace(view, candidates=replace(
-        view.candidates, raises_per_hour=np.array(moves, dtype=float),
-        hands_per_hour=np.zeros(len(moves)), rival_high=np.array(high, dtype=float)))
+        view.candidates, raises_per_hour=raises, hands_per_hour=moves - raises,
+        rival_high=np.array(high, dtype=float)))
 
 
 def test_outbid_values_a_contested_server_at_its_rivals_recent_high():
@@ -104,6 +108,16 @@ def test_outbid_values_a_contested_server_at_its_rivals_recent_high():
     # a rival that repriced once lately is no ratchet: the price now counts
     calm = _contested(make_view(rows), moves=[0.3, 0.0], high=[16.0, 12.0])
     assert bids(holder.decide(calm)) == {1: 10.5}
+
+
+def test_a_rival_jittering_up_as_often_as_down_is_no_saw_its_price_now_counts():
+    """Holding above a six-hour high pays only against a saw; a rival repricing at random moves
+    up as often as down, and its high is noise above its price."""
+    rows = [{"id": 1, "threshold": 10.0}, {"id": 2, "threshold": 12.0}]
+    jitter = _contested(make_view(rows), moves=[7.0, 0.0], high=[16.0, 12.0], falls_per_raise=1.0)
+    assert bids(Outbid(tick=0.5, contested_at=2.0).decide(jitter)) == {1: 10.5}
+    saw = _contested(make_view(rows), moves=[7.0, 0.0], high=[16.0, 12.0], falls_per_raise=3.0)
+    assert bids(Outbid(tick=0.5, contested_at=2.0).decide(saw)) == {2: 12.5}
 
 
 def test_outbid_holding_above_a_high_never_bids_over_the_cap():
