@@ -47,6 +47,8 @@ class MarketMemory:
         self.bucket = high_window / HIGH_BUCKETS
         self._highs = np.empty((0, HIGH_BUCKETS + 1))
         """Per server, the best rival's maximum in each of the last buckets (a ring; NaN: none)."""
+        self._older = np.empty(0)
+        """Per server, the maximum of ``_highs`` but the newest bucket's (NaN: none)."""
         self._bucket_at: int | None = None
         self._ids = np.empty(0, dtype=np.int64)
         self._price = np.empty(0)
@@ -73,12 +75,14 @@ class MarketMemory:
             raised = both & (price > before * (1 + TOLERANCE) + TOLERANCE)
             fell = both & (price < before * (1 - TOLERANCE) - TOLERANCE)
         seen = self._first[pos] < now  # not new this time: a first look is no event
-        np.add.at(self._raises, pos, (raised & seen).astype(np.float64))
-        np.add.at(self._hands, pos, (((had != has) | fell) & seen).astype(np.float64))
+        # a view's servers are distinct, so ``pos`` holds no position twice: a plain indexed add
+        self._raises[pos] += raised & seen
+        self._hands[pos] += ((had != has) | fell) & seen
         self._price[pos] = price
         slot = self._roll(now)
-        self._highs[pos, slot] = np.fmax(self._highs[pos, slot], price)
-        high = np.fmax.reduce(self._highs[pos], axis=1)  # NaN only where no rival was seen
+        newest = np.fmax(self._highs[pos, slot], price)
+        self._highs[pos, slot] = newest
+        high = np.fmax(self._older[pos], newest)  # NaN only where no rival was seen
         raises, hands = self.rates(pos, now)
         return Contest(raises, hands, high)
 
@@ -97,7 +101,19 @@ class MarketMemory:
                 self._highs[:, b % size] = np.nan
         if self._bucket_at is None or at > self._bucket_at:
             self._bucket_at = at
+            self._older_of()
         return self._bucket_at % size  # a late observation counts in the newest bucket
+
+    def _older_of(self) -> None:
+        """Each server's high over the buckets before the newest one, worked out once a bucket
+        (they do not change until the next) rather than at every observation."""
+        if self._bucket_at is None:
+            self._older = np.full(len(self._ids), np.nan)
+            return
+        others = np.delete(self._highs, self._bucket_at % (HIGH_BUCKETS + 1), axis=1)
+        with np.errstate(invalid="ignore"):
+            self._older = np.fmax.reduce(others, axis=1) if others.shape[1] else \
+                np.full(len(self._ids), np.nan)
 
     def _add(self, ids: np.ndarray, now: float) -> None:
         """Make room for servers not seen before (rare after the first decisions)."""
@@ -115,3 +131,4 @@ class MarketMemory:
         self._hands = np.concatenate([self._hands, np.zeros(k)])[order]
         self._first = np.concatenate([self._first, np.full(k, now)])[order]
         self._highs = np.concatenate([self._highs, np.full((k, HIGH_BUCKETS + 1), np.nan)])[order]
+        self._older = np.concatenate([self._older, np.full(k, np.nan)])[order]

@@ -216,7 +216,7 @@ def _unknown_where_infinite(threshold: np.ndarray, rival_price: np.ndarray
     """A rival price of +inf (the backtest's record of an offer it could not convert: no bid of
     ours beats it there) is, to a strategy, an unknown price to beat (NaN), as the live view
     says of such an offer: the same inputs live and in backtests."""
-    unknown = np.isposinf(rival_price) | np.isposinf(threshold)
+    unknown = (rival_price == np.inf) | (threshold == np.inf)
     if not unknown.any():
         return threshold, rival_price
     return np.where(unknown, np.nan, threshold), np.where(unknown, np.nan, rival_price)

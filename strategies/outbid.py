@@ -88,7 +88,7 @@ class Outbid(Strategy):
         cost = staying_cost(view, bid, np.where(usable, hold, np.inf), horizon)
         payback: float | np.ndarray = horizon
         if self.params.contest_penalty > 0 and c.raises_per_hour is not None:
-            raises = np.nan_to_num(c.raises_per_hour)
+            raises = np.fmax(c.raises_per_hour, 0.0)  # NaN (unknown): none
             cost = cost * (1.0 + self.params.contest_penalty * raises)
             # a server whose best rival raises every so often is held only until its next raise:
             # a new order there must pay its creation fee back within that time
@@ -103,9 +103,9 @@ class Outbid(Strategy):
         if not self.params.contested_at or c.raises_per_hour is None or c.hands_per_hour is None \
                 or c.rival_high is None:
             return want
-        raises, hands = np.nan_to_num(c.raises_per_hour), np.nan_to_num(c.hands_per_hour)
+        raises, hands = np.fmax(c.raises_per_hour, 0.0), np.fmax(c.hands_per_hour, 0.0)
         contested = (raises + hands >= self.params.contested_at) & (hands >= SAW_FALLS * raises)
-        high = np.where(contested, np.nan_to_num(c.rival_high, nan=0.0) + self.params.tick, 0.0)
+        high = np.where(contested, np.fmax(c.rival_high, 0.0) + self.params.tick, 0.0)
         return np.maximum(want, high)
 
 
