@@ -720,10 +720,10 @@ def _spot(session: Session, polls: _Polls, time: np.ndarray, targets: Sequence[T
 
     p_row = _row_of(ids, polls.server_id)
     keep = np.flatnonzero(p_row >= 0)
-    k = len(keep)
     poll_tick = np.searchsorted(time, polls.time[keep], side="left")
     expiry_tick = np.searchsorted(time, _stale_after(polls.server_id[keep], polls.time[keep]),
                                   side="right")
+    k = len(keep)
     fresh = {"online": polls.online[keep], "rentable": polls.open[keep],
              "working_properly": np.ones(k, bool), "observed_at": polls.time[keep],
              OURS: np.isin(polls.id[keep], _polls_with_our_offer(session, polls))}
@@ -731,9 +731,11 @@ def _spot(session: Session, polls: _Polls, time: np.ndarray, targets: Sequence[T
                   for c in currencies})
     stale = {**_offline_values(k, currencies), "observed_at": np.full(k, np.nan),
              OURS: np.zeros(k, bool)}
+    order = _expiries_and_polls(polls.time[keep])
     state_stream = EventStream.build(
-        n_ticks, np.concatenate([expiry_tick, poll_tick]), np.concatenate([p_row[keep]] * 2),
-        {c: np.concatenate([stale[c], fresh[c]]) for c in fresh},
+        n_ticks, np.concatenate([expiry_tick, poll_tick])[order],
+        np.concatenate([p_row[keep]] * 2)[order],
+        {c: np.concatenate([stale[c], fresh[c]])[order] for c in fresh},
         {**_offline_values(n, currencies), "observed_at": np.full(n, np.nan),
          OURS: np.zeros(n, bool)})
     rivals, wins = _spot_rivals(session, polls, keep, p_row, poll_tick, expiry_tick, n_ticks, n,
@@ -790,6 +792,15 @@ def _in_currency(session: Session, o_poll: np.ndarray, o_id: np.ndarray, o_bid: 
     return out
 
 
+def _expiries_and_polls(polled_at: np.ndarray) -> np.ndarray:
+    """The order in which to give the events ``[expiry of each poll..., each poll...]`` so that
+    where several land on one tick and server the right one wins (the last given): a newer poll
+    over an older poll's expiry, and a poll's own expiry over the poll (the ticks a day or more
+    apart there: already stale at the first tick it is seen, as the live frame would drop it)."""
+    k = len(polled_at)
+    return np.lexsort((np.repeat([1, 0], k), np.concatenate([polled_at, polled_at])))
+
+
 def _stale_after(server_id: np.ndarray, polled_at: np.ndarray) -> np.ndarray:
     """When each poll goes stale: ``SPOT_MAX_AGE`` after it, unless the server's next poll comes
     sooner (then never)."""
@@ -838,9 +849,10 @@ def _spot_rivals(session: Session, polls: _Polls, keep: np.ndarray, p_row: np.nd
     best["cap_hint"][o_pos[top]] = cap_hint[top]
     none = _empty_rival_initial(k)
     rows = p_row[keep]
-    stream = EventStream.build(n_ticks, np.concatenate([expiry_tick, poll_tick]),
-                               np.concatenate([rows, rows]),
-                               {c: np.concatenate([none[c], best[c]]) for c in best},
+    order = _expiries_and_polls(polls.time[keep])
+    stream = EventStream.build(n_ticks, np.concatenate([expiry_tick, poll_tick])[order],
+                               np.concatenate([rows, rows])[order],
+                               {c: np.concatenate([none[c], best[c]])[order] for c in best},
                                _empty_rival_initial(n))
     gpus = np.maximum(_final(facts)["gpus"], 1)
     won = np.flatnonzero(o_active & np.isfinite(o_bid))  # an unconvertible win tells nothing

@@ -256,3 +256,46 @@ def test_a_spot_server_our_own_offer_holds_is_not_rented_to_someone_else(db):
         market.advance(tick)
     assert dict(zip(market.data.server_id.tolist(), market.rentable.tolist())) \
         == dict(zip(live.server_id.tolist(), live.rentable.tolist())) == {1: True, 2: False}
+
+
+def test_a_spot_poll_already_stale_at_the_next_tick_is_never_seen_fresh(db):
+    """Ticks a day or more apart (a recording gap): a server's last poll before the gap is more
+    than a day old at the next tick, so it is stale there, as the live frame would drop it; it
+    must not show fresh because its poll and its expiry fall on the same tick."""
+    import copy
+    import json
+
+    from bidder.api.models import MarketplaceReply, SpotMarketplaceReply
+    from bidder.backtest.market import ReplayMarket
+    from storage.market_views import SPOT_MAX_AGE, spot_frame
+    from storage.spot_record import record_marketplace, record_spot_poll
+
+    fixtures = Path(__file__).parents[1] / "storage" / "fixtures"
+    listing = json.loads((fixtures / "marketplace.json").read_text())
+    first = listing["servers"][0]
+    listing["servers"] = [{**copy.deepcopy(first), "id": sid, "rented": False} for sid in (1, 2)]
+    doc = json.loads((fixtures / "spot_marketplace.json").read_text())
+    data = copy.deepcopy(doc)
+    data["market"]["offers"] = [{"offer_id": 100, "bid": 20.0, "active": True, "my": False}]
+    data["market"]["server"]["min_pricing"] = {CLORE: 10.0}
+    reply = SpotMarketplaceReply.model_validate(data)
+    day = 86_400.0
+    with db.sessions.begin() as session:
+        record_marketplace(session, T - 60, MarketplaceReply.model_validate(listing))
+        record_spot_poll(session, 1, T, reply)
+        record_spot_poll(session, 1, T + 3600, reply)  # its last poll
+        for at in (T, T + 3 * day):
+            record_spot_poll(session, 2, at, reply)
+    cfg = parse_config({"targets": [{"name": "s", "market": "spot", "unit": "servers",
+                                     "count": 1, "max_price_per_gpu_day": 500}]})
+    history = load(db, cfg, grid_interval=2 * day)
+    assert history.time.tolist() == [T, T + 2 * day]
+    market = ReplayMarket(history, history.markets["spot"])
+    online = []
+    for tick in range(history.n_ticks):
+        market.advance(tick)
+        online.append(dict(zip(market.data.server_id.tolist(), market.state["online"].tolist())))
+    assert online == [{1: True, 2: True}, {1: False, 2: False}]  # 2: its poll of T expired
+    with db.sessions() as session:  # live, at the second tick: server 1's poll is too old
+        live = spot_frame(session, at=T + 2 * day, max_age=SPOT_MAX_AGE)
+    assert 1 not in live.server_id.tolist()
