@@ -34,9 +34,12 @@ class ReactiveSettings:
 class ReactiveRivals:
     """The rival agents of one market (arrays over its candidate servers)."""
 
-    def __init__(self, settings: ReactiveSettings, server_id: np.ndarray) -> None:
+    def __init__(self, settings: ReactiveSettings, server_id: np.ndarray, *,
+                 in_clore: bool = True) -> None:
         n = len(server_id)
         self.settings = settings
+        self.in_clore = in_clore
+        """Prices in CLORE (rounded as the agents bid); else in another currency (not rounded)."""
         self._server_id = server_id
         self.bound = np.full(n, -1, dtype=np.int64)
         """The recorded bid each agent stands for; -1: no agent."""
@@ -97,7 +100,8 @@ class ReactiveRivals:
         for k, row in enumerate(rows.tolist()):
             if not holding[k] or not np.isfinite(to_win[k]):
                 continue
-            new = outbid_price(float(self.price[row]), float(to_win[k]), float(self.cap[row]))
+            new = outbid_price(float(self.price[row]), float(to_win[k]), float(self.cap[row]),
+                               in_clore=self.in_clore)
             if new is not None:
                 self.price[row] = new
                 self.raises += 1

@@ -32,7 +32,7 @@ from bidder.backtest.exchange import (
 from bidder.backtest.fills import Book, Contest, contest
 from bidder.backtest.market import ReplayMarket
 from bidder.backtest.reactive import ReactiveRivals, ReactiveSettings
-from bidder.config import Config, TargetConfig
+from bidder.config import CLORE, Config, TargetConfig
 from bidder.memory import MarketMemory
 from bidder.rules import Plan, TargetDecision, plan
 from bidder.view import StaticMatchCache, build_target_view
@@ -253,7 +253,9 @@ class _Run:
         """Spot targets whose first watch-list round is complete."""
         self.decide_first = settings.fills == "decision"
         """Decide before filling a decision's tick (``RunSettings.fills``)."""
-        self.reactive = {m: ReactiveRivals(settings.reactive, history.markets[m].server_id)
+        self.reactive = {m: ReactiveRivals(settings.reactive, history.markets[m].server_id,
+                                           in_clore=all(t.currency == CLORE for t in targets
+                                                        if t.market == m))
                          for m in self.markets} if mode == "reactive" else {}
         self.exchange = EmulatedExchange(settings.exchange, config.markets,
                                          [(t.name, t.market, t.currency) for t in targets],

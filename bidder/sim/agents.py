@@ -37,10 +37,13 @@ def clore_up(price: float) -> float:
     return math.ceil(price * 10_000 - 1e-6) / 10_000
 
 
-def outbid_price(current: float, to_win: float, cap: float) -> float | None:
+def outbid_price(current: float, to_win: float, cap: float, *,
+                 in_clore: bool = True) -> float | None:
     """An outbidder's answer to a holder it would tie at ``to_win``: just above it, if that is a
-    raise within ``cap``; ``None``: no change. (Pure, so backtests can replay the same answer.)"""
-    target = clore_up(to_win * (1 + TICK))
+    raise within ``cap``; ``None``: no change. (Pure, so backtests can replay the same answer.)
+    A CLORE price is rounded up to the 4 decimals agents bid in; a price in another currency
+    (bitcoin: a day's price is about 1e-5) is not, 4 decimals being above any cap there."""
+    target = clore_up(to_win * (1 + TICK)) if in_clore else to_win * (1 + TICK)
     return target if current < target <= cap else None
 
 

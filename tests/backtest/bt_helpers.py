@@ -39,9 +39,10 @@ def history(rival: np.ndarray, *, step: float = 60.0, gpus: list[int] | None = N
             floor: float | np.ndarray = 1.0, online: np.ndarray | None = None,
             rival_pl: float = 200.0, energy: float = 0.1, clore: float = 0.05,
             market: str = "gigaspot", model: str = "RTX 4090",
-            new_bid_when_price_changes: bool = False) -> History:
-    """``rival[t, i]``: the best rival's price on server ``i`` at tick ``t`` (NaN: none). A rival's
-    id lasts while it bids without a break (or, when asked, while its price stays the same)."""
+            new_bid_when_price_changes: bool = False, currency: str = CLORE) -> History:
+    """``rival[t, i]``: the best rival's price on server ``i`` at tick ``t`` (NaN: none), and
+    ``floor``, in ``currency``. A rival's id lasts while it bids without a break (or, when
+    asked, while its price stays the same)."""
     rival = np.asarray(rival, dtype=np.float64)
     n_ticks, n = rival.shape
     gpus = gpus or [1] * n
@@ -57,10 +58,10 @@ def history(rival: np.ndarray, *, step: float = 60.0, gpus: list[int] | None = N
                      "pl_max": np.full(n, np.nan)})
     state = _stream({"online": on, "rentable": on.copy(), "working_properly": on.copy(),
                      "reliability": np.full(shape, 0.99), "energy_price": np.full(shape, energy),
-                     f"{FLOOR}{CLORE}": floors},
+                     f"{FLOOR}{currency}": floors},
                     {"online": np.zeros(n, bool), "rentable": np.zeros(n, bool),
                      "working_properly": np.zeros(n, bool), "reliability": np.full(n, np.nan),
-                     "energy_price": np.full(n, np.nan), f"{FLOOR}{CLORE}": np.full(n, np.nan)})
+                     "energy_price": np.full(n, np.nan), f"{FLOOR}{currency}": np.full(n, np.nan)})
     bid_id = np.full(shape, -1, dtype=np.int64)
     birth = np.zeros(shape, dtype=np.int64)
     next_id = 1000

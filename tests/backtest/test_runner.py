@@ -147,6 +147,23 @@ def test_reactive_rivals_answer_our_bids_and_stop_at_their_cap():
     assert one(reactive).paid_per_day.max() <= 5.0 * 1.5 * 1.02 + 0.05 + 1e-9
 
 
+def test_reactive_rivals_answer_in_bitcoin_too():
+    """A day's spot price in bitcoin is about 1e-5: rounded up to CLORE's 4 decimals an answer
+    would be above any rival's cap, and reactive mode would silently be replay."""
+    from bidder.config import parse_config
+
+    h = history(np.full((121, 1), 2e-5), floor=1e-6, market="spot", currency="bitcoin")
+    cfg = parse_config({"targets": [{"name": "t", "market": "spot", "count": 1,
+                                     "currency": "bitcoin", "max_price_per_gpu_day": 1e-4}]})
+    outbid = Variant("outbid", "outbid", {"tick": 1e-7})
+    replay = run_variant(h, cfg, outbid, RunSettings(), "replay")
+    reactive = run_variant(h, cfg, outbid, RunSettings(reactive=ReactiveSettings(seed=3)),
+                           "reactive")
+    assert reactive.reactive_raises > 0
+    assert one(reactive).price_cost > one(replay).price_cost > 0
+    assert one(reactive).paid_per_day.max() <= 2e-5 * 1.5 * 1.02 + 1e-7 + 1e-12
+
+
 def test_a_live_session_replays_from_its_orders_at_its_decision_times():
     h = history(np.full((11, 2), NONE), floor=1.0)
     start = StartingOrder("t", server_id=2, price=7.0, created_at=T0 - 3600, order_id=555)
