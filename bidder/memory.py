@@ -58,8 +58,9 @@ class MarketMemory:
         self._at: float | None = None
 
     def observe(self, now: float, server_id: np.ndarray, rival_price: np.ndarray) -> Contest:
-        """Take in the best rival's price (NaN: none) on ``server_id`` now; return their
-        raises and hands per hour and the rival's recent high, as of now."""
+        """Take in the best rival's price (NaN: none) on ``server_id`` now (distinct ids, as a
+        view's servers are); return their raises and hands per hour and the rival's recent high,
+        as of now."""
         ids = np.asarray(server_id, dtype=np.int64)
         self._add(ids, now)
         if self._at is not None and now > self._at:
@@ -101,19 +102,13 @@ class MarketMemory:
                 self._highs[:, b % size] = np.nan
         if self._bucket_at is None or at > self._bucket_at:
             self._bucket_at = at
-            self._older_of()
+            self._older_of(at % size)
         return self._bucket_at % size  # a late observation counts in the newest bucket
 
-    def _older_of(self) -> None:
-        """Each server's high over the buckets before the newest one, worked out once a bucket
+    def _older_of(self, newest: int) -> None:
+        """Each server's high over the buckets but the ``newest`` slot, worked out once a bucket
         (they do not change until the next) rather than at every observation."""
-        if self._bucket_at is None:
-            self._older = np.full(len(self._ids), np.nan)
-            return
-        others = np.delete(self._highs, self._bucket_at % (HIGH_BUCKETS + 1), axis=1)
-        with np.errstate(invalid="ignore"):
-            self._older = np.fmax.reduce(others, axis=1) if others.shape[1] else \
-                np.full(len(self._ids), np.nan)
+        self._older = np.fmax.reduce(np.delete(self._highs, newest, axis=1), axis=1)
 
     def _add(self, ids: np.ndarray, now: float) -> None:
         """Make room for servers not seen before (rare after the first decisions)."""
