@@ -63,6 +63,11 @@ class KeyStats:
     errors: Counter[str] = field(default_factory=Counter)
     """By ``error`` string, for replies that carry one."""
     http_429: int = 0
+    too_fast: list[tuple[str, float, str | None]] = field(default_factory=list)
+    """Each request the rate limit refused: its endpoint, seconds since the key's last accepted
+    request and that request's endpoint, so a report says what came too soon after what."""
+    last_accepted: tuple[str, float] | None = None
+    """The endpoint and time of the key's last request the rate limit let through."""
 
 
 @dataclass
@@ -148,7 +153,11 @@ class Api:
             return _reply(stats, {"code": 3})
         user = self.user(key)
         wait = self._limiter.admit(user, endpoint.create, now)
-        if wait > 0:
+        if wait <= 0:
+            stats.last_accepted = (name, now)
+        else:
+            last = stats.last_accepted
+            stats.too_fast.append((name, now - last[1], last[0]) if last else (name, math.inf, None))
             if endpoint.gigaspot and self._options.gigaspot_limits_http_429:
                 stats.http_429 += 1
                 return _reply(stats, {"code": 5}, status=429,

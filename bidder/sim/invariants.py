@@ -46,6 +46,8 @@ class InvariantReport:
     """Server id -> how many open bids of ours it carries, where more than one."""
     code_5: int = 0
     http_429: int = 0
+    too_fast: list[tuple[str, float, str | None]] = field(default_factory=list)
+    """Each rate-limited request: endpoint, seconds after the last accepted one, its endpoint."""
     too_far: int = 0
     """Lowerings refused with ``exceeded_max_step`` (the bot learns the step from the first)."""
     too_soon: int = 0
@@ -85,7 +87,9 @@ class InvariantReport:
         doubled = ", ".join(f"{s}: {n}" for s, n in sorted(self.doubled.items()))
         lines += [f"  servers with two or more bids of ours: {len(self.doubled)}"
                   + (f" ({doubled})" if doubled else ""),
-                  f"  rate-limit replies: {self.code_5} code 5, {self.http_429} HTTP 429",
+                  f"  rate-limit replies: {self.code_5} code 5, {self.http_429} HTTP 429"
+                  + "".join(f"; {name} {since:.3f} s after {previous}"
+                            for name, since, previous in self.too_fast[:5]),
                   f"  lowerings refused: {self.too_far} too far (max step), "
                   f"{self.too_soon} too soon (600 s)",
                   "  injected faults: " + (", ".join(f"{k} {n}" for k, n in
@@ -112,6 +116,7 @@ def invariant_report(market: SimMarket, database: Database | None,
             continue
         report.code_5 += s.codes[5] - s.http_429
         report.http_429 += s.http_429
+        report.too_fast += s.too_fast
         report.too_far += s.errors[TOO_FAR]
         report.too_soon += s.errors[TOO_SOON]
     if database is None:

@@ -97,6 +97,22 @@ def test_default_gigaspot_limit_is_code_5(quiet):
     assert refused.status_code == 200 and refused.json() == {"code": 5}
 
 
+def test_the_invariant_report_says_what_came_too_soon_after_what(quiet, clock):
+    """A code-5 reply fails the report; the report names the refused endpoint, how long after the
+    key's last accepted request it came and which one that was, so a rare one can be traced."""
+    from bidder.sim.invariants import invariant_report
+
+    http = client(quiet)
+    http.get("wallets")
+    clock.advance(0.4)
+    assert http.get("my_orders").json() == {"code": 5}
+    report = invariant_report(quiet, None, ["key-1"])
+    assert not report.ok and report.code_5 == 1
+    [(name, since, previous)] = report.too_fast
+    assert (name, previous) == ("my_orders", "wallets") and since == pytest.approx(0.4)
+    assert "my_orders 0.400 s after wallets" in report.text()
+
+
 ORDER = spot_order(7, 1.0)
 BID = {"currency": "CLORE-Blockchain", "image": "i", "renting_server": 1, "price": 5.0,
        "oc": [{"pl": 100}]}
