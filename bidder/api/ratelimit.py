@@ -182,12 +182,16 @@ class MemoryLimiterState:
 
 
 class FileLimiterState:
-    """The record in a small JSON file guarded by ``fcntl.flock``: shared by every process that
-    uses the same key. A damaged file is reported and started afresh."""
+    """The record in a small JSON file guarded by ``fcntl.flock`` on a lock file beside it:
+    shared by every process that uses the same key. A new record replaces the file whole
+    (written aside, then renamed), so a process killed while writing leaves the previous record,
+    never an empty file that would read as "no recent sends". A damaged file is reported and
+    started afresh."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
 
     @classmethod
     def for_key(cls, directory: str | Path, api_key: str) -> FileLimiterState:
@@ -196,18 +200,31 @@ class FileLimiterState:
         return cls(Path(directory) / f"ratelimit-{digest}.json")
 
     def update(self, fn: Callable[[LimiterRecord], T]) -> T:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        with open(fd, "r+", encoding="utf-8") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
-            text = f.read()
+        # the lock is on a file that is never replaced: a lock on the data file would be lost
+        # with the inode each rename retires
+        lock = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the descriptor is closed
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                text = ""
             record = self._parse(text)
             result = fn(record)
             new = record.to_json()
             if new != text:
-                f.seek(0)
-                f.truncate()
-                f.write(new)
-        return result
+                self._replace(new)
+            return result
+        finally:
+            os.close(lock)
+
+    def _replace(self, text: str) -> None:
+        """Write ``text`` beside the file, then rename it over the file (atomic on POSIX)."""
+        aside = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(aside, self.path)
 
     def _parse(self, text: str) -> LimiterRecord:
         if not text:

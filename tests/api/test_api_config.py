@@ -61,8 +61,9 @@ def test_from_config_with_a_state_dir_shares_a_file_named_by_a_hash(
     transport = httpx.MockTransport(server.handler)
     with CloreClient.from_config(api, clock=clock, transport=transport, state_dir=tmp_path) as c:
         c.wallets()
-    (state_file,) = tmp_path.iterdir()
+    state_file, lock_file = sorted(tmp_path.iterdir())  # the record and the lock beside it
     assert state_file.name.startswith("ratelimit-") and "SecretKey123" not in state_file.name
+    assert lock_file.name == state_file.name + ".lock"
     with pytest.raises(ValueError, match="not both"):
         CloreClient.from_config(api, clock=clock, state_dir=tmp_path, limiter=c.limiter)
 

@@ -181,6 +181,32 @@ def test_the_state_file_is_shared_with_another_process(tmp_path: Path) -> None:
     assert limiter.acquire("wallets", Priority.POLL) - T0 == pytest.approx(1.05)
 
 
+def test_a_process_dying_while_it_writes_the_state_leaves_the_previous_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bot SIGKILLed mid-write must not leave an empty state file: read as "no recent sends",
+    it would let the next process send within the second. The new record is written aside and
+    renamed over the old one; dying before the rename keeps the old one."""
+    import bidder.api.ratelimit as ratelimit
+
+    clock = ManualClock(T0)
+    path = tmp_path / "ratelimit.json"
+    RateLimiter(clock, state=FileLimiterState(path)).acquire("create_order", Priority.CREATE)
+    before = path.read_text()
+
+    def killed(*args: object) -> None:
+        raise KeyboardInterrupt("killed between writing and renaming")
+
+    monkeypatch.setattr(ratelimit.os, "replace", killed)
+    clock.advance(2.0)
+    with pytest.raises(KeyboardInterrupt):
+        RateLimiter(clock, state=FileLimiterState(path)).acquire("wallets", Priority.POLL)
+    monkeypatch.undo()
+    assert path.read_text() == before
+    limiter = RateLimiter(clock, state=FileLimiterState(path))
+    assert limiter.acquire("create_order", Priority.CREATE) - T0 == pytest.approx(5.05)
+
+
 def test_the_state_file_is_named_by_a_hash_and_holds_no_key(tmp_path: Path) -> None:
     state = FileLimiterState.for_key(tmp_path, KEY)
     assert state.path.parent == tmp_path and KEY not in state.path.name
