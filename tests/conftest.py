@@ -36,7 +36,27 @@ import pg_server
 BACKENDS = ("sqlite", "postgresql")
 PG_URL_ENV = "BIDDER_TEST_PG_URL"
 REQUIRE_PG_ENV = "BIDDER_REQUIRE_PG"
+SOAK_SEED_BASE = 1000
+"""``--soak-seeds N`` adds the soak's seeds 1000 .. 1000 + N - 1."""
 _names = itertools.count(1)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak-seeds", type=int, default=0, metavar="N",
+                     help="run the soak tests (tests/bot/test_bot_soak.py) on N more seeded "
+                          "markets and kill sequences beside the fixed one: a longer campaign "
+                          "than CI's (each takes seconds)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``soak_seed``: None (the fixed seed) and the seeds ``--soak-seeds`` asks for."""
+    if "soak_seed" in metafunc.fixturenames:
+        extra = int(metafunc.config.getoption("soak_seeds"))
+        if extra < 0:
+            raise pytest.UsageError(f"--soak-seeds must be 0 or more, got {extra}")
+        seeds = [None, *range(SOAK_SEED_BASE, SOAK_SEED_BASE + extra)]
+        metafunc.parametrize("soak_seed", seeds,
+                             ids=["fixed" if s is None else f"seed{s}" for s in seeds])
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,8 @@ CALL_KILLS = [("create_gigaspot_orders", "crash_after"), ("create_gigaspot_order
               ("edit_gigaspot_orders", "crash_after"), ("set_spot_price", "crash_after"),
               ("my_orders", "crash_after"), ("my_orders", "crash_before"),
               ("get_gigaspot", "crash_after"), ("spot_marketplace", "crash_before")]
+SNAPSHOT_INTERVAL = 150.0
+"""Seconds between the simulated market's GigaSPOT snapshots: slower than the decide cycle."""
 KILL_BETWEEN_JOBS = 0.01
 """Chance that the bot is killed after any job (on top of the armed kill points)."""
 STEP_KILLS = ["_found", "_sync", "_adopt", "_reopen", "_give_up"]
@@ -52,7 +54,7 @@ class Soak:
         self.random = random.Random(seed)
         self.market = SimMarket(SimOptions(
             seed=seed, spot_servers=10, gigaspot_machines=16, spot_agents=8, gigaspot_agents=14,
-            agent_lifetime=3600.0, snapshot_interval=150.0, faults=faults,
+            agent_lifetime=3600.0, snapshot_interval=SNAPSHOT_INTERVAL, faults=faults,
             gigaspot_in_my_orders=self.random.choice(["spot", "not_spot", "hidden"])), self.clock)
         self.config = soak_config(kind)
         self.database = open_database(f"sqlite:///{tmp_path / 'soak.db'}", writer=True)
@@ -130,10 +132,14 @@ class Soak:
             raise Crash(f"cancel-all killed after its {where}")
 
         monkeypatch.setattr(owner, where, killed)
-        with pytest.raises(Crash):
-            cancel_all(client, self.database, self.clock, self.config, sleep=self.clock.advance)
+        try:
+            first = cancel_all(client, self.database, self.clock, self.config,
+                               sleep=self.clock.advance)
+        except Crash:
+            self.kills.append(f"cancel-all after its {where}")
+        else:  # only when nothing was live to cancel (creates of unknown outcome, say)
+            assert where == "cancel" and first.cancelled == [] and first.left == [], first
         monkeypatch.undo()
-        self.kills.append(f"cancel-all after its {where}")
         rate, self.market.faults.rate = self.market.faults.rate, 0.0
         report = cancel_all(client, self.database, self.clock, self.config,
                             sleep=self.clock.advance)
@@ -143,19 +149,28 @@ class Soak:
         assert_invariants(self.market, self.database)
 
     def settle(self) -> None:
-        """Kills and faults off, a few minutes for what is in flight, then one reconciliation."""
+        """Kills and faults off, a few minutes for what is in flight; then, without deciding
+        again, the market's next snapshot and one reconciliation. A call whose outcome was left
+        unknown (a GigaSPOT lowering the exchange did not apply, say) is settled only on evidence
+        newer than the call, and the bot may have made one in the last seconds of the run."""
         self.faults.rules.clear()
         self.market.faults.rate = 0.0
         self.random.random = lambda: 1.0  # type: ignore[method-assign]  (no more kills)
         self.run(600)
+        if any(t.market == "gigaspot" for t in self.config.targets):
+            self.clock.advance(SNAPSHOT_INTERVAL + 1.0)
+            self.bot.poller.poll_gigaspot()
         self.bot.executor.reconcile()
 
 
 @pytest.mark.soak
 @pytest.mark.parametrize("faults", [0.0, 0.15], ids=["no-faults", "faults"])
 @pytest.mark.parametrize("kind", ["gigaspot", "spot"])
-def test_soak_with_kills_and_restarts(tmp_path, monkeypatch, kind, faults):
-    soak = Soak(tmp_path, kind, faults, seed=23 if kind == "gigaspot" else 29)
+def test_soak_with_kills_and_restarts(tmp_path, monkeypatch, kind, faults, soak_seed):
+    """``soak_seed`` None: the fixed seed CI runs; ``pytest -m soak --soak-seeds N`` adds N more
+    markets and kill sequences (``tests/conftest.py``)."""
+    seed = soak_seed if soak_seed is not None else (23 if kind == "gigaspot" else 29)
+    soak = Soak(tmp_path, kind, faults, seed=seed)
     try:
         soak.start()
         for stretch in range(HOURS * 2):
