@@ -9,9 +9,11 @@ slow machine waits longer instead of failing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,7 +24,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bidder.api import CloreClient
+from bidder.api import CallEvent, CloreClient
 from bidder.api.models import MyOrder
 from bidder.clock import SystemClock
 from bidder.config import load_config
@@ -106,8 +108,41 @@ pl = 150
 """
 
 
+TEST_CALLS = "test-calls.txt"
+"""The test's own API calls (its direct clients), one line each, beside the bot's database."""
+
+
+def record_test_call(tmp_path: Path, event: CallEvent) -> None:
+    with open(tmp_path / TEST_CALLS, "a", encoding="utf-8") as f:
+        f.write(f"{event.started_at:.3f} {event.finished_at:.3f} {event.endpoint} "
+                f"attempt {event.attempt} {event.outcome} code {event.code} (test)\n")
+
+
+def calls_seen(tmp_path: Path) -> str:
+    """Every API call the bot, cancel-all and the test made, in order of sending, with the gap
+    from the previous call's reply: what the simulator's report of a refused request is read
+    against (a rate-limit refusal here broke non-negotiable 5)."""
+    lines = []
+    with contextlib.suppress(sqlite3.Error):
+        with contextlib.closing(sqlite3.connect(f"file:{tmp_path / 'bot.db'}?mode=ro",
+                                                uri=True)) as db:
+            lines = [f"{a:.3f} {b:.3f} {e} attempt {n} {o} code {c}" for a, b, e, n, o, c in
+                     db.execute("SELECT started_at, finished_at, endpoint, attempt, outcome, code "
+                                "FROM api_call WHERE NOT cdn")]
+    with contextlib.suppress(FileNotFoundError):
+        lines += (tmp_path / TEST_CALLS).read_text(encoding="utf-8").splitlines()
+    lines.sort(key=lambda line: float(line.split()[0]))
+    out, previous = [], None
+    for line in lines:
+        started, finished = (float(x) for x in line.split()[:2])
+        gap = "" if previous is None else f"  (+{started - previous:.3f} s after the last reply)"
+        out.append(line + gap)
+        previous = finished
+    return "\nAPI calls seen by the bot's database and the test:\n" + "\n".join(out)
+
+
 @pytest.fixture
-def sim_url() -> Iterator[str]:
+def sim_url(tmp_path: Path) -> Iterator[str]:
     sim = subprocess.Popen(
         [sys.executable, "-m", "bidder", "sim", "--port", "0", "--quiet-market",
          "--spot-servers", "8", "--gigaspot-machines", "12"],
@@ -118,7 +153,7 @@ def sim_url() -> Iterator[str]:
     yield url
     sim.send_signal(signal.SIGTERM)
     report, _ = sim.communicate(timeout=20)  # the invariant report: says what broke on exit 1
-    assert sim.returncode == 0, report
+    assert sim.returncode == 0, report + calls_seen(tmp_path)
 
 
 def bidder(*args: str, config: Path | None = None,
@@ -136,7 +171,8 @@ def exchange_orders(config: Path) -> list[MyOrder]:
     and the simulator's invariant report fails)."""
     cfg = load_config(config)
     with CloreClient.from_config(cfg.api, clock=SystemClock(), environ={"CLORE_API_KEY": KEY},
-                                 state_dir=cfg.resolved_data_dir()) as client:
+                                 state_dir=cfg.resolved_data_dir(),
+                                 observer=lambda e: record_test_call(config.parent, e)) as client:
         return list(client.my_orders().orders)
 
 
@@ -172,7 +208,8 @@ def test_killed_and_restarted_runs_keep_one_order_per_server(sim_url, tmp_path):
     cfg = load_config(config)
     with open_database(cfg.storage_url(), writer=True) as db:
         with CloreClient.from_config(cfg.api, clock=SystemClock(), environ={"CLORE_API_KEY": KEY},
-                                     state_dir=cfg.resolved_data_dir()) as client:
+                                     state_dir=cfg.resolved_data_dir(),
+                                     observer=lambda e: record_test_call(tmp_path, e)) as client:
             Reconciler(client, db.sessions, SystemClock(), cfg.targets).reconcile()
         with db.sessions() as session:
             open_rows = session.scalars(select(BotOrder).where(BotOrder.state.in_(LIVE))).all()
