@@ -1,4 +1,5 @@
-"""Soak tests (issue 9): hours of simulated time on a lively market, GigaSPOT and spot targets,
+"""Soak tests (issue 9): hours of simulated time on a lively market, GigaSPOT and spot targets
+alone and together (two GigaSPOT targets after the same machines and a spot target, one budget),
 snapshots slower than the decide cycle, with and without injected faults, killed at random points
 (between jobs, inside a call, inside a reconciliation, inside cancel-all) and restarted. After each
 run one reconciliation leaves the exchange and the database in exact agreement; at no time does a
@@ -40,10 +41,15 @@ STEP_KILLS = ["_found", "_sync", "_adopt", "_reopen", "_give_up"]
 
 
 def soak_config(kind: str):
-    target = (giga_target(count=4, max_price_per_gpu_day=60.0, strategy_params={"tick": 0.5})
-              if kind == "gigaspot" else
-              spot_target(count=3, max_price_per_gpu_day=300.0, strategy_params={"tick": 1.0}))
-    return make_config(target, budget=BUDGET, bot={"decide_interval": 30.0},
+    """One GigaSPOT or one spot target; ``mixed``: two GigaSPOT targets after the same machines
+    (one with market memory) and a spot target, under one budget."""
+    giga = giga_target(count=4, max_price_per_gpu_day=60.0, strategy_params={"tick": 0.5})
+    spot = spot_target(count=3, max_price_per_gpu_day=300.0, strategy_params={"tick": 1.0})
+    targets = {"gigaspot": [giga], "spot": [spot]}.get(kind) or [
+        giga, {**spot, "count": 2},
+        giga_target(name="g2", count=2, max_price_per_gpu_day=45.0,
+                    strategy_params={"tick": 0.3, "contested_at": 2, "contest_penalty": 0.05})]
+    return make_config(*targets, budget=BUDGET, bot={"decide_interval": 30.0},
                        poller={"spot_polls_per_round": 6, "spot_interval": 30.0,
                                "gigaspot_interval": 60.0})
 
@@ -165,11 +171,11 @@ class Soak:
 
 @pytest.mark.soak
 @pytest.mark.parametrize("faults", [0.0, 0.15], ids=["no-faults", "faults"])
-@pytest.mark.parametrize("kind", ["gigaspot", "spot"])
+@pytest.mark.parametrize("kind", ["gigaspot", "spot", "mixed"])
 def test_soak_with_kills_and_restarts(tmp_path, monkeypatch, kind, faults, soak_seed):
     """``soak_seed`` None: the fixed seed CI runs; ``pytest -m soak --soak-seeds N`` adds N more
     markets and kill sequences (``tests/conftest.py``)."""
-    seed = soak_seed if soak_seed is not None else (23 if kind == "gigaspot" else 29)
+    seed = soak_seed if soak_seed is not None else {"gigaspot": 23, "spot": 29, "mixed": 31}[kind]
     soak = Soak(tmp_path, kind, faults, seed=seed)
     try:
         soak.start()
@@ -183,7 +189,9 @@ def test_soak_with_kills_and_restarts(tmp_path, monkeypatch, kind, faults, soak_
         soak.settle()
         report = assert_invariants(soak.market, soak.database)
         assert report.open_at_exchange > 0  # it held something at the end
-        assert len(soak.kills) >= HOURS, soak.kills  # it was killed again and again
+        # it was killed again and again (the fixed seeds; another seed's kill points may fall
+        # on calls and steps its run never makes)
+        assert len(soak.kills) >= (HOURS if soak_seed is None else 1), soak.kills
         if faults:
             assert sum(report.faults.values()) > 20, report.faults
     finally:
