@@ -3,12 +3,15 @@
 A server where a rival answers every raise (a NiceHashBot-style ratchet) costs more than its price
 today says: each answer means another raise, another preemption, another order's cooldown. One
 ``MarketMemory`` per target watches the best rival's price on the target's candidates at every
-decision, live and in backtests alike (``bidder.view.build_target_view`` feeds it), and keeps two
-exponentially decayed rates per server:
+decision, live and in backtests alike (``bidder.view.build_target_view`` feeds it), and keeps
+three exponentially decayed rates per server and a recent high:
 
 - ``raises_per_hour``: the best rival's price went up (a rival raised, or a dearer bid took over);
 - ``hands_per_hour``: the best bid changed hands otherwise (a rival arrived, left, or a cheaper bid
   became the best one because the best left);
+- ``falls_per_hour``: of those, the best rival's price went down (a rival lowered, or a cheaper bid
+  took over): a ratchet's steps down. A rival that only comes and goes (a flickering listing) has
+  hands but no falls, so it does not look like a saw;
 - ``rival_high``: the best rival's highest price over the last ``HIGH_WINDOW`` (six hours; NaN: no
   rival seen in it). A ratchet's price is a saw: its low points are cheap to beat, but holding the
   server means staying above its jumps, so what a server costs to hold is its recent high.
@@ -39,6 +42,7 @@ class Contest(NamedTuple):
     raises_per_hour: np.ndarray
     hands_per_hour: np.ndarray
     rival_high: np.ndarray
+    falls_per_hour: np.ndarray
 
 
 class MarketMemory:
@@ -54,19 +58,21 @@ class MarketMemory:
         self._price = np.empty(0)
         self._raises = np.empty(0)
         self._hands = np.empty(0)
+        self._falls = np.empty(0)
         self._first = np.empty(0)
         self._at: float | None = None
 
     def observe(self, now: float, server_id: np.ndarray, rival_price: np.ndarray) -> Contest:
         """Take in the best rival's price (NaN: none) on ``server_id`` now (distinct ids, as a
-        view's servers are); return their raises and hands per hour and the rival's recent high,
-        as of now."""
+        view's servers are); return their raises, hands and falls per hour and the rival's recent
+        high, as of now."""
         ids = np.asarray(server_id, dtype=np.int64)
         self._add(ids, now)
         if self._at is not None and now > self._at:
             w = math.exp(-(now - self._at) / self.tau)
             self._raises *= w
             self._hands *= w
+            self._falls *= w
         self._at = now if self._at is None else max(self._at, now)
         pos = self._ids.searchsorted(ids)
         before, price = self._price[pos], np.asarray(rival_price, dtype=np.float64)
@@ -79,19 +85,17 @@ class MarketMemory:
         # a view's servers are distinct, so ``pos`` holds no position twice: a plain indexed add
         self._raises[pos] += raised & seen
         self._hands[pos] += ((had != has) | fell) & seen
+        self._falls[pos] += fell & seen
         self._price[pos] = price
         slot = self._roll(now)
         newest = np.fmax(self._highs[pos, slot], price)
         self._highs[pos, slot] = newest
         high = np.fmax(self._older[pos], newest)  # NaN only where no rival was seen
-        raises, hands = self.rates(pos, now)
-        return Contest(raises, hands, high)
-
-    def rates(self, pos: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
         age = np.maximum(now - self._first[pos], 0.0)
         window = self.tau * -np.expm1(-age / self.tau)  # the decayed time observed
         hours = np.maximum(window, 60.0) / 3600.0
-        return self._raises[pos] / hours, self._hands[pos] / hours
+        return Contest(self._raises[pos] / hours, self._hands[pos] / hours, high,
+                       self._falls[pos] / hours)
 
     def _roll(self, now: float) -> int:
         """The ring slot of ``now``'s bucket, clearing buckets older than the window."""
@@ -124,6 +128,7 @@ class MarketMemory:
         self._price = np.concatenate([self._price, np.full(k, np.nan)])[order]
         self._raises = np.concatenate([self._raises, np.zeros(k)])[order]
         self._hands = np.concatenate([self._hands, np.zeros(k)])[order]
+        self._falls = np.concatenate([self._falls, np.zeros(k)])[order]
         self._first = np.concatenate([self._first, np.full(k, now)])[order]
         self._highs = np.concatenate([self._highs, np.full((k, HIGH_BUCKETS + 1), np.nan)])[order]
         self._older = np.concatenate([self._older, np.full(k, np.nan)])[order]

@@ -127,7 +127,7 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     an order of this target there) let the strategy avoid buying back what it just left.
     ``memory`` (one per target, kept between decisions) takes in the rivals' prices now and gives
     each candidate how contested it has been (``raises_per_hour``, ``hands_per_hour``,
-    ``rival_high``).
+    ``falls_per_hour``, ``rival_high``).
     ``watching``: a spot target's first watch-list round is not complete yet (no creates).
     Servers of our orders are always rows: ``eligible`` False when they no longer match, NaN data
     when they are not in the frame at all.
@@ -189,7 +189,8 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
         columns = _append_absent(columns, absent, cap)
     if memory is not None:
         contest = memory.observe(now, columns["server_id"], columns["rival_price"])
-        columns["raises_per_hour"], columns["hands_per_hour"], columns["rival_high"] = contest
+        columns["raises_per_hour"], columns["hands_per_hour"], columns["rival_high"], \
+            columns["falls_per_hour"] = contest
     return TargetView(now=now, target=spec, candidates=Candidates(**columns), orders=tuple(orders),
                       usd_per_unit=usd_per_unit,
                       recent_wins=np.empty(0) if recent_wins is None else recent_wins,

@@ -89,7 +89,11 @@ class Candidates:
     """float64: how often the best rival's price went up lately (``bidder.memory``); None when
     the caller keeps no market memory"""
     hands_per_hour: np.ndarray | None = None
-    """float64: how often the best bid changed hands otherwise lately (a rival arriving, leaving)"""
+    """float64: how often the best bid changed hands otherwise lately (a rival arriving, leaving,
+    or a cheaper bid taking over)"""
+    falls_per_hour: np.ndarray | None = None
+    """float64: of those, how often the best rival's price went down lately (a ratchet's steps
+    down; a rival only coming and going has none)"""
     rival_high: np.ndarray | None = None
     """float64: the best rival's highest price over the last six hours (``bidder.memory``; NaN: no
     rival in that time): what staying above a saw-tooth rival costs"""
@@ -211,7 +215,8 @@ class Strategy(ABC):
     """Seconds of recent winning prices the strategy wants in ``TargetView.recent_wins``."""
     uses_memory: bool = False
     """True when ``decide`` looks at how contested servers are (``Candidates.raises_per_hour``,
-    ``hands_per_hour``): the caller then keeps a market memory for the target."""
+    ``hands_per_hour``, ``falls_per_hour``, ``rival_high``): the caller then keeps a market
+    memory for the target."""
 
     def __init__(self, **params: Any) -> None:
         self.params = type(self).Params(**params)

@@ -12,12 +12,15 @@ from strategies.base import DesiredBid, Strategy, TargetView, hold_cheapest
 
 
 SAW_FALLS = 2.0
-"""``contested_at`` holds above a rival's high only where the rival's price is a saw: it falls (or
-otherwise changes hands) at least this many times for each raise. A NiceHashBot-style bot steps
-down every few minutes between jumps back up (about five falls a raise); a rival repricing at
-random moves up as often as down, and its six-hour high is only noise above its price (in
-``bench_backtest``'s market, where every server's rivals jitter so, holding above their highs cost
-3.2 % more for 0.4 points of availability; with this test it costs nothing more and holds more)."""
+"""``contested_at`` holds above a rival's high only where the rival's price is a saw: it falls at
+least this many times for each raise. A NiceHashBot-style bot steps down every few minutes
+between jumps back up (about five falls a raise); a rival repricing at random moves up as often
+as down, and its six-hour high is only noise above its price (in ``bench_backtest``'s market,
+where every server's rivals jitter so, holding above their highs cost 3.2 % more for 0.4 points
+of availability; with this test it costs nothing more and holds more). Only falls count: a rival
+that comes and goes (a flickering listing) changes hands without being a saw (counting its
+comings and goings made the memory setting 71 % dearer per held step on the regression
+fixture's spot market, 15 % without them)."""
 
 
 class Outbid(Strategy):
@@ -57,7 +60,7 @@ class Outbid(Strategy):
         near-equal quiet server wins and the escalation stops."""
         contested_at: float = Field(0.0, ge=0)
         """With market memory: a server whose best rival moved (``raises_per_hour`` plus
-        ``hands_per_hour``) at least this often an hour lately, falling at least ``SAW_FALLS``
+        ``falls_per_hour``) at least this often an hour lately, falling at least ``SAW_FALLS``
         times for each raise, is valued at what holding it costs, not at its price now (0: off).
         A ratchet's price is a saw; a bid at its low points is lost at its next jump back up. On
         such a server the bid is at least the rival's high of the last six hours (``rival_high``)
@@ -65,8 +68,8 @@ class Outbid(Strategy):
         server cheaper than a contested one's high wins. A bot repricing at the exchange's pace
         moves about six times an hour, a host repricing now and then far less than once: 2 tells
         them apart. Off by default: on short random-walk markets (the regression fixture's) the
-        memory setting pays up to 10 % more on GigaSPOT, 71 % on spot, for a little more
-        availability, and market memory slows a backtest by about a quarter (README)."""
+        memory setting pays up to 4 % more per held step on GigaSPOT and 15 % on spot, and market
+        memory slows a backtest by about a quarter (README)."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -101,11 +104,11 @@ class Outbid(Strategy):
         """What holding each server takes: ``want``, or on a contested server (``contested_at``)
         the rival's recent high plus ``tick`` when that is more."""
         c = view.candidates
-        if not self.params.contested_at or c.raises_per_hour is None or c.hands_per_hour is None \
+        if not self.params.contested_at or c.raises_per_hour is None or c.falls_per_hour is None \
                 or c.rival_high is None:
             return want
-        raises, hands = np.fmax(c.raises_per_hour, 0.0), np.fmax(c.hands_per_hour, 0.0)
-        contested = (raises + hands >= self.params.contested_at) & (hands >= SAW_FALLS * raises)
+        raises, falls = np.fmax(c.raises_per_hour, 0.0), np.fmax(c.falls_per_hour, 0.0)
+        contested = (raises + falls >= self.params.contested_at) & (falls >= SAW_FALLS * raises)
         high = np.where(contested, np.fmax(c.rival_high, 0.0) + self.params.tick, 0.0)
         return np.maximum(want, high)
 

@@ -39,7 +39,7 @@ class Watch(Strategy):
     def decide(self, view: TargetView, **kwargs: Any) -> list[DesiredBid]:
         c = view.candidates
         SEEN.append((view.now, c.server_id.copy(), c.raises_per_hour.copy(),
-                     c.hands_per_hour.copy(), c.rival_high.copy()))
+                     c.hands_per_hour.copy(), c.rival_high.copy(), c.falls_per_hour.copy()))
         return []
 
 
@@ -69,7 +69,7 @@ def test_backtest_and_live_views_carry_the_same_market_memory():
 
     target = cfg.targets[0]
     live = MarketMemory()
-    for t, (now, ids, raises, hands, high) in enumerate(SEEN):
+    for t, (now, ids, raises, hands, high, falls) in enumerate(SEEN):
         assert now == pytest.approx(T0 + 60.0 * t)
         servers = [Server(i + 1, floors={CLORE: 1.0}, pl=(100.0, 450.0), energy=0.1,
                           bids=[] if np.isnan(p) else [Bid(float(p), pl=200.0)])
@@ -80,8 +80,12 @@ def test_backtest_and_live_views_carry_the_same_market_memory():
         assert c.server_id.tolist() == ids.tolist()
         np.testing.assert_allclose(c.raises_per_hour, raises, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(c.hands_per_hour, hands, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(c.falls_per_hour, falls, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(c.rival_high, high, rtol=1e-9, equal_nan=True)
     # the figures are the market's, not zeros: the saw is seen as contested, its high kept
-    last_raises, last_high = SEEN[-1][2], SEEN[-1][4]
+    last_raises, last_hands, last_high, last_falls = SEEN[-1][2], SEEN[-1][3], SEEN[-1][4], \
+        SEEN[-1][5]
     assert last_raises[0] > 0.5 and last_raises[1] < 0.5
+    # the saw steps down; the rival now and then only comes and goes: hands, no falls
+    assert last_falls[0] > 2 * last_raises[0] and last_falls[2] == 0.0 < last_hands[2]
     assert last_high[0] >= 20.0 > rival[-1, 0]

@@ -18,18 +18,32 @@ def test_raises_and_changes_of_hands_are_counted_per_server():
     memory.observe(NOW, ids, np.array([5.0, np.nan]))  # first look: no events
     for k in range(1, 7):  # an hour: server 7's rival raises every 10 minutes
         memory.observe(NOW + 600 * k, ids, np.array([5.0 + k, np.nan]))
-    raises, hands, _ = memory.observe(NOW + 3600, np.array([3, 7, 9]),
-                                   np.array([4.0, 11.0, 2.0]))  # 3 gets a rival, 9 is new
+    raises, hands, _, falls = memory.observe(NOW + 3600, np.array([3, 7, 9]),
+                                             np.array([4.0, 11.0, 2.0]))  # 3 gets a rival, 9 new
     assert raises.tolist() == pytest.approx([0.0, 6.0, 0.0], abs=0.01)
     assert hands.tolist() == pytest.approx([1.0, 0.0, 0.0], abs=0.01)
+    assert falls.tolist() == pytest.approx([0.0, 0.0, 0.0], abs=0.01)  # an arrival is no fall
+
+
+def test_a_rival_coming_and_going_changes_hands_but_only_a_lower_price_is_a_fall():
+    memory = MarketMemory(half_life=1e9)
+    ids = np.array([1, 2])
+    memory.observe(NOW, ids, np.array([10.0, 10.0]))
+    contest = None
+    for k in range(1, 7):  # an hour: 1's rival steps down every 10 minutes; 2's comes and goes
+        contest = memory.observe(NOW + 600 * k, ids,
+                                 np.array([10.0 * 0.9 ** k, np.nan if k % 2 else 10.0]))
+    assert contest.falls_per_hour.tolist() == pytest.approx([6.0, 0.0], abs=0.01)
+    assert contest.hands_per_hour.tolist() == pytest.approx([6.0, 6.0], abs=0.01)
+    assert contest.raises_per_hour.tolist() == pytest.approx([0.0, 0.0], abs=0.01)
 
 
 def test_old_events_fade():
     memory = MarketMemory(half_life=3600.0)
     memory.observe(NOW, np.array([1]), np.array([1.0]))
     memory.observe(NOW + 60, np.array([1]), np.array([2.0]))
-    early, _, _ = memory.observe(NOW + 120, np.array([1]), np.array([2.0]))
-    late, _, _ = memory.observe(NOW + 120 + 6 * 3600, np.array([1]), np.array([2.0]))
+    early = memory.observe(NOW + 120, np.array([1]), np.array([2.0])).raises_per_hour
+    late = memory.observe(NOW + 120 + 6 * 3600, np.array([1]), np.array([2.0])).raises_per_hour
     assert late[0] < early[0] / 10
 
 
@@ -82,13 +96,15 @@ def test_the_rival_high_is_the_best_rivals_highest_price_over_the_window():
     assert memory.observe(NOW + 6000, np.array([5]), np.array([4.0])).rival_high[0] == 4.0
 
 
-def _contested(view, moves, high, falls_per_raise=5.0):
+def _contested(view, moves, high, falls_per_raise=5.0, comings_and_goings=0.0):
     """``moves`` an hour on each server, split into raises and falls as a saw's are (a ratchet
-    bot steps down about five times for each jump back up)."""
+    bot steps down about five times for each jump back up), and ``comings_and_goings`` an hour of
+    a rival arriving or leaving (hands changing without a fall)."""
     moves = np.array(moves, dtype=float)
     raises = moves / (1.0 + falls_per_raise)
     return replace(view, candidates=replace(
-        view.candidates, raises_per_hour=raises, hands_per_hour=moves - raises,
+        view.candidates, raises_per_hour=raises, falls_per_hour=moves - raises,
+        hands_per_hour=moves - raises + comings_and_goings,
         rival_high=np.array(high, dtype=float)))
 
 
@@ -118,6 +134,20 @@ def test_a_rival_jittering_up_as_often_as_down_is_no_saw_its_price_now_counts():
     assert bids(Outbid(tick=0.5, contested_at=2.0).decide(jitter)) == {1: 10.5}
     saw = _contested(make_view(rows), moves=[7.0, 0.0], high=[16.0, 12.0], falls_per_raise=3.0)
     assert bids(Outbid(tick=0.5, contested_at=2.0).decide(saw)) == {2: 12.5}
+
+
+def test_a_rival_coming_and_going_is_no_saw_its_price_now_counts():
+    """A flickering listing changes hands every few minutes without ever stepping down: it does
+    not make a server contested (it made the memory setting 71 % dearer per held step on the
+    regression fixture's spot market, whose rivals come and go at random)."""
+    rows = [{"id": 1, "threshold": 10.0}, {"id": 2, "threshold": 12.0}]
+    holder = Outbid(tick=0.5, contested_at=2.0)
+    flicker = _contested(make_view(rows), moves=[0.6, 0.0], high=[16.0, 12.0],
+                         comings_and_goings=6.0)
+    assert bids(holder.decide(flicker)) == {1: 10.5}
+    # the same hands, as steps down: a saw
+    saw = _contested(make_view(rows), moves=[6.6, 0.0], high=[16.0, 12.0])
+    assert bids(holder.decide(saw)) == {2: 12.5}
 
 
 def test_outbid_holding_above_a_high_never_bids_over_the_cap():
