@@ -188,9 +188,8 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     if absent:
         columns = _append_absent(columns, absent, cap)
     if memory is not None:
-        contest = memory.observe(now, columns["server_id"], columns["rival_price"])
-        columns["raises_per_hour"], columns["hands_per_hour"], columns["rival_high"], \
-            columns["falls_per_hour"] = contest
+        # its fields are Candidates' (raises_per_hour, hands_per_hour, rival_high, falls_per_hour)
+        columns.update(memory.observe(now, columns["server_id"], columns["rival_price"])._asdict())
     return TargetView(now=now, target=spec, candidates=Candidates(**columns), orders=tuple(orders),
                       usd_per_unit=usd_per_unit,
                       recent_wins=np.empty(0) if recent_wins is None else recent_wins,
