@@ -402,4 +402,8 @@ def _blocked(view: TargetView, held: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     rows = view.candidates.rows_of(ids)
     rows = rows[rows >= 0]
-    return rows[~np.isin(rows, held)]
+    if not len(held):
+        return rows
+    ours = np.zeros(len(view.candidates), dtype=bool)  # a mask: np.isin sorts, at every decision
+    ours[held] = True
+    return rows[~ours[rows]]

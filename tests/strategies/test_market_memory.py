@@ -154,3 +154,27 @@ def test_outbid_holding_above_a_high_never_bids_over_the_cap():
     rows = [{"id": 1, "threshold": 20.0}]
     view = _contested(make_view(rows, cap_per_gpu_day=25.0), moves=[7.0], high=[40.0])
     assert bids(Outbid(tick=0.5, contested_at=2.0).decide(view)) == {1: 25.0}
+
+
+def test_rates_stay_exact_over_months_and_candidate_sets_that_change():
+    """The counts are kept against a moving time origin (``REBASE``): over 300 days with a
+    one-day half-life it moves twice, and every rate still equals the decayed sum worked out
+    directly from the events."""
+    half_life = 86_400.0
+    memory = MarketMemory(half_life=half_life)
+    tau = half_life / np.log(2.0)
+    start, events = NOW, []
+    price = 10.0
+    for k in range(1, 300 * 4 + 1):  # every 6 hours; the rival raises every fourth look
+        now = start + k * 6 * 3600.0
+        ids = np.array([1, 2]) if k % 3 else np.array([1])  # server 2 comes and goes from view
+        if k % 4 == 0:
+            price += 1.0
+            events.append(now)
+        contest = memory.observe(now, ids, np.full(len(ids), price))
+        if k in (1, 400, 799, 1200):
+            decayed = sum(np.exp(-(now - t) / tau) for t in events)
+            watched = tau * -np.expm1(-(now - (start + 6 * 3600.0)) / tau)
+            assert contest.raises_per_hour[0] == pytest.approx(decayed / (max(watched, 60.0) / 3600.0),
+                                                               rel=1e-9)
+    assert memory._t0 is not None and memory._t0 > start + 200 * 86_400.0  # it moved
