@@ -15,19 +15,19 @@ Two GigaSPOT markets, generated here from a seed (no recording needed):
   of a server we take also answers us. The cheap servers are contested, the free ones dearer.
 
 For GPU targets of 8 and 16 (1-, 2-, 4- and 8-GPU servers) it runs, in replay and reactive mode:
-``outbid`` (the default), ``outbid`` with market memory (``MEMORY``: ``contest_penalty`` and
-``contested_at``), the baseline
-(``NiceHashBot`` below: a plugin, not a built-in) and ``fixed`` at the cap. It prints, per
-market, target and mode, the "Done means" figures of issue 11:
+``outbid`` (the default, with market memory), ``outbid`` without it (``NO_MEMORY``), the
+baseline (``NiceHashBot`` below: a plugin, not a built-in) and ``fixed`` at the cap. It prints,
+per market, target and mode, the "Done means" figures of issue 11:
 
 - outbid's cost per GPU-hour over the whole-server oracle's (<= 1.02 replay, <= 1.05 reactive),
-  and with market memory; in the war market also over the whole-server oracle of the servers no
-  bot bids on (``memory/no-bots``: the same market with those servers offline), which tells the
-  part of the gap that is the saws' troughs from the part a strategy could still win;
-- outbid's availability against the baseline's (>=) and its cost per GPU-hour (<=), without and
-  with market memory (``cost/nhb``, ``memory/nhb``), and per GPU-hour of the count asked for
-  (``asked ...``: the baseline overshoots the count with cheap servers, ``surplus nhb %``, and
-  GPUs nobody asked for make its cost per GPU-hour look lower);
+  and without market memory (``no-memory/whole``); in the war market also over the whole-server
+  oracle of the servers no bot bids on (``outbid/no-bots``: the same market with those servers
+  offline), which tells the part of the gap that is the saws' troughs from the part a strategy
+  could still win;
+- outbid's availability against the baseline's (>=) and its cost per GPU-hour (<=), with and
+  without market memory (``cost/nhb``, ``no-memory/nhb``), and per GPU-hour of the count asked
+  for (``asked cost/nhb``: the baseline overshoots the count with cheap servers, ``surplus nhb
+  %``, and GPUs nobody asked for make its cost per GPU-hour look lower);
 - outbid's cost per GPU-hour over the static bid's in the quiet market (<= 0.70);
 - surplus GPU-hours as a share of held GPU-hours (<= 1 %), and rebuys within an hour (0).
 
@@ -227,12 +227,12 @@ def config(count: int) -> Config:
                      "oc": {"pl": 200}}]})
 
 
-MEMORY = "contest_penalty=0.05,contested_at=2"
-"""outbid's market-memory settings here: a server whose rival moves twice an hour or more (a bot
-repricing at the exchange's pace, not a host now and then) counts at its rival's recent high."""
+NO_MEMORY = "contested_at=0"
+"""outbid without market memory (its default until 2026-12-03): every server valued at its price
+now, a ratchet's trough included."""
 VARIANTS = [
     *expand_grid("outbid"),
-    *expand_grid(f"outbid:{MEMORY}"),
+    *expand_grid(f"outbid:{NO_MEMORY}"),
     Variant("nicehashbot", "benchmarks.bench_bidding:NiceHashBot", {}),
     *expand_grid(f"fixed:price_per_gpu_day={CAP:g}"),
 ]
@@ -286,7 +286,7 @@ def _per_asked_gpu_hour(row: dict[str, Any]) -> float:
 def _figures(kind: str, count: int, mode: str, by: dict[tuple[str, str], dict[str, Any]],
              no_bots: float | None) -> dict[str, Any]:
     out = by[("outbid", mode)]
-    memory = by[(f"outbid:{MEMORY}", mode)]
+    blind = by[(f"outbid:{NO_MEMORY}", mode)]
     nhb = by[("nicehashbot", mode)]
     static = by[(f"fixed:price_per_gpu_day={CAP:g}", mode)]
     whole = out["oracle_whole_servers_cost"] / out["oracle_whole_servers_gpu_hours"]
@@ -294,21 +294,19 @@ def _figures(kind: str, count: int, mode: str, by: dict[tuple[str, str], dict[st
     return {
         "market": kind, "target": count, "mode": mode,
         "outbid/whole": _per_gpu_hour(out) / whole,
-        "memory/whole": _per_gpu_hour(memory) / whole,
-        "memory/no-bots": _per_gpu_hour(memory) / no_bots if no_bots else nan,
-        "avail": out["availability"], "avail memory": memory["availability"],
+        "outbid/no-bots": _per_gpu_hour(out) / no_bots if no_bots else nan,
+        "no-memory/whole": _per_gpu_hour(blind) / whole,
+        "avail": out["availability"], "avail no-memory": blind["availability"],
         "avail nhb": nhb["availability"],
         "cost/nhb": _per_gpu_hour(out) / _per_gpu_hour(nhb),
-        "memory/nhb": _per_gpu_hour(memory) / _per_gpu_hour(nhb),
+        "no-memory/nhb": _per_gpu_hour(blind) / _per_gpu_hour(nhb),
         "asked cost/nhb": _per_asked_gpu_hour(out) / _per_asked_gpu_hour(nhb),
-        "asked memory/nhb": _per_asked_gpu_hour(memory) / _per_asked_gpu_hour(nhb),
         "surplus nhb %": 100 * nhb["surplus_gpu_hours"] / max(nhb["gpu_hours"], 1e-9),
         "cost/static": _per_gpu_hour(out) / _per_gpu_hour(static),
         "surplus %": 100 * out["surplus_gpu_hours"] / max(out["gpu_hours"], 1e-9),
-        "surplus memory %": 100 * memory["surplus_gpu_hours"] / max(memory["gpu_hours"], 1e-9),
-        "rebuys": out["rebuys_within_hour"], "rebuys memory": memory["rebuys_within_hour"],
-        "orders": out["orders_created"],
-        "orders memory": memory["orders_created"], "orders nhb": nhb["orders_created"],
+        "rebuys": out["rebuys_within_hour"],
+        "orders": out["orders_created"], "orders no-memory": blind["orders_created"],
+        "orders nhb": nhb["orders_created"],
         "fractional/whole": out["oracle_full_cost"] / out["oracle_whole_servers_cost"],
     }
 

@@ -11,7 +11,8 @@ three exponentially decayed rates per server and a recent high:
   became the best one because the best left);
 - ``falls_per_hour``: of those, the best rival's price went down (a rival lowered, or a cheaper bid
   took over): a ratchet's steps down. A rival that only comes and goes (a flickering listing) has
-  hands but no falls, so it does not look like a saw;
+  hands but no falls, so it does not look like a saw; ``falls_seen`` is the decayed count itself
+  (a rate from one fall seen on a server watched for a minute is no evidence);
 - ``rival_high``: the best rival's highest price over the last ``HIGH_WINDOW`` (six hours; NaN: no
   rival seen in it). A ratchet's price is a saw: its low points are cheap to beat, but holding the
   server means staying above its jumps, so what a server costs to hold is its recent high.
@@ -48,6 +49,7 @@ class Contest(NamedTuple):
     hands_per_hour: np.ndarray
     rival_high: np.ndarray
     falls_per_hour: np.ndarray
+    falls_seen: np.ndarray
 
 
 class MarketMemory:
@@ -106,8 +108,9 @@ class MarketMemory:
         # the decayed time observed, tau * (1 - exp(-age / tau)), in hours and at least a minute
         hours = np.maximum(self.tau * (1.0 - born / grow), 60.0) / 3600.0
         per_hour = 1.0 / (grow * hours)
+        falls = self._falls[pos] / grow
         return Contest(self._raises[pos] * per_hour, self._hands[pos] * per_hour, high,
-                       self._falls[pos] * per_hour)
+                       falls / hours, falls)
 
     def _events(self, now: float, pos: np.ndarray, price: np.ndarray, grow: float) -> None:
         """Count the moves since each server's last observation and keep its price. Between two

@@ -127,7 +127,7 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     an order of this target there) let the strategy avoid buying back what it just left.
     ``memory`` (one per target, kept between decisions) takes in the rivals' prices now and gives
     each candidate how contested it has been (``raises_per_hour``, ``hands_per_hour``,
-    ``falls_per_hour``, ``rival_high``).
+    ``falls_per_hour``, ``falls_seen``, ``rival_high``).
     ``watching``: a spot target's first watch-list round is not complete yet (no creates).
     Servers of our orders are always rows: ``eligible`` False when they no longer match, NaN data
     when they are not in the frame at all.
@@ -188,7 +188,8 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     if absent:
         columns = _append_absent(columns, absent, cap)
     if memory is not None:
-        # its fields are Candidates' (raises_per_hour, hands_per_hour, rival_high, falls_per_hour)
+        # its fields are Candidates' (raises_per_hour, hands_per_hour, rival_high, falls_per_hour,
+        # falls_seen)
         columns.update(memory.observe(now, columns["server_id"], columns["rival_price"])._asdict())
     return TargetView(now=now, target=spec, candidates=Candidates(**columns), orders=tuple(orders),
                       usd_per_unit=usd_per_unit,

@@ -97,6 +97,9 @@ class Candidates:
     rival_high: np.ndarray | None = None
     """float64: the best rival's highest price over the last six hours (``bidder.memory``; NaN: no
     rival in that time): what staying above a saw-tooth rival costs"""
+    falls_seen: np.ndarray | None = None
+    """float64: the falls behind ``falls_per_hour``, decayed alike: how much evidence the rate is
+    (one fall on a server watched for a minute is a rate of 60 an hour)"""
     _index: tuple[np.ndarray, np.ndarray | None] | None = field(
         default=None, init=False, repr=False, compare=False)
     """The ids sorted, and the sorting order unless they already were; built on first look-up."""
@@ -215,8 +218,8 @@ class Strategy(ABC):
     """Seconds of recent winning prices the strategy wants in ``TargetView.recent_wins``."""
     uses_memory: bool = False
     """True when ``decide`` looks at how contested servers are (``Candidates.raises_per_hour``,
-    ``hands_per_hour``, ``falls_per_hour``, ``rival_high``): the caller then keeps a market
-    memory for the target."""
+    ``hands_per_hour``, ``falls_per_hour``, ``falls_seen``, ``rival_high``): the caller then
+    keeps a market memory for the target."""
 
     def __init__(self, **params: Any) -> None:
         self.params = type(self).Params(**params)

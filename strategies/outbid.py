@@ -19,8 +19,17 @@ as down, and its six-hour high is only noise above its price (in ``bench_backtes
 where every server's rivals jitter so, holding above their highs cost 3.2 % more for 0.4 points
 of availability; with this test it costs nothing more and holds more). Only falls count: a rival
 that comes and goes (a flickering listing) changes hands without being a saw (counting its
-comings and goings made the memory setting 71 % dearer per held step on the regression
-fixture's spot market, 15 % without them)."""
+comings and goings made ``contested_at=2,contest_penalty=0.05`` 71 % dearer per held step on the
+regression fixture's spot market, 15 % without them)."""
+
+
+SAW_EVIDENCE = 2.0
+"""``contested_at`` also wants the falls remembered (``falls_seen``, decayed) to add up to this:
+one fall on a server watched for a minute is a rate of 60 an hour. Decayed, two falls are a little
+less than 2, so it takes a third unless the first two came at once; a ratchet shows three within
+30 minutes, while a server just come into view (spot polls reach servers one by one) whose rival
+moved once or twice does not count. Without it, the regression fixture's spot market cost 4.3 %
+more per held step than without market memory; with it, the same."""
 
 
 class Outbid(Strategy):
@@ -35,7 +44,10 @@ class Outbid(Strategy):
     Servers are chosen as the cheapest whole-server cover of the count. Moving has a price, so a
     server it holds counts ``switch_margin`` cheaper than the others, a new one carries its
     creation fee spread over ``payback_hours``, and a held order that cannot come down yet (the
-    cooldown, the learned step) counts at what it will really pay over that horizon.
+    cooldown, the learned step) counts at what it will really pay over that horizon. With
+    market memory (``contested_at``, on by default) a server whose rival's price is a
+    NiceHashBot-style saw counts at the saw's recent high, so it is not bought at a trough only
+    to be lost at the next jump.
     """
 
     name = "outbid"
@@ -58,18 +70,20 @@ class Outbid(Strategy):
         (0: off), and a new order there must pay its creation fee back before the rival's next
         raise is due (``1 / raises_per_hour``). Against a rival that answers every raise, a
         near-equal quiet server wins and the escalation stops."""
-        contested_at: float = Field(0.0, ge=0)
+        contested_at: float = Field(2.0, ge=0)
         """With market memory: a server whose best rival moved (``raises_per_hour`` plus
         ``falls_per_hour``) at least this often an hour lately, falling at least ``SAW_FALLS``
-        times for each raise, is valued at what holding it costs, not at its price now (0: off).
-        A ratchet's price is a saw; a bid at its low points is lost at its next jump back up. On
-        such a server the bid is at least the rival's high of the last six hours (``rival_high``)
-        plus ``tick``, never above the cap, and servers are chosen by that price, so a quiet
-        server cheaper than a contested one's high wins. A bot repricing at the exchange's pace
-        moves about six times an hour, a host repricing now and then far less than once: 2 tells
-        them apart. Off by default: on short random-walk markets (the regression fixture's) the
-        memory setting pays up to 4 % more per held step on GigaSPOT and 15 % on spot, and market
-        memory slows a backtest by about a quarter (README)."""
+        times for each raise and ``SAW_EVIDENCE`` times in all, is valued at what holding it
+        costs, not at its price now (0: off). A ratchet's price is a saw; a bid at its low points
+        is lost at its next jump back up. On such a server the bid is at least the rival's high
+        of the last six hours (``rival_high``) plus ``tick``, never above the cap, and servers
+        are chosen by that price, so a quiet server cheaper than a contested one's high wins. A
+        bot repricing at the exchange's pace moves about six times an hour, a host repricing now
+        and then far less than once: 2 tells them apart. The default since 2026-12-03: against
+        ratchet bots (``bench_bidding``'s war market) it holds the baseline's availability where
+        0 holds 2-3 points less; where rivals only jitter (``bench_backtest``'s market) it
+        changes nothing; on the regression fixture's short random walks it costs from 1 % less to
+        6 % more per held step on GigaSPOT and the same on spot (README)."""
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -109,6 +123,8 @@ class Outbid(Strategy):
             return want
         raises, falls = np.fmax(c.raises_per_hour, 0.0), np.fmax(c.falls_per_hour, 0.0)
         contested = (raises + falls >= self.params.contested_at) & (falls >= SAW_FALLS * raises)
+        if c.falls_seen is not None:
+            contested &= c.falls_seen >= SAW_EVIDENCE
         high = np.where(contested, np.fmax(c.rival_high, 0.0) + self.params.tick, 0.0)
         return np.maximum(want, high)
 

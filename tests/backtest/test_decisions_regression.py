@@ -56,12 +56,16 @@ GIGASPOT = {
     ],
 }
 VARIANTS = [
-    *expand_grid("outbid"),
-    *expand_grid("outbid:tick=0.05,switch_margin=0.3"),
+    *expand_grid("outbid:contested_at=0"),
+    *expand_grid("outbid:tick=0.05,switch_margin=0.3,contested_at=0"),
     *expand_grid("fixed:price_per_gpu_day=8"),
     *expand_grid("percentile:quantile=0.6,history_window=10800"),
-    *expand_grid("profit:revenue_per_gpu_day=0.3,revenue_currency=USD,margin=0.1"),
+    *expand_grid("profit:revenue_per_gpu_day=0.3,revenue_currency=USD,margin=0.1,contested_at=0"),
+    *expand_grid("outbid"),
 ]
+"""The ``outbid`` and ``profit`` runs were recorded without ``contested_at`` before market memory
+became outbid's default (2026-12-03): ``contested_at=0`` keeps their decisions, and ``outbid``'s
+default with market memory was added then."""
 REACTIVE = RunSettings(reactive=ReactiveSettings(seed=11))
 
 
@@ -178,7 +182,8 @@ def capture(folder: Path) -> dict[str, Any]:
                                    extra_servers={"gigaspot": [20_003]})
         jobs = [(f"{v.label} replay", v, "replay", {}) for v in VARIANTS]
         if allocation == "host_profit":
-            jobs += [(f"{v.label} reactive", v, "reactive", {}) for v in (VARIANTS[0], VARIANTS[4])]
+            jobs += [(f"{v.label} reactive", v, "reactive", {})
+                     for v in (VARIANTS[0], VARIANTS[4], VARIANTS[5])]
             session_start = [StartingOrder("big", 20_003, 30.0, created_at=T0 - 600,
                                            order_id=9001),
                              StartingOrder("big", int(history.markets["gigaspot"].server_id[0]),
@@ -187,7 +192,7 @@ def capture(folder: Path) -> dict[str, Any]:
             jobs.append(("outbid live session", VARIANTS[0], "replay",
                          {"decision_times": times, "starting_orders": session_start}))
         else:
-            jobs = jobs[:3]
+            jobs = [*jobs[:3], jobs[5]]
         result[allocation] = {"history": history_summary(history),
                               **_runs(history, cfg, jobs)}
 
@@ -201,7 +206,7 @@ def capture(folder: Path) -> dict[str, Any]:
                       new_bid_when_price_changes=True)
     cfg = spot_config(count=5, cap=6.0, market="spot", fee=0.025, creation_fee=0.1)
     result["spot"] = _runs(spot, cfg, [(f"{v.label} {mode}", v, mode, {})
-                                       for v in (VARIANTS[0], VARIANTS[2])
+                                       for v in (VARIANTS[0], VARIANTS[2], VARIANTS[5])
                                        for mode in ("replay", "reactive")])
     return result
 

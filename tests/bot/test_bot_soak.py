@@ -41,12 +41,13 @@ STEP_KILLS = ["_found", "_sync", "_adopt", "_reopen", "_give_up"]
 
 
 def soak_config(kind: str):
-    """One GigaSPOT or one spot target; ``mixed``: two GigaSPOT targets after the same machines
-    (one with market memory) and a spot target, under one budget."""
+    """One GigaSPOT or one spot target (outbid's default: market memory); ``mixed``: two GigaSPOT
+    targets after the same machines (one without market memory, one with a contest penalty) and
+    a spot target, under one budget."""
     giga = giga_target(count=4, max_price_per_gpu_day=60.0, strategy_params={"tick": 0.5})
     spot = spot_target(count=3, max_price_per_gpu_day=300.0, strategy_params={"tick": 1.0})
     targets = {"gigaspot": [giga], "spot": [spot]}.get(kind) or [
-        giga, {**spot, "count": 2},
+        {**giga, "strategy_params": {"tick": 0.5, "contested_at": 0}}, {**spot, "count": 2},
         giga_target(name="g2", count=2, max_price_per_gpu_day=45.0,
                     strategy_params={"tick": 0.3, "contested_at": 2, "contest_penalty": 0.05})]
     return make_config(*targets, budget=BUDGET, bot={"decide_interval": 30.0},

@@ -18,7 +18,7 @@ def test_raises_and_changes_of_hands_are_counted_per_server():
     memory.observe(NOW, ids, np.array([5.0, np.nan]))  # first look: no events
     for k in range(1, 7):  # an hour: server 7's rival raises every 10 minutes
         memory.observe(NOW + 600 * k, ids, np.array([5.0 + k, np.nan]))
-    raises, hands, _, falls = memory.observe(NOW + 3600, np.array([3, 7, 9]),
+    raises, hands, _, falls, _ = memory.observe(NOW + 3600, np.array([3, 7, 9]),
                                              np.array([4.0, 11.0, 2.0]))  # 3 gets a rival, 9 new
     assert raises.tolist() == pytest.approx([0.0, 6.0, 0.0], abs=0.01)
     assert hands.tolist() == pytest.approx([1.0, 0.0, 0.0], abs=0.01)
@@ -52,7 +52,7 @@ def test_outbid_with_a_contest_penalty_leaves_a_ratchet_for_a_quiet_server():
     view = make_view(rows, orders=(held(1, 12.5, state="outbid"),))
     contested = replace(view, candidates=replace(
         view.candidates, raises_per_hour=np.array([6.0, 0.0]), hands_per_hour=np.zeros(2)))
-    plain = Outbid(tick=0.5, switch_margin=0.1)
+    plain = Outbid(tick=0.5, switch_margin=0.1, contested_at=0)
     assert not plain.uses_memory
     assert bids(plain.decide(contested)) == {1: 12.5}  # keeps escalating
     wary = Outbid(tick=0.5, switch_margin=0.1, contest_penalty=0.05)
@@ -70,8 +70,9 @@ def test_a_new_order_on_a_contested_server_must_repay_its_fee_before_the_next_ra
     view = replace(view, target=replace(view.target, creation_fee=0.01),
                    candidates=replace(view.candidates, raises_per_hour=np.array([2.0, 0.0]),
                                       hands_per_hour=np.zeros(2)))
-    assert bids(Outbid(tick=0.5).decide(view)) == {1: 12.1}  # no memory: the price alone
-    wary = Outbid(tick=0.5, contest_penalty=1e-6)  # the raise rate counts only through the fee
+    assert bids(Outbid(tick=0.5, contested_at=0).decide(view)) == {1: 12.1}  # the price alone
+    # the raise rate counts only through the fee
+    wary = Outbid(tick=0.5, contest_penalty=1e-6, contested_at=0)
     assert bids(wary.decide(view)) == {2: 12.3}
     calm = replace(view, candidates=replace(view.candidates, raises_per_hour=np.zeros(2)))
     assert bids(wary.decide(calm)) == {1: 12.1}
@@ -113,9 +114,10 @@ def test_outbid_values_a_contested_server_at_its_rivals_recent_high():
     # is quiet at 12: holding 1 costs 16.5, holding 2 costs 12.5
     rows = [{"id": 1, "threshold": 10.0}, {"id": 2, "threshold": 12.0}]
     view = _contested(make_view(rows), moves=[7.0, 0.0], high=[16.0, 12.0])
-    assert bids(Outbid(tick=0.5).decide(view)) == {1: 10.5}  # the trough: lost at the next jump
-    holder = Outbid(tick=0.5, contested_at=2.0)
-    assert holder.uses_memory
+    # without market memory: the trough, lost at the next jump
+    assert bids(Outbid(tick=0.5, contested_at=0).decide(view)) == {1: 10.5}
+    holder = Outbid(tick=0.5)  # the default: contested_at=2
+    assert holder.uses_memory and holder.params.contested_at == 2.0
     assert bids(holder.decide(view)) == {2: 12.5}
     # where the contested server is still the cheapest to hold, bid above the rival's high, so
     # its next jump back up does not take the server
@@ -124,6 +126,28 @@ def test_outbid_values_a_contested_server_at_its_rivals_recent_high():
     # a rival that repriced once lately is no ratchet: the price now counts
     calm = _contested(make_view(rows), moves=[0.3, 0.0], high=[16.0, 12.0])
     assert bids(holder.decide(calm)) == {1: 10.5}
+
+
+def test_a_fall_or_two_on_a_server_just_seen_is_no_saw_three_are():
+    """A rate from one fall on a server watched for a minute is 60 an hour: ``SAW_EVIDENCE``
+    wants falls adding up to 2 after decay (a third, unless two came at once) before outbid holds
+    above the rival's high."""
+    memory = MarketMemory()
+    views = []
+    for k, rival in enumerate([14.0, 13.0, 12.0, 11.0]):  # a ratchet stepping down from its top
+        contest = memory.observe(NOW + 600 * k, np.array([1, 2]), np.array([rival, 15.0]))
+        view = make_view([{"id": 1, "threshold": rival}, {"id": 2, "threshold": 15.0}])
+        views.append(replace(view, candidates=replace(view.candidates, **contest._asdict())))
+    one, two, three = views[1:]
+    assert one.candidates.falls_per_hour[0] == pytest.approx(6.0, rel=0.01)
+    assert one.candidates.falls_seen[0] == pytest.approx(1.0, rel=0.01)
+    assert two.candidates.falls_seen[0] == pytest.approx(1.98, rel=0.01)
+    assert bids(Outbid(tick=0.5).decide(one)) == {1: 13.5}  # its price now counts
+    assert bids(Outbid(tick=0.5).decide(two)) == {1: 12.5}
+    # three falls: a saw, held above its high (14.5), still cheaper than the quiet server (15.5)
+    assert three.candidates.falls_seen[0] > 2.0
+    assert bids(Outbid(tick=0.5).decide(three)) == {1: 14.5}
+    assert bids(Outbid(tick=0.5, contested_at=0).decide(three)) == {1: 11.5}
 
 
 def test_a_rival_jittering_up_as_often_as_down_is_no_saw_its_price_now_counts():
@@ -175,6 +199,6 @@ def test_rates_stay_exact_over_months_and_candidate_sets_that_change():
         if k in (1, 400, 799, 1200):
             decayed = sum(np.exp(-(now - t) / tau) for t in events)
             watched = tau * -np.expm1(-(now - (start + 6 * 3600.0)) / tau)
-            assert contest.raises_per_hour[0] == pytest.approx(decayed / (max(watched, 60.0) / 3600.0),
-                                                               rel=1e-9)
+            per_hour = decayed / (max(watched, 60.0) / 3600.0)
+            assert contest.raises_per_hour[0] == pytest.approx(per_hour, rel=1e-9)
     assert memory._t0 is not None and memory._t0 > start + 200 * 86_400.0  # it moved
