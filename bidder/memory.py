@@ -83,8 +83,8 @@ class MarketMemory:
 
     def observe(self, now: float, server_id: np.ndarray, rival_price: np.ndarray) -> Contest:
         """Take in the best rival's price (NaN: none) on ``server_id`` now (distinct ids, as a
-        view's servers are); return their raises, hands and falls per hour and the rival's recent
-        high, as of now."""
+        view's servers are); return their raises, hands and falls per hour, the rival's recent
+        high and the falls remembered, as of now."""
         ids = np.asarray(server_id, dtype=np.int64)
         price = np.asarray(rival_price, dtype=np.float64)
         self._at = now if self._at is None else max(self._at, now)
