@@ -23,8 +23,10 @@ from bt_helpers import T0, config, history
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "engine"))
 from engine_frames import Bid, Server, make_frame  # noqa: E402
 
-SEEN: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-"""What ``Watch`` saw, decision by decision (this module's runs only)."""
+SEEN: list[tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                 np.ndarray]] = []
+"""What ``Watch`` saw, decision by decision (this module's runs only): time, ids, raises, hands,
+high, falls per hour, falls remembered."""
 
 
 class Watch(Strategy):
@@ -39,7 +41,8 @@ class Watch(Strategy):
     def decide(self, view: TargetView, **kwargs: Any) -> list[DesiredBid]:
         c = view.candidates
         SEEN.append((view.now, c.server_id.copy(), c.raises_per_hour.copy(),
-                     c.hands_per_hour.copy(), c.rival_high.copy(), c.falls_per_hour.copy()))
+                     c.hands_per_hour.copy(), c.rival_high.copy(), c.falls_per_hour.copy(),
+                     c.falls_seen.copy()))
         return []
 
 
@@ -69,7 +72,7 @@ def test_backtest_and_live_views_carry_the_same_market_memory():
 
     target = cfg.targets[0]
     live = MarketMemory()
-    for t, (now, ids, raises, hands, high, falls) in enumerate(SEEN):
+    for t, (now, ids, raises, hands, high, falls, seen) in enumerate(SEEN):
         assert now == pytest.approx(T0 + 60.0 * t)
         servers = [Server(i + 1, floors={CLORE: 1.0}, pl=(100.0, 450.0), energy=0.1,
                           bids=[] if np.isnan(p) else [Bid(float(p), pl=200.0)])
@@ -81,6 +84,7 @@ def test_backtest_and_live_views_carry_the_same_market_memory():
         np.testing.assert_allclose(c.raises_per_hour, raises, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(c.hands_per_hour, hands, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(c.falls_per_hour, falls, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(c.falls_seen, seen, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(c.rival_high, high, rtol=1e-9, equal_nan=True)
     # the figures are the market's, not zeros: the saw is seen as contested, its high kept
     last_raises, last_hands, last_high, last_falls = SEEN[-1][2], SEEN[-1][3], SEEN[-1][4], \
@@ -88,4 +92,5 @@ def test_backtest_and_live_views_carry_the_same_market_memory():
     assert last_raises[0] > 0.5 and last_raises[1] < 0.5
     # the saw steps down; the rival now and then only comes and goes: hands, no falls
     assert last_falls[0] > 2 * last_raises[0] and last_falls[2] == 0.0 < last_hands[2]
+    assert SEEN[-1][6][0] > 2.0  # falls enough for outbid's saw test (SAW_EVIDENCE)
     assert last_high[0] >= 20.0 > rival[-1, 0]
