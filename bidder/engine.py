@@ -52,6 +52,7 @@ from bidder.rules import Plan, TargetDecision, action_json, plan
 from bidder.spend import cost_per_day
 from bidder.memory import MarketMemory
 from bidder.view import StaticMatchCache, build_target_view
+from bidder.warmup import warm_memories
 from bidder.watchlist import listing_frame, target_candidates, watch_round_complete
 from storage.frames import MarketFrame
 from storage.history import bid_intervals
@@ -205,6 +206,8 @@ class Engine:
         self._memory = {name: MarketMemory() for name, s in self._strategies.items()
                         if s.uses_memory}
         """Per target whose strategy looks at how contested servers are."""
+        self._warmed = not self._memory
+        """Whether the memories took in the market recorded before this run (``bidder.warmup``)."""
         self._since: float | None = None
         """This run's start (``BotRun.started_at``): spot polls from then on count for a spot
         target's first watch-list round."""
@@ -237,6 +240,8 @@ class Engine:
         if not any(fresh.values()):
             return self._skip("; ".join(self._why_stale(m, frames[m], now) for m in self._markets)
                               or "no targets", frames)
+        if not self._warmed:
+            self._warm_memory()
         with self._sessions.begin() as session:
             orders = open_orders(session, dry_run=self.dry_run)
             missing = set() if self.dry_run else {
@@ -251,6 +256,23 @@ class Engine:
         execution = self.executor.execute(the_plan, views)
         self._heartbeat()
         return CycleResult(cycle_id, None, the_plan, execution)
+
+    def _warm_memory(self) -> None:
+        """Once, before the first decision: the market memory this run would have had, had it been
+        running, from the market recorded before its start; its replay does the same."""
+        self._warmed = True
+        targets = [t for t in self._config.targets if t.name in self._memory]
+        try:
+            with self._sessions() as session:
+                run = session.get(BotRun, self._run_id)
+                until = run.started_at if run is not None else self._clock.now()
+                warmed = warm_memories(session, self._config, targets, until=until)
+        except Exception as err:  # noqa: BLE001 - the bot runs on with empty memories
+            log.warning("market memory starts empty: reading the recorded market failed (%s)",
+                        type(err).__name__)
+            return
+        self._memory.update(warmed.memories)
+        log.info("%s (%s)", warmed.describe(), ", ".join(t.name for t in targets))
 
     def _skip(self, reason: str, frames: Mapping[str, MarketFrame]) -> CycleResult:
         with self._sessions.begin() as session:

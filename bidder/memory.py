@@ -17,7 +17,9 @@ three exponentially decayed rates per server and a recent high:
   rival seen in it). A ratchet's price is a saw: its low points are cheap to beat, but holding the
   server means staying above its jumps, so what a server costs to hold is its recent high.
 
-Observations are per decision, so events between two decisions count once. Pure numpy; no I/O.
+Observations are per decision, so events between two decisions count once. A run's memories
+start with the market recorded before it (``bidder.warmup``), live and in backtests alike. Pure
+numpy; no I/O.
 """
 
 from __future__ import annotations

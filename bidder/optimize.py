@@ -27,6 +27,7 @@ from bidder.backtest.metrics import target_metrics
 from bidder.backtest.oracle import Covers, bounds, covers, oracle
 from bidder.backtest.runner import RunSettings, Variant, run_variant, step_durations, steps
 from bidder.config import Config, TargetConfig
+from bidder.memory import MarketMemory
 from bidder.plain import plain
 from strategies.registry import StrategyError, load_strategy
 
@@ -176,13 +177,15 @@ class Scorer:
     mode: str
     base: Mapping[str, Any] = field(default_factory=dict)
     """Parameters every trial holds fixed (the target's ``strategy_params``); ``params`` win."""
+    memories: Mapping[str, MarketMemory] = field(default_factory=dict)
+    """The market memory each run starts with (``bidder.warmup``), when its strategy uses one."""
     _covers: Covers | None = field(default=None, init=False)
 
     def score(self, params: Mapping[str, Any]) -> dict[str, Any]:
         label = f"{self.strategy}:" + ",".join(f"{k}={v}" for k, v in params.items())
         variant = Variant(label, self.strategy, {**self.base, **params})
         run = run_variant(self.history, self.config, variant, self.settings, self.mode,
-                          targets=[self.target])
+                          targets=[self.target], memories=self.memories)
         record = run.targets[self.target.name]
         held = record.held_units
         cover = self._cover()

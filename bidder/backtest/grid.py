@@ -34,6 +34,7 @@ from bidder.backtest.runner import (
     steps,
 )
 from bidder.config import Config, TargetConfig
+from bidder.memory import MarketMemory
 from strategies.registry import StrategyError, load_strategy, parse_strategy_arg
 
 GRID_SEPARATOR = "|"
@@ -90,20 +91,22 @@ def _work(index: int) -> RunRecord:
     return run_variant(shared["history"], shared["config"], job.variant, shared["settings"],
                        job.mode, targets=shared["targets"], progress=report,
                        decision_times=shared["decision_times"],
-                       starting_orders=shared["starting_orders"])
+                       starting_orders=shared["starting_orders"], memories=shared["memories"])
 
 
 def run_backtest(history: History, config: Config, variants: Sequence[Variant],
                  settings: RunSettings, *, modes: Sequence[str], targets: Sequence[TargetConfig],
                  workers: int = 1, progress: Callable[[float], None] | None = None,
                  decision_times: Sequence[float] | None = None,
-                 starting_orders: Sequence[StartingOrder] = ()) -> BacktestResult:
+                 starting_orders: Sequence[StartingOrder] = (),
+                 memories: Mapping[str, MarketMemory] | None = None) -> BacktestResult:
     """Every variant in every mode over ``history``, on ``workers`` processes, then the oracle
-    and the metrics. ``progress(fraction_done)`` is called about five times a second."""
+    and the metrics. ``progress(fraction_done)`` is called about five times a second.
+    ``memories``: the market memory each target's strategy starts with (``bidder.warmup``)."""
     jobs = [Job(v, m) for v in variants for m in modes]
     _SHARED.update(history=history, config=config, settings=settings, targets=list(targets),
                    jobs=jobs, decision_times=decision_times,
-                   starting_orders=tuple(starting_orders))
+                   starting_orders=tuple(starting_orders), memories=dict(memories or {}))
     step_time, step_tick, _ = steps(history, config.bot.decide_interval, decision_times)
     _SHARED.update(step_tick=step_tick, step_dt=step_durations(step_time))
     # what is loaded stays for the whole backtest: out of the collector's way, it is not walked

@@ -27,6 +27,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from bidder.backtest.data import HistoryError, load_history
+from bidder.warmup import warm_memories
 from bidder.backtest.exchange import StartingOrder
 from bidder.backtest.runner import AS_CONFIGURED, DAY, RunRecord, RunSettings, run_variant
 from bidder.config import Config, ConfigError, parse_config
@@ -251,11 +252,15 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
                                extra_times=[c.seen_at for c in run.cycles])
     except HistoryError as err:
         raise ReplayDiffError(f"run {run.run_id}: {err}") from None
+    # the run's engine warmed its market memory from what was recorded before its start: so does
+    # its replay (bidder.warmup)
+    warmed = warm_memories(session, config, [t for t in config.targets if getattr(
+        AS_CONFIGURED.instance(t), "uses_memory", False)], until=run.started_at)
     record = run_variant(history, config, AS_CONFIGURED, settings, "replay",
                          decision_times=[c.at for c in run.cycles],
                          seen_at=[c.seen_at for c in run.cycles], end=run.end,
                          starting_orders=run.starting, keep_trace=True,
-                         started_at=run.started_at)
+                         started_at=run.started_at, memories=warmed.memories)
     assert record.trace is not None
     out = ReplayDiff(run)
     for cycle, (_, the_plan) in zip(run.cycles, record.trace):

@@ -14,6 +14,7 @@ live session's orders on the book first: together they replay a live session as 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -185,7 +186,8 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
                 seen_at: Sequence[float] | None = None, end: float | None = None,
                 starting_orders: Sequence[StartingOrder] = (),
                 progress: Callable[[int], None] | None = None,
-                keep_trace: bool = False, started_at: float | None = None) -> RunRecord:
+                keep_trace: bool = False, started_at: float | None = None,
+                memories: Mapping[str, MarketMemory] | None = None) -> RunRecord:
     """Replay ``history`` with ``variant`` deciding for ``targets`` (default: every configured
     target), in ``mode`` ``replay`` (rivals as recorded) or ``reactive`` (the best rivals answer).
 
@@ -193,7 +195,8 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     ``steps`` and the module docstring);
     ``progress(steps_done)`` is called now and then; ``keep_trace`` keeps every step's plan.
     ``started_at``: when the replayed bot run began (default: the first step), from which its
-    spot targets' first watch-list round counts.
+    spot targets' first watch-list round counts. ``memories``: per target, the market memory
+    its strategy starts with (``bidder.warmup``; copied, default empty).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -201,7 +204,7 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     missing = sorted({t.market for t in targets} - set(history.markets))
     if missing:
         raise ValueError(f"the history was loaded without the {', '.join(missing)} market")
-    run = _Run(history, config, variant, settings, mode, targets, keep_trace)
+    run = _Run(history, config, variant, settings, mode, targets, keep_trace, memories or {})
     run.decide_first = settings.fills == "decision" or decision_times is not None
     step_time, step_tick, decide = steps(history, config.bot.decide_interval, decision_times,
                                    seen_at, end)
@@ -233,7 +236,8 @@ class _Run:
     """The state of one run while it steps."""
 
     def __init__(self, history: History, config: Config, variant: Variant, settings: RunSettings,
-                 mode: str, targets: list[TargetConfig], keep_trace: bool) -> None:
+                 mode: str, targets: list[TargetConfig], keep_trace: bool,
+                 memories: Mapping[str, MarketMemory]) -> None:
         self.history = history
         self.config = config
         self.settings = settings
@@ -242,8 +246,8 @@ class _Run:
                         for m in sorted({t.market for t in targets})}
         self.caches = {m: StaticMatchCache() for m in self.markets}
         self.strategies = {t.name: variant.instance(t) for t in targets}
-        self.memory = {name: MarketMemory() for name, s in self.strategies.items()
-                       if getattr(s, "uses_memory", False)}
+        self.memory = {name: copy.deepcopy(memories[name]) if name in memories else MarketMemory()
+                       for name, s in self.strategies.items() if getattr(s, "uses_memory", False)}
         """Per target whose strategy looks at how contested servers are."""
         self.started: set[str] = set()
         self.started_at = 0.0

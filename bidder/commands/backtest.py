@@ -183,6 +183,7 @@ def _run(args: argparse.Namespace) -> int:
     from bidder.backtest.runner import MODES
     from bidder.config import Config, load_config
     from bidder.logs import setup_logging
+    from bidder.warmup import warm_memories
     from storage.db import open_database
 
     if not args.strategy:
@@ -220,19 +221,26 @@ def _run(args: argparse.Namespace) -> int:
                                clore_usd=args.clore_usd)
         config, fees = with_creation_fees(config, targets, recorded_creation_fees(
             session, end=float(history.time[-1])))
+        # as a bot started at the range's first tick would: what was recorded before it
+        warmed = warm_memories(session, config, [t for t in targets if any(
+            getattr(v.instance(t), "uses_memory", False) for v in variants)],
+            until=float(history.time[0]))
     targets, warnings = preflight(history, config, targets, command="backtest")
     warnings += [line.removeprefix("warning: ") for line in fee_warnings(fees)]
     progress = ProgressBar(sys.stderr, force=args.progress)  # the stream of now, not of import
     result = run_backtest(history, config, variants, settings, modes=modes, targets=targets,
-                          workers=args.workers, progress=progress)
+                          workers=args.workers, progress=progress, memories=warmed.memories)
     info = _settings(history, exchange, settings, targets, modes)
     info["clore_usd_given"] = args.clore_usd
     info["warnings"] = warnings
     info["creation_fees"] = [asdict(f) for f in fees]
+    info["memory_warmup"] = {"ticks": warmed.ticks, "since": warmed.since,
+                             "why_empty": warmed.why_empty}
     print(f"{len(targets)} target(s), {history.n_ticks:,} ticks from "
           f"{_iso(history.time[0])} to {_iso(history.time[-1])}; exchange step rule "
           f"{exchange.step_rule}, payment {exchange.payment}; creation fee "
-          f"{', '.join(f.describe() for f in fees)}; costs in each target's currency")
+          f"{', '.join(f.describe() for f in fees)}; "
+          f"{warmed.describe() + '; ' if warmed.memories else ''}costs in each target's currency")
     banner = "".join(f"WARNING: {w}\n" for w in warnings)
     print(banner + table(result.metrics) + ("\n" + banner.rstrip("\n") if banner else ""))
     if args.json is not None:

@@ -128,11 +128,14 @@ def _run(args: argparse.Namespace) -> int:
     study = _study(optuna, args, setup, storage)
     from bidder.optimize import Scorer, trial_objective
 
-    scorer = Scorer(in_sample, config, target, args.strategy, settings, args.mode, base)
+    memories = _warm(args, config, target, in_sample, held_out) \
+        if _uses_memory(args.strategy, base, dims) else ({}, {})
+    scorer = Scorer(in_sample, config, target, args.strategy, settings, args.mode, base,
+                    memories=memories[0])
     study.optimize(trial_objective(scorer, dims, args.objective, args.min_availability,
                                    _report), n_trials=args.trials)
     return _finish(optuna, study, args, setup, config, target, settings, held_out, warnings,
-                   base)
+                   base, memories[1])
 
 
 def fixed_params(target: Any, strategy: str) -> dict[str, Any]:
@@ -174,6 +177,17 @@ def _preflight(config: Any, target: Any, in_sample: Any, held_out: Any, fees: An
     return warnings + [line.removeprefix("warning: ") for line in fee_warnings(fees)]
 
 
+def _uses_memory(strategy: str, base: dict[str, Any], dims: Any) -> bool:
+    """Whether a trial's strategy may look at market memory: at the middle of the space, or
+    with one of the parameters that turn it on searched."""
+    from strategies.registry import load_strategy
+
+    if any(d.name in ("contested_at", "contest_penalty") for d in dims):
+        return True
+    middle = load_strategy(strategy, {**base, **{d.name: d.middle() for d in dims}})
+    return bool(getattr(middle, "uses_memory", False))
+
+
 def _load(args: argparse.Namespace, config: Any, target: Any, start: float | None,
           end: float | None, holdout: float | None) -> tuple[Any, Any, Any, Any]:
     """The config with the creation fee a backtest charges (the recorded one, as ``bidder
@@ -208,6 +222,26 @@ def _load(args: argparse.Namespace, config: Any, target: Any, start: float | Non
         held_out = load_history(session, [target], allocation=allocation, start=split,
                                 end=last, grid_interval=interval, clore_usd=args.clore_usd)
     return config, in_sample, held_out, fees
+
+
+def _warm(args: argparse.Namespace, config: Any, target: Any, in_sample: Any,
+          held_out: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The target's market memory as a bot started at each history's first tick would have it
+    (``bidder.warmup``: what was recorded before it), said on stderr with the trials."""
+    from bidder.warmup import warm_memories
+    from storage.db import open_database
+
+    parts = [("in-sample runs" if held_out is not None else "runs", in_sample)]
+    if held_out is not None:
+        parts.append(("held-out runs", held_out))
+    memories = []
+    with open_database(args.db or config.storage_url(), writer=False) as db, \
+            db.sessions() as session:
+        for runs, history in parts:
+            warmed = warm_memories(session, config, [target], until=float(history.time[0]))
+            print(f"{runs}: {warmed.describe()}", file=sys.stderr)
+            memories.append(warmed.memories)
+    return memories[0], memories[1] if held_out is not None else {}
 
 
 def _study(optuna: Any, args: argparse.Namespace, setup: dict[str, Any],
@@ -299,7 +333,7 @@ def _pct(v: Any) -> str:
 
 def _finish(optuna: Any, study: Any, args: argparse.Namespace, setup: dict[str, Any],
             config: Any, target: Any, settings: Any, held_out: Any, warnings: list[str],
-            base: dict[str, Any]) -> int:
+            base: dict[str, Any], held_out_memories: dict[str, Any]) -> int:
     from bidder.backtest.report import write_json
     from bidder.optimize import Scorer
 
@@ -308,7 +342,8 @@ def _finish(optuna: Any, study: Any, args: argparse.Namespace, setup: dict[str, 
         raise UsageError(f"study {study.study_name!r} has no finished trial yet (give --trials)")
     ranked = sorted(done, key=lambda t: (t.value, t.number))
     top = ranked[:TOP]
-    holdout_scorer = (Scorer(held_out, config, target, args.strategy, settings, args.mode, base)
+    holdout_scorer = (Scorer(held_out, config, target, args.strategy, settings, args.mode, base,
+                             memories=held_out_memories)
                       if held_out is not None else None)
     rows = []
     for t in top:

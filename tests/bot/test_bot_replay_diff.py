@@ -4,17 +4,21 @@ backtester, replaying what the bot saw, decides exactly what the bot decided and
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
+import bidder.backtest.replay_diff as replay_diff_module
 from bidder.backtest.replay_diff import ReplayDiffError, load_run, replay_diff
 from bidder.backtest.runner import RunSettings
 from bidder.cli import main
 from bidder.clock import ManualClock
 from bidder.sim import SimMarket, SimOptions
+from bidder.warmup import warm_memories
 from bot_helpers import KEY, START, drive, giga_target, make_config, new_bot, spot_target
 from storage.db import Database, open_database
 from storage.models import BotCycle, BotDecision, BotOrder, BotRun
@@ -148,6 +152,37 @@ def test_a_restarted_bot_replays_from_the_orders_it_found(tmp_path):
         second_started = session.get(BotRun, 2).started_at
     assert first.end < second_started  # run 1 is billed up to its own last sync, not run 2's
     assert diff_of(path, 1).differences == []
+
+
+def test_a_restarted_bot_warms_its_market_memory_and_its_replay_warms_it_alike(
+        tmp_path, caplog, monkeypatch):
+    """The engine's market memory takes in what was recorded before its run started (after a
+    restart: the first run's market); the replay of that run warms it from the same ticks."""
+    path = tmp_path / "restart.db"
+    with caplog.at_level(logging.INFO, logger="bidder.engine"):
+        record_session(path, hours=1.0, runs=2)
+    said = [r.getMessage() for r in caplog.records if "market memory" in r.getMessage()]
+    assert len(said) == 2, said
+    assert said[0].startswith("market memory starts empty: nothing recorded in the 6 h")
+    warmed = re.fullmatch(r"market memory warmed from (\d+) recorded tick\(s\) before the "
+                          r"start \(g\)", said[1])
+    assert warmed is not None and int(warmed[1]) > 60, said[1]  # the first run's snapshots
+
+    asked = []
+
+    def spy(session, config, targets, *, until):
+        result = warm_memories(session, config, targets, until=until)
+        asked.append((until, result))
+        return result
+
+    monkeypatch.setattr(replay_diff_module, "warm_memories", spy)
+    diff = diff_of(path)
+    with open_database(f"sqlite:///{path}", writer=False) as db, db.sessions() as session:
+        started = session.get(BotRun, 2).started_at
+    ((until, replayed),) = asked
+    assert until == started and replayed.ticks == int(warmed[1])
+    assert set(replayed.memories) == {"g"}
+    assert diff.run.started_at == started and diff.differences == []
 
 
 def test_the_cli_prints_the_report_and_writes_json(session_db, tmp_path, capsys):
