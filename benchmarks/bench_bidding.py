@@ -31,6 +31,11 @@ per market, target and mode, the "Done means" figures of issue 11:
 - outbid's cost per GPU-hour over the static bid's in the quiet market (<= 0.70);
 - surplus GPU-hours as a share of held GPU-hours (<= 1 %), and rebuys within an hour (0).
 
+Then a restart table: in the war market, ``outbid`` started at several points (``RESTARTS``) for
+a few hours (``--restart-hours``), its market memory warmed from the market before the start, as
+the bot does (``bidder.warmup``), or empty, as it did until 2026-12-03: availability (the first
+minute of each run is a gap either way), cost per GPU-hour (creation fees included) and orders.
+
 Backtest speed is ``bench_backtest.py``'s. Figures, not timings: the same seed gives the same table.
 """
 
@@ -52,6 +57,8 @@ from bidder.backtest.events import EventStream
 from bidder.backtest.grid import expand_grid, run_backtest
 from bidder.backtest.runner import RunSettings, Variant
 from bidder.config import CLORE, Config, parse_config
+from bidder.memory import MarketMemory
+from bidder.warmup import observe_history
 from strategies import base
 from strategies.base import DesiredBid, Strategy, TargetView
 
@@ -112,12 +119,13 @@ class NiceHashBot(Strategy):
 
 
 def market(kind: str, *, days: float, servers: int, seed: int,
-           without_bots: bool = False) -> History:
+           without_bots: bool = False, ticks: slice = slice(None)) -> History:
     """A seeded GigaSPOT market of ``servers`` servers over ``days``, one tick a minute.
 
     ``without_bots``: the same war market with every server a ratchet bot bids on offline
     throughout (the servers nobody fights over): its oracle is what holding capacity costs
-    when one never rides a saw's troughs."""
+    when one never rides a saw's troughs. ``ticks``: only those ticks of it (a run that starts
+    and ends there)."""
     rng = np.random.default_rng([seed, 0 if kind == "quiet" else 1])
     n_ticks = int(days * DAY / STEP) + 1
     time = T0 + STEP * np.arange(n_ticks)
@@ -158,7 +166,7 @@ def market(kind: str, *, days: float, servers: int, seed: int,
                 t += 1
         if without_bots:
             online[:, ratchets] = False
-    return _history(time, gpus, floor, online, rival)
+    return _history(time[ticks], gpus, floor[ticks], online[ticks], rival[ticks])
 
 
 def _stream(dense: dict[str, np.ndarray], initial: dict[str, np.ndarray]) -> EventStream:
@@ -244,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", type=int, default=80)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--restart-hours", type=float, default=RESTART_HOURS,
+                        help="hours after each restart in the restart table (0: no table)")
     args = parser.parse_args(argv)
     rows = []
     for kind in ("quiet", "war"):
@@ -260,7 +270,53 @@ def main(argv: list[str] | None = None) -> int:
             for mode in ("replay", "reactive"):
                 rows.append(_figures(kind, count, mode, by, no_bots))
     _print(rows)
+    if args.restart_hours > 0:
+        print(f"\nrestarts in the war market: outbid from {', '.join(map(str, RESTARTS))} h in, "
+              f"{args.restart_hours:g} h each, its market memory warmed (the bot's own) or empty")
+        _print(_restarts(args))
     return 0
+
+
+RESTARTS = (6, 12, 18, 24, 30, 36, 42)
+"""Hours into the war market at which the restart table's runs start."""
+RESTART_HOURS = 3.0
+
+
+def _restarts(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """outbid started at each of ``RESTARTS`` for ``restart_hours``, with its market memory
+    warmed from the market before (``bidder.warmup``: what the bot does) or empty (what it did
+    before 2026-12-03): the first hours after a restart, summed over the restarts."""
+    whole = market("war", days=args.days, servers=args.servers, seed=args.seed)
+    span = int(args.restart_hours * 3600 / STEP)
+    starts = [h * 60 for h in RESTARTS if h * 60 + span < whole.n_ticks]
+    rows = []
+    for count in (8, 16):
+        cfg = config(count)
+        target = cfg.targets[0]
+        sums: dict[tuple[str, str], list[float]] = {}
+        for start in starts:
+            part = market("war", days=args.days, servers=args.servers, seed=args.seed,
+                          ticks=slice(start, start + span + 1))
+            warmed = {target.name: MarketMemory()}
+            observe_history(whole, cfg, [target], warmed, until=float(whole.time[start]))
+            for memory, memories in (("warmed", warmed), ("empty", None)):
+                result = run_backtest(part, cfg, VARIANTS[:1], RunSettings(),
+                                      modes=("replay", "reactive"), targets=cfg.targets,
+                                      workers=1, memories=memories)
+                for m in result.metrics:
+                    t = m["targets"][0]
+                    acc = sums.setdefault((m["mode"], memory), [0.0, 0.0, 0.0, 0.0])
+                    acc[0] += t["cost"]
+                    acc[1] += t["gpu_hours"]
+                    acc[2] += t["availability"] / len(starts)
+                    acc[3] += t["orders_created"]
+        for mode in ("replay", "reactive"):
+            for memory in ("warmed", "empty"):
+                cost, gpu_hours, avail, orders = sums[(mode, memory)]
+                rows.append({"target": count, "mode": mode, "memory": memory,
+                             "restarts": len(starts), "avail": avail,
+                             "cost/GPU-h": cost / gpu_hours, "orders": int(orders)})
+    return rows
 
 
 def _per_gpu_hour(row: dict[str, Any]) -> float:
