@@ -83,6 +83,16 @@ class MarketMemory:
         """The ids of the last observation, their positions and ``_born``: a target's candidates
         rarely change between two decisions."""
 
+    @property
+    def servers(self) -> int:
+        """How many servers it has seen."""
+        return len(self._ids)
+
+    @property
+    def observed_at(self) -> float | None:
+        """Its latest observation's time (None: none yet)."""
+        return self._at
+
     def observe(self, now: float, server_id: np.ndarray, rival_price: np.ndarray) -> Contest:
         """Take in the best rival's price (NaN: none) on ``server_id`` now (distinct ids, as a
         view's servers are); return their raises, hands and falls per hour, the rival's recent

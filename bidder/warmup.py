@@ -40,6 +40,7 @@ class Warmup:
 
     memories: dict[str, MarketMemory]
     ticks: int
+    """The most recorded ticks any one target's memory observed."""
     since: float | None = None
     """The first tick observed (None: none)."""
     why_empty: str | None = None
@@ -63,16 +64,34 @@ def warm_memories(session: Session, config: Config, targets: Sequence[TargetConf
     nothing = f"nothing recorded in the {window / 3600:g} h before the start"
     if not targets:
         return Warmup(memories, 0, why_empty="no target")
-    try:
-        history = load_history(session, targets, allocation=config.markets.gigaspot.allocation,
-                               start=until - window, end=until,
-                               grid_interval=config.bot.decide_interval)
-    except HistoryError as err:  # nothing recorded then, or targets it cannot replay together
-        return Warmup(memories, 0, why_empty=nothing if str(err).startswith("no ") else str(err))
-    ticks = observe_history(history, config, targets, memories, until=until)
+    ticks, since, why = 0, None, nothing
+    for group in _groups(targets):
+        try:
+            history = load_history(session, group,
+                                   allocation=config.markets.gigaspot.allocation,
+                                   start=until - window, end=until,
+                                   grid_interval=config.bot.decide_interval)
+        except HistoryError as err:  # nothing recorded then, or nothing it can replay
+            if not str(err).startswith("no "):
+                why = str(err)
+            continue
+        seen = observe_history(history, config, group, memories, until=until)
+        if seen:
+            ticks = max(ticks, seen)
+            since = float(history.time[0]) if since is None else min(since, float(history.time[0]))
     if ticks == 0:
-        return Warmup(memories, 0, why_empty=nothing)
-    return Warmup(memories, ticks, since=float(history.time[0]))
+        return Warmup(memories, 0, why_empty=why)
+    return Warmup(memories, ticks, since=since)
+
+
+def _groups(targets: Sequence[TargetConfig]) -> list[list[TargetConfig]]:
+    """The targets in loads the history can take: GigaSPOT's together, spot's by order currency
+    (one best rival per server, ranked in one currency)."""
+    groups: dict[str, list[TargetConfig]] = {}
+    for t in targets:
+        groups.setdefault("gigaspot" if t.market == "gigaspot" else f"spot {t.currency}",
+                          []).append(t)
+    return list(groups.values())
 
 
 def observe_history(history: History, config: Config, targets: Sequence[TargetConfig],

@@ -245,9 +245,13 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
     for order in run.starting:
         market = next(t.market for t in config.targets if t.name == order.target)
         extra.setdefault(market, []).append(order.server_id)
+    # a cycle after the run's last sync (its end, for the bill) still saw newer market data: the
+    # replay needs it too, or that cycle is replayed on older data than the bot decided on
+    last_seen = max(run.end, max(c.seen_at for c in run.cycles))
     try:
         history = load_history(session, config.targets, allocation=config.markets.gigaspot.allocation,
-                               start=first_seen, end=run.end, grid_interval=config.bot.decide_interval,
+                               start=first_seen, end=last_seen,
+                               grid_interval=config.bot.decide_interval,
                                extra_servers=extra,
                                extra_times=[c.seen_at for c in run.cycles])
     except HistoryError as err:

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 import bidder.backtest.replay_diff as replay_diff_module
 from bidder.backtest.replay_diff import ReplayDiffError, load_run, replay_diff
@@ -21,7 +21,7 @@ from bidder.sim import SimMarket, SimOptions
 from bidder.warmup import warm_memories
 from bot_helpers import KEY, START, drive, giga_target, make_config, new_bot, spot_target
 from storage.db import Database, open_database
-from storage.models import BotCycle, BotDecision, BotOrder, BotRun
+from storage.models import ApiCall, BotCycle, BotDecision, BotOrder, BotRun
 
 HOURS = 3.0
 
@@ -107,6 +107,24 @@ def test_both_markets_replay_with_no_decision_gap(tmp_path):
     assert abs(costs["g"].gap) < 0.01, costs["g"]
 
 
+def test_cycles_after_the_last_sync_are_replayed_on_the_data_they_saw(session_db, tmp_path):
+    """The run's end (for the bill) is its last ``my_orders`` sync; cycles after it saw newer
+    market data, and the replay must see it too (it once replayed them on the data up to the
+    end and found them changed)."""
+    path, _ = session_db
+    copy = tmp_path / "late.db"
+    copy.write_bytes(path.read_bytes())
+    with open_database(f"sqlite:///{copy}", writer=True) as db, db.sessions.begin() as session:
+        acted = session.scalars(select(BotCycle).join(BotDecision).where(
+            BotDecision.actions != []).order_by(BotCycle.id.desc())).first()
+        seen = max(t for t in (acted.gigaspot_frame_time, acted.spot_frame_time) if t is not None)
+        # no sync from just before the data it acted on: as if the last one came before it
+        session.execute(delete(ApiCall).where(ApiCall.endpoint == "my_orders",
+                                              ApiCall.started_at >= seen - 1.0))
+    diff = diff_of(copy)
+    assert diff.run.end < seen and diff.differences == []
+
+
 def test_a_changed_decision_and_a_changed_bill_show_up(session_db, tmp_path):
     path, _ = session_db
     copy = tmp_path / "changed.db"
@@ -183,6 +201,30 @@ def test_a_restarted_bot_warms_its_market_memory_and_its_replay_warms_it_alike(
     assert until == started and replayed.ticks == int(warmed[1])
     assert set(replayed.memories) == {"g"}
     assert diff.run.started_at == started and diff.differences == []
+
+
+def test_both_markets_warm_after_a_restart_and_replay_alike(tmp_path, caplog, monkeypatch):
+    """A spot target's memory warms from the recorded polls, a GigaSPOT one's from the snapshots,
+    each loaded on its own (spot offers are ranked in one currency); the replay agrees."""
+    path = tmp_path / "both.db"
+    with caplog.at_level(logging.INFO, logger="bidder.engine"):
+        record_session(path, hours=1.0, runs=2, spot=True)
+    said = [r.getMessage() for r in caplog.records if "market memory" in r.getMessage()]
+    assert said[0].endswith("before the start (g, s)") and "starts empty" in said[0]
+    assert said[1].startswith("market memory warmed from") and said[1].endswith("(g, s)")
+    asked = []
+
+    def spy(session, config, targets, *, until):
+        asked.append(result := warm_memories(session, config, targets, until=until))
+        return result
+
+    monkeypatch.setattr(replay_diff_module, "warm_memories", spy)
+    diff = diff_of(path)
+    ((warmed),) = asked
+    for name in ("g", "s"):  # each saw servers, up to the restart
+        memory = warmed.memories[name]
+        assert memory.servers > 0 and memory.observed_at < diff.run.started_at, name
+    assert diff.differences == []
 
 
 def test_the_cli_prints_the_report_and_writes_json(session_db, tmp_path, capsys):
