@@ -14,8 +14,11 @@ import pytest
 
 from bidder.backtest.data import load_history
 from bidder.backtest.runner import RunSettings, Variant, run_variant
+from bidder.backtest.simrecord import record_sim
 from bidder.cli import main
+from bidder.config import parse_config
 from bidder.rules import Create
+from bidder.sim.options import SimOptions
 from bidder.warmup import WINDOW, warm_memories
 from storage.db import open_database
 from storage.gigaspot_ingest import SnapshotIngester
@@ -156,3 +159,24 @@ def test_bidder_optimize_warms_the_in_sample_and_the_held_out_runs_alike(recorde
     assert "held-out runs: market memory warmed from 360 recorded tick(s) before the start" in err
     assert main([*argv, "--strategy", "fixed", "--space", "price_per_gpu_day=5:60"]) == 0
     assert "market memory" not in capsys.readouterr().err
+
+
+def test_spot_targets_in_two_currencies_both_warm(tmp_path):
+    """A history ranks spot offers in one currency, so spot targets are loaded per currency:
+    each one's memory takes in the recorded polls (none is left empty for the other's sake)."""
+    start = 1_700_000_000.0
+    with open_database(f"sqlite:///{tmp_path / 'sim.db'}", writer=True) as db:
+        record_sim(db, SimOptions(seed=4, spot_servers=12, gigaspot_machines=20), start=start,
+                   minutes=90)
+        cfg = parse_config({"targets": [
+            {"name": "c", "market": "spot", "count": 1, "max_price_per_gpu_day": 500},
+            {"name": "b", "market": "spot", "count": 1, "currency": "bitcoin",
+             "max_price_per_gpu_day": 0.01},
+            {"name": "g", "market": "gigaspot", "count": 1, "max_price_per_gpu_day": 100,
+             "oc": {"pl": 200}}]})
+        with db.sessions() as session:
+            warmed = warm_memories(session, cfg, cfg.targets, until=start + 80 * 60)
+    assert warmed.ticks > 0 and warmed.why_empty is None
+    for name in ("c", "b", "g"):
+        memory = warmed.memories[name]
+        assert memory.servers > 0 and memory.observed_at < start + 80 * 60, name
