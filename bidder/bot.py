@@ -24,7 +24,7 @@ from bidder.engine import CycleResult, Engine, stale_after
 from bidder.executor import Executor
 from bidder.journal import SECRET_FIELDS, SECRET_MAPS, ActivityLog, Journal
 from bidder.lease import Lease
-from bidder.orders import add_event, close, newly_outbid, open_orders
+from bidder.orders import SPEND_AT_STOP, add_event, close, newly_outbid, open_orders
 from bidder.oversight import Oversight
 from bidder.poller import GigaspotPollResult, MarketPoller, MarketplaceResult, SpotRoundResult
 from bidder.scheduler import JobSpec
@@ -167,6 +167,12 @@ class Bot:
             run = session.get_one(BotRun, self.run_id)
             run.stopped_at = self.clock.now()
             run.stop_reason = reason
+            # the orders left open live on into the next run, and their spend with them: what
+            # this run's replay-diff bills is their spend now (as of the last sync)
+            for order in open_orders(session, dry_run=False):
+                if order.spend is not None:
+                    add_event(session, order, SPEND_AT_STOP, run.stopped_at, spend=order.spend,
+                              run_id=self.run_id)
         log.info("bot run %d stopped: %s", self.run_id, reason)
         self.oversight.stopped(reason)
         self.activity.flush()

@@ -55,6 +55,11 @@ def recently_cancelled(session: Session, target: str, since: float, *,
     return out
 
 
+SPEND_AT_STOP = "spend_at_stop"
+"""The event a stopping bot writes for each order it leaves open: its spend then (``detail``:
+``spend``, ``run_id``), so the run's bill can be told from the next run's."""
+
+
 def add_event(session: Session, order: BotOrder, kind: str, at: float, price: float | None = None,
               **detail: Any) -> None:
     session.add(BotOrderEvent(order_ref=order.id, at=at, kind=kind, price=price,

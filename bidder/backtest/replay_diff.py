@@ -32,6 +32,7 @@ from bidder.backtest.exchange import StartingOrder
 from bidder.backtest.runner import AS_CONFIGURED, DAY, RunRecord, RunSettings, run_variant
 from bidder.config import Config, ConfigError, parse_config
 from bidder.rules import Plan, StepKnowledge, action_json
+from bidder.orders import SPEND_AT_STOP
 from storage.models import ApiCall, BotCycle, BotDecision, BotOrder, BotOrderEvent, BotRun
 
 PRICE_TOLERANCE = 1e-9
@@ -72,6 +73,9 @@ class RecordedRun:
     starting: list[StartingOrder]
     billed: dict[str, float]
     """Per target: what the exchange billed the orders the run created (price x time, no fees)."""
+    outlived: set[str] = field(default_factory=set)
+    """Targets with an order the run left open into the next run whose spend at the run's stop
+    was not recorded (the bot did not stop cleanly): their bill holds the next run's spend."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +92,11 @@ class CostDiff:
     bot: float
     replay: float
     comparable: bool
-    """False when the target had orders open at the start: the replay pays for them, the bot's
-    bill (its own orders' spend) cannot."""
+    """False when the target had orders open at the start (the replay pays for them, the bot's
+    bill, its own orders' spend, cannot), or left one open into the next run without recording
+    its spend at the stop (the bill holds the next run's spend too)."""
+    why_not: str | None = None
+    """``carried`` or ``outlived`` when not comparable."""
 
     @property
     def gap(self) -> float:
@@ -138,13 +145,26 @@ def load_run(session: Session, run_id: int | None = None) -> RecordedRun:
     events = _events(session, [o.id for o in orders])
     billed: dict[str, float] = {t.name: 0.0 for t in config.targets}
     starting = []
+    outlived: set[str] = set()
     for order in orders:
         if order.created_at < run.started_at:
             starting.append(_starting(order, events.get(order.id, []), run.started_at))
         elif order.target in billed:
-            billed[order.target] += (_virtual_bill(order, events.get(order.id, []), end)
-                                     if order.dry_run else order.spend or 0.0)
-    return RecordedRun(run.id, run.mode, config, run.started_at, end, cycles, starting, billed)
+            if order.dry_run:
+                billed[order.target] += _virtual_bill(order, events.get(order.id, []), end)
+                continue
+            spend = order.spend or 0.0
+            if until is not None and (order.closed_at is None or order.closed_at > until):
+                # open into the next run: its spend now counts that run's too
+                at_stop = [d["spend"] for _, kind, _, d in events.get(order.id, [])
+                           if kind == SPEND_AT_STOP and d and d.get("run_id") == run.id]
+                if at_stop:
+                    spend = float(at_stop[-1])
+                else:
+                    outlived.add(order.target)
+            billed[order.target] += spend
+    return RecordedRun(run.id, run.mode, config, run.started_at, end, cycles, starting, billed,
+                       outlived)
 
 
 Event = tuple[float, str, float | None, dict[str, Any] | None]
@@ -273,9 +293,11 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
             out.differences.append(CycleDiff(cycle.at, cycle.actions, mine))
     carried = {o.target for o in run.starting}
     for target in config.targets:
+        why_not = "carried" if target.name in carried else \
+            "outlived" if target.name in run.outlived else None
         out.costs.append(CostDiff(target.name, target.currency, run.billed[target.name],
                                   _cost_until(record, target.name, run.started_at, run.end),
-                                  target.name not in carried))
+                                  why_not is None, why_not))
     return out
 
 
@@ -309,6 +331,10 @@ def describe(diff: ReplayDiff, when: Any) -> str:
     if run.starting:
         lines.append(f"{len(run.starting)} order(s) were open when the run started: replayed, but "
                      "left out of the costs (their spend before the start is unknown)")
+    if run.outlived:
+        lines.append(f"target(s) {', '.join(sorted(run.outlived))} left orders open into the next "
+                     "run without recording their spend at the stop (the bot did not stop "
+                     "cleanly): their bill holds the next run's spend, so it is not compared")
     n = len(diff.differences)
     lines.append(f"decisions: {n} of {diff.cycles} cycles differ"
                  + (" (later ones may follow from the first: from there the replay's orders are "
@@ -321,7 +347,7 @@ def describe(diff: ReplayDiff, when: Any) -> str:
     lines.append(f"{'target':<16} {'bot paid':>12} {'replay paid':>12} {'gap':>8}  currency")
     for c in diff.costs:
         gap = "n/a" if math.isnan(c.gap) else f"{c.gap:+.2%}"
-        gap = gap if c.comparable else "carried"
+        gap = gap if c.comparable else c.why_not or "n/a"
         lines.append(f"{c.target:<16} {c.bot:>12.4f} {c.replay:>12.4f} {gap:>8}  {c.currency}")
     return "\n".join(lines)
 
@@ -342,5 +368,6 @@ def as_json(diff: ReplayDiff) -> dict[str, Any]:
         "differences": [{"at": d.at, "bot": [list(k) for k in d.bot],
                          "replay": [list(k) for k in d.replay]} for d in diff.differences],
         "costs": [{"target": c.target, "currency": c.currency, "bot": c.bot, "replay": c.replay,
-                   "comparable": c.comparable, "gap": None if math.isnan(c.gap) else c.gap} for c in diff.costs],
+                   "comparable": c.comparable, "why_not_comparable": c.why_not,
+                   "gap": None if math.isnan(c.gap) else c.gap} for c in diff.costs],
     }

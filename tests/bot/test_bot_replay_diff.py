@@ -13,15 +13,16 @@ import pytest
 from sqlalchemy import delete, select
 
 import bidder.backtest.replay_diff as replay_diff_module
-from bidder.backtest.replay_diff import ReplayDiffError, load_run, replay_diff
+from bidder.backtest.replay_diff import ReplayDiffError, describe, load_run, replay_diff
 from bidder.backtest.runner import RunSettings
 from bidder.cli import main
 from bidder.clock import ManualClock
+from bidder.orders import SPEND_AT_STOP
 from bidder.sim import SimMarket, SimOptions
 from bidder.warmup import warm_memories
 from bot_helpers import KEY, START, drive, giga_target, make_config, new_bot, spot_target
 from storage.db import Database, open_database
-from storage.models import ApiCall, BotCycle, BotDecision, BotOrder, BotRun
+from storage.models import ApiCall, BotCycle, BotDecision, BotOrder, BotOrderEvent, BotRun
 
 HOURS = 3.0
 
@@ -169,7 +170,27 @@ def test_a_restarted_bot_replays_from_the_orders_it_found(tmp_path):
         first = load_run(session, 1)
         second_started = session.get(BotRun, 2).started_at
     assert first.end < second_started  # run 1 is billed up to its own last sync, not run 2's
-    assert diff_of(path, 1).differences == []
+    earlier = diff_of(path, 1)
+    assert earlier.differences == []
+    # its orders lived on into run 2: billed at their spend when run 1 stopped, not now
+    (cost,) = earlier.costs
+    assert cost.comparable and cost.why_not is None and abs(cost.gap) < 0.02, cost
+
+
+def test_a_run_that_did_not_stop_cleanly_is_not_billed_with_the_next_run_s_spend(tmp_path):
+    """Without the spend its orders had at its stop (a crash writes none), a run whose orders
+    lived on into the next run cannot be billed: its cost is marked, not compared wrongly."""
+    path = tmp_path / "crash.db"
+    record_session(path, hours=1.0, runs=2)
+    with open_database(f"sqlite:///{path}", writer=True) as db, db.sessions.begin() as session:
+        assert session.execute(delete(BotOrderEvent).where(
+            BotOrderEvent.kind == SPEND_AT_STOP)).rowcount > 0
+    diff = diff_of(path, 1)
+    (cost,) = diff.costs
+    assert not cost.comparable and cost.why_not == "outlived" and math.isnan(cost.gap)
+    text = describe(diff, str)
+    assert "g left orders open into the next run without recording their spend" in text
+    assert text.splitlines()[-1].split()[3] == "outlived"
 
 
 def test_a_restarted_bot_warms_its_market_memory_and_its_replay_warms_it_alike(
