@@ -38,6 +38,7 @@ from bidder.clock import Clock
 from bidder.config import BudgetConfig, Config, MarketName, Mode, TargetConfig
 from bidder.executor import Execution, Executor
 from bidder.orders import (
+    IDLE_GRACE,
     by_target,
     keep_away,
     kept_away,
@@ -85,8 +86,6 @@ MIN_STALE_AFTER = 300.0
 SPOT_FRAME_MAX_AGE = 6 * 3600.0
 """Seconds: a spot server not polled for this long is left out of the view (its offers are too
 old to bid on; the poller comes back to it)."""
-IDLE_GRACE = 300.0
-"""Seconds a new order of ours may wait on a spot server before its idleness counts."""
 
 
 def stale_after(config: Config, market: str) -> float:

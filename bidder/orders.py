@@ -55,6 +55,10 @@ def recently_cancelled(session: Session, target: str, since: float, *,
     return out
 
 
+IDLE_GRACE = 300.0
+"""Seconds a new order of ours may wait on a spot server before its idleness counts (the engine
+and the backtester alike)."""
+
 SPEND_AT_STOP = "spend_at_stop"
 """The event a stopping bot writes for each order it leaves open: its spend then (``detail``:
 ``spend``, ``run_id``), so the run's bill can be told from the next run's."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from bidder.allocation import bid_scores, power_cost_usd_per_day
@@ -82,6 +82,9 @@ LISTED_FLOOR = "listed_floor:"
 OURS = "ours"
 """Spot state column: the server's poll saw an offer of ours. The listing's ``rented`` does not
 count there, as in the live frame (``storage.market_views.spot_frame``)."""
+IDLE = "idle"
+"""Spot state column: the server's poll saw offers waiting and none running (rented on demand:
+the live engine keeps every spot target away, ``bidder.engine.idle_spot_servers``)."""
 
 
 class HistoryError(ValueError):
@@ -726,18 +729,19 @@ def _spot(session: Session, polls: _Polls, time: np.ndarray, targets: Sequence[T
     k = len(keep)
     fresh = {"online": polls.online[keep], "rentable": polls.open[keep],
              "working_properly": np.ones(k, bool), "observed_at": polls.time[keep],
-             OURS: np.isin(polls.id[keep], _polls_with_our_offer(session, polls))}
+             OURS: np.isin(polls.id[keep], _polls_with_our_offer(session, polls)),
+             IDLE: np.isin(polls.id[keep], _idle_polls(session, polls))}
     fresh.update({f"{FLOOR}{c}": np.array([float(polls.floors[i].get(c, np.nan)) for i in keep])
                   for c in currencies})
     stale = {**_offline_values(k, currencies), "observed_at": np.full(k, np.nan),
-             OURS: np.zeros(k, bool)}
+             OURS: np.zeros(k, bool), IDLE: np.zeros(k, bool)}
     order = _expiries_and_polls(polls.time[keep])
     state_stream = EventStream.build(
         n_ticks, np.concatenate([expiry_tick, poll_tick])[order],
         np.concatenate([p_row[keep]] * 2)[order],
         {c: np.concatenate([stale[c], fresh[c]])[order] for c in fresh},
         {**_offline_values(n, currencies), "observed_at": np.full(n, np.nan),
-         OURS: np.zeros(n, bool)})
+         OURS: np.zeros(n, bool), IDLE: np.zeros(n, bool)})
     rivals, wins = _spot_rivals(session, polls, keep, p_row, poll_tick, expiry_tick, n_ticks, n,
                                 fact_stream, currencies[0] if len(currencies) == 1 else None)
     return MarketHistory("spot", ids, fact_stream, state_stream, rivals, wins)
@@ -753,6 +757,21 @@ def _polls_with_our_offer(session: Session, polls: _Polls) -> np.ndarray:
                       .join(SpotPoll, SpotPoll.id == o.poll_id)
                       .where(SpotPoll.polled_at >= float(polls.time.min()),
                              SpotPoll.polled_at <= float(polls.time.max()), o.my.is_(True)))
+    return np.array([r[0] for r in rows], dtype=np.int64)
+
+
+def _idle_polls(session: Session, polls: _Polls) -> np.ndarray:
+    """Ids of the polls that saw offers on their server and none of them running."""
+    if not len(polls.id):
+        return np.empty(0, dtype=np.int64)
+    o = SpotOffer
+    running = func.max(case((o.active.is_(True), 1), else_=0))
+    rows = fetch_rows(session.connection(),
+                      select(o.poll_id)
+                      .join(SpotPoll, SpotPoll.id == o.poll_id)
+                      .where(SpotPoll.polled_at >= float(polls.time.min()),
+                             SpotPoll.polled_at <= float(polls.time.max()))
+                      .group_by(o.poll_id).having(running == 0))
     return np.array([r[0] for r in rows], dtype=np.int64)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bidder.allocation import one_bid_threshold
-from bidder.backtest.data import FLOOR, LISTED_FLOOR, OURS, History, MarketHistory
+from bidder.backtest.data import FLOOR, IDLE, LISTED_FLOOR, OURS, History, MarketHistory
 from bidder.backtest.events import EventStream
 from bidder.backtest.fills import Book
 from storage.frames import MarketFrame
@@ -93,6 +93,12 @@ class ReplayMarket:
             return self.state["rentable"]
         ours = self.state.get(OURS)  # our own offer's server: not rented to someone else
         return self.state["rentable"] & ~(rented if ours is None else rented & ~ours)
+
+    @property
+    def idle(self) -> np.ndarray | None:
+        """Spot: per server, whether its poll saw offers waiting and none running (None: the
+        market records no such thing)."""
+        return self.state.get(IDLE)
 
     @property
     def energy_price(self) -> np.ndarray:

@@ -29,11 +29,26 @@ from sqlalchemy.orm import Session
 from bidder.backtest.data import HistoryError, load_history
 from bidder.warmup import warm_memories
 from bidder.backtest.exchange import StartingOrder
-from bidder.backtest.runner import AS_CONFIGURED, DAY, RunRecord, RunSettings, run_variant
+from bidder.backtest.runner import (
+    AS_CONFIGURED,
+    DAY,
+    KeptAway,
+    RunRecord,
+    RunSettings,
+    run_variant,
+)
 from bidder.config import Config, ConfigError, parse_config
 from bidder.rules import Plan, StepKnowledge, action_json
-from bidder.orders import SPEND_AT_STOP
-from storage.models import ApiCall, BotCycle, BotDecision, BotOrder, BotOrderEvent, BotRun
+from bidder.orders import SPEND_AT_STOP, recently_cancelled
+from storage.models import (
+    ApiCall,
+    BotCycle,
+    BotDecision,
+    BotOrder,
+    BotOrderEvent,
+    BotRun,
+    ServerBlock,
+)
 
 PRICE_TOLERANCE = 1e-9
 """Relative: two planned prices this close are the same decision."""
@@ -73,6 +88,12 @@ class RecordedRun:
     starting: list[StartingOrder]
     billed: dict[str, float]
     """Per target: what the exchange billed the orders the run created (price x time, no fees)."""
+    left_before: dict[str, dict[int, float]] = field(default_factory=dict)
+    """Per target: servers where the bot had cancelled an order within its rebuy block before
+    the run started (an earlier run's cancels still block rebuying)."""
+    kept_away: dict[str, list[KeptAway]] = field(default_factory=dict)
+    """Per target: the servers the bot kept away from during the run (its ``bot_server_block``
+    rows, and servers of orders it did not manage), when."""
     outlived: set[str] = field(default_factory=set)
     """Targets with an order the run left open into the next run whose spend at the run's stop
     was not recorded (the bot did not stop cleanly): their bill holds the next run's spend."""
@@ -163,8 +184,35 @@ def load_run(session: Session, run_id: int | None = None) -> RecordedRun:
                 else:
                     outlived.add(order.target)
             billed[order.target] += spend
+    dry_run = run.mode == "dry-run"
+    block = config.bot.rebuy_block
+    left_before = {t.name: {sid: at for sid, at in recently_cancelled(
+        session, t.name, run.started_at - block, dry_run=dry_run).items() if at < run.started_at}
+        for t in config.targets} if block > 0 else {}
     return RecordedRun(run.id, run.mode, config, run.started_at, end, cycles, starting, billed,
+                       left_before, _kept_away(session, config, run.started_at, end, dry_run),
                        outlived)
+
+
+def _kept_away(session: Session, config: Config, start: float, end: float,
+               dry_run: bool) -> dict[str, list[KeptAway]]:
+    """What the live engine kept each target away from between ``start`` and ``end``: its
+    server blocks, and the servers of open orders it did not manage (every target's)."""
+    out: dict[str, list[KeptAway]] = {t.name: [] for t in config.targets}
+    for target, server_id, at, until in session.execute(
+            select(ServerBlock.target, ServerBlock.server_id, ServerBlock.at, ServerBlock.until)
+            .where(ServerBlock.at <= end, or_(ServerBlock.until.is_(None),
+                                               ServerBlock.until > start))):
+        if target in out:
+            out[target].append(KeptAway(int(server_id), float(at), until))
+    for server_id, created, closed in session.execute(
+            select(BotOrder.server_id, BotOrder.created_at, BotOrder.closed_at)
+            .where(BotOrder.target.is_(None), BotOrder.dry_run.is_(dry_run),
+                   BotOrder.created_at <= end,
+                   or_(BotOrder.closed_at.is_(None), BotOrder.closed_at > start))):
+        for blocks in out.values():
+            blocks.append(KeptAway(int(server_id), float(created), closed))
+    return out
 
 
 Event = tuple[float, str, float | None, dict[str, Any] | None]
@@ -217,7 +265,8 @@ def _last_sync(session: Session, since: float, until: float | None) -> float | N
 
 def _starting(order: BotOrder, events: list[Event], start: float) -> StartingOrder:
     """``order`` as it stood when the run started (its row holds its state now): the price,
-    last lowering and step knowledge its ``events`` give up to ``start``."""
+    last lowering and step knowledge its ``events`` give up to ``start`` (events at ``start``
+    are the run's own: a restart takes time, so the run before wrote its last ones earlier)."""
     assert order.target is not None
     price, lowered_at, knowledge = order.price, None, None
     for at, kind, event_price, detail in events:
@@ -284,7 +333,8 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
                          decision_times=[c.at for c in run.cycles],
                          seen_at=[c.seen_at for c in run.cycles], end=run.end,
                          starting_orders=run.starting, keep_trace=True,
-                         started_at=run.started_at, memories=warmed.memories)
+                         started_at=run.started_at, memories=warmed.memories,
+                         left_before=run.left_before, kept_away=run.kept_away)
     assert record.trace is not None
     out = ReplayDiff(run)
     for cycle, (_, the_plan) in zip(run.cycles, record.trace):

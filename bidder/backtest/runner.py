@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -35,11 +35,12 @@ from bidder.backtest.market import ReplayMarket
 from bidder.backtest.reactive import ReactiveRivals, ReactiveSettings
 from bidder.config import CLORE, Config, TargetConfig
 from bidder.memory import MarketMemory
+from bidder.orders import IDLE_GRACE
 from bidder.rules import Plan, TargetDecision, plan
 from bidder.view import StaticMatchCache, build_target_view
 from bidder.watchlist import target_candidates, watch_round_complete
 from storage.frames import MarketFrame
-from strategies.base import Strategy
+from strategies.base import Strategy, TargetView
 from strategies.registry import load_strategy, safe_decide
 
 DAY = 86_400.0
@@ -115,6 +116,16 @@ class TargetRun:
     """GPU-seconds of each overpay sample"""
 
 
+@dataclass(frozen=True, slots=True)
+class KeptAway:
+    """A server a bot run kept away from (``bot_server_block``): from ``at`` until ``until``
+    (None: for good)."""
+
+    server_id: int
+    at: float
+    until: float | None
+
+
 @dataclass(slots=True)
 class RunRecord:
     variant: Variant
@@ -187,7 +198,9 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
                 starting_orders: Sequence[StartingOrder] = (),
                 progress: Callable[[int], None] | None = None,
                 keep_trace: bool = False, started_at: float | None = None,
-                memories: Mapping[str, MarketMemory] | None = None) -> RunRecord:
+                memories: Mapping[str, MarketMemory] | None = None,
+                left_before: Mapping[str, Mapping[int, float]] | None = None,
+                kept_away: Mapping[str, Sequence[KeptAway]] | None = None) -> RunRecord:
     """Replay ``history`` with ``variant`` deciding for ``targets`` (default: every configured
     target), in ``mode`` ``replay`` (rivals as recorded) or ``reactive`` (the best rivals answer).
 
@@ -196,7 +209,11 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     ``progress(steps_done)`` is called now and then; ``keep_trace`` keeps every step's plan.
     ``started_at``: when the replayed bot run began (default: the first step), from which its
     spot targets' first watch-list round counts. ``memories``: per target, the market memory
-    its strategy starts with (``bidder.warmup``; copied, default empty).
+    its strategy starts with (``bidder.warmup``; copied, default empty). A replayed bot run's
+    own records, which its decisions depended on: ``left_before``, per target, the servers it
+    had cancelled orders on before the run (server id -> when: its rebuy block), and
+    ``kept_away``, per target, the servers it kept away from and when (``bot_server_block``:
+    failed rents, refused overclocking, idle servers).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -205,6 +222,9 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     if missing:
         raise ValueError(f"the history was loaded without the {', '.join(missing)} market")
     run = _Run(history, config, variant, settings, mode, targets, keep_trace, memories or {})
+    for name, left in (left_before or {}).items():
+        run.exchange.left_at[name].update(left)
+    run.kept_away = {name: list(blocks) for name, blocks in (kept_away or {}).items()}
     run.decide_first = settings.fills == "decision" or decision_times is not None
     step_time, step_tick, decide = steps(history, config.bot.decide_interval, decision_times,
                                    seen_at, end)
@@ -280,6 +300,11 @@ class _Run:
         self._wins: dict[str, tuple[float, np.ndarray]] = {}
         self._arrays: dict[str, tuple[int, list[EmulatedOrder], dict[str, np.ndarray]]] = {}
         self._held: dict[str, _Held] = {}
+        self.kept_away: dict[str, list[KeptAway]] = {}
+        """Per target: servers it keeps away from, and when: a replayed bot run's own
+        (``run_variant``) and those where its orders waited on an idle spot server."""
+        self.idle: set[int] = set()
+        """Spot servers idle at the current decision (``_idle_spot_servers``)."""
 
     def _server_info(self, market: str, server_id: int, currency: str) -> tuple[int, int, float]:
         rm = self.markets[market]
@@ -347,6 +372,7 @@ class _Run:
 
     def _decide(self, now: float, tick: int, rivals: Mapping[str, np.ndarray]) -> None:
         frames = {name: m.frame(now, rivals[name]) for name, m in self.markets.items()}
+        self.idle = self._idle_spot_servers(now)
         decisions = []
         for target in self.targets:
             frame = frames[target.market]
@@ -361,6 +387,7 @@ class _Run:
                 left_at=self.exchange.left_at[target.name],
                 memory=self.memory.get(target.name),
                 watching=self._watching(target, frame, now))
+            view = self._keep_away(view, now)
             if target.name not in self.started:
                 strategy.on_start(view.target)
                 self.started.add(target.name)
@@ -369,6 +396,43 @@ class _Run:
         self.exchange.apply(actions, now, tick)
         if self.trace is not None:
             self.trace.append((now, actions))
+
+    def _idle_spot_servers(self, now: float) -> set[int]:
+        """Spot servers where offers wait and none runs (rented on demand), but those an order of
+        ours was created on lately, and keeping each target's orders there away for a while:
+        the live engine's rule (``bidder.engine.idle_spot_servers``, ``IDLE_GRACE``,
+        ``_keep_away_from_idle``)."""
+        market = self.markets.get("spot")
+        idle = market.idle if market is not None else None
+        if idle is None or not idle.any():
+            return set()
+        servers = set(market.data.server_id[idle].tolist())
+        orders = [(t.name, o) for t in self.targets for o in self.exchange.own_orders(t.name)]
+        servers -= {o.server_id for _, o in orders if now - o.created_at < IDLE_GRACE}
+        until = now + self.config.bot.failed_rent_block
+        for name, o in orders:
+            if o.server_id in servers and not self._blocked(name, o.server_id, now):
+                self.kept_away.setdefault(name, []).append(KeptAway(o.server_id, now, until))
+        return servers
+
+    def _blocked(self, target: str, server_id: int, now: float) -> bool:
+        return any(b.server_id == server_id and b.at <= now and (b.until is None or b.until > now)
+                   for b in self.kept_away.get(target, ()))
+
+    def _keep_away(self, view: TargetView, now: float) -> TargetView:
+        """``view`` with the servers the target keeps away from now made not eligible (blocks:
+        not those its orders are on) and, on spot, the idle ones, as the live engine does."""
+        blocks = self.kept_away.get(view.target.name, ())
+        own = {o.server_id for o in view.orders}
+        avoid = {b.server_id for b in blocks
+                 if b.at <= now and (b.until is None or b.until > now)} - own
+        if view.target.market == "spot":
+            avoid |= self.idle
+        if not avoid:
+            return view
+        c = view.candidates
+        return replace(view, candidates=replace(c, eligible=c.eligible & ~np.isin(c.server_id,
+                                                                                list(avoid))))
 
     def _watching(self, target: TargetConfig, frame: MarketFrame, now: float) -> bool:
         """Whether the spot ``target`` is still in its first watch-list round, by the live
