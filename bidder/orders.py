@@ -43,14 +43,16 @@ def open_orders(session: Session, *, dry_run: bool) -> list[BotOrder]:
 
 
 def recently_cancelled(session: Session, target: str, since: float, *,
-                       dry_run: bool) -> dict[int, float]:
+                       dry_run: bool, before: float | None = None) -> dict[int, float]:
     """Server id -> when we last cancelled an order of ``target`` there, for cancels after
-    ``since`` (the strategy's rebuy block)."""
+    ``since`` (the strategy's rebuy block) and, with ``before``, before then."""
+    query = select(BotOrder.server_id, BotOrder.closed_at).where(
+        BotOrder.target == target, BotOrder.dry_run.is_(dry_run), BotOrder.closed_at > since,
+        BotOrder.close_reason.like("cancelled%"))
+    if before is not None:
+        query = query.where(BotOrder.closed_at < before)
     out: dict[int, float] = {}
-    for server_id, at in session.execute(
-            select(BotOrder.server_id, BotOrder.closed_at)
-            .where(BotOrder.target == target, BotOrder.dry_run.is_(dry_run),
-                   BotOrder.closed_at > since, BotOrder.close_reason.like("cancelled%"))):
+    for server_id, at in session.execute(query):
         out[int(server_id)] = max(float(at), out.get(int(server_id), float("-inf")))
     return out
 

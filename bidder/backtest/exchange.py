@@ -23,8 +23,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from bidder.config import MarketRules, MarketsConfig
-from bidder.rules import Cancel, ChangePrice, Create, Plan, StepKnowledge, lowest_allowed, \
-    next_lower_at
+from bidder.rules import (
+    Action,
+    Cancel,
+    ChangePrice,
+    Create,
+    Plan,
+    StepKnowledge,
+    lowest_allowed,
+    next_lower_at,
+)
 from bidder.sim.options import StepRule
 from strategies.base import OwnOrder
 
@@ -46,6 +54,13 @@ class ExchangeRules:
     payment: str = "pay_your_bid"
     """``pay_your_bid`` or ``second_price``."""
     gigaspot_max_life: float = 20 * 86_400.0
+    call_latency: float = 0.0
+    """Seconds from a decision to the exchange taking its calls (default: at once). Live, the
+    bot records an order's creation and each lowering when the call returns, a moment after the
+    decision, so the cooldown from it ends just after the decision ``cooldown`` later and the
+    next lowering waits for the one after (660 s apart on a 60-s decision interval, not 600);
+    ``bidder backtest --call-latency 1`` models that. A replay of a bot run takes each call at
+    its recorded time."""
 
     def step(self) -> StepRule:
         return StepRule.parse(self.step_rule)
@@ -201,11 +216,17 @@ class EmulatedExchange:
         self.version += 1
         return placed
 
-    def apply(self, plan: Plan, now: float, tick: int) -> None:
-        """Send the plan's actions in order, as the executor would."""
+    def apply(self, plan: Plan, now: float, tick: int,
+              done_at: Callable[[Action], float | None] | None = None) -> None:
+        """Send the plan's actions, decided at ``now``, in order, as the executor would: each
+        taken ``call_latency`` later, or when ``done_at`` says (a replayed run's recorded
+        times)."""
         for action in plan.actions:
+            at = done_at(action) if done_at is not None else None
+            if at is None:
+                at = now + self.rules.call_latency
             if isinstance(action, Create):
-                self._create(action, now, tick)
+                self._create(action, at, tick)
             elif isinstance(action, ChangePrice):
                 order = self.orders[action.order_id]
                 if action.price > order.price:
@@ -213,16 +234,16 @@ class EmulatedExchange:
                     order.price = action.price
                     self.version += 1
                 else:
-                    self._lower(order, action.price, now)
+                    self._lower(order, action.price, at)
             elif isinstance(action, Cancel):
                 self._call(action.target).cancels += 1
                 order = self.orders[action.order_id]
                 left = self.left_at[order.target]
                 if len(left) > 64:  # forget what no block or count looks at any more
-                    for sid in [k for k, at in left.items() if now - at > self.left_keep]:
+                    for sid in [k for k, t in left.items() if at - t > self.left_keep]:
                         del left[sid]
-                left[order.server_id] = now
-                self.end(order, now)
+                left[order.server_id] = at
+                self.end(order, at)
 
     def expire(self, now: float) -> None:
         """End GigaSPOT orders that reached their maximum life."""

@@ -17,6 +17,7 @@ each cycle saw (``seen_at``), starting from the orders the run found open, and c
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from bidder.backtest.exchange import StartingOrder
 from bidder.backtest.runner import (
     AS_CONFIGURED,
     DAY,
+    CallKey,
     KeptAway,
     RunRecord,
     RunSettings,
@@ -94,6 +96,9 @@ class RecordedRun:
     kept_away: dict[str, list[KeptAway]] = field(default_factory=dict)
     """Per target: the servers the bot kept away from during the run (its ``bot_server_block``
     rows, and servers of orders it did not manage), when."""
+    call_times: dict[CallKey, float] = field(default_factory=dict)
+    """When each of the run's calls was done, by the decision that made it: the bot records an
+    order's creation and lowerings when the call returns (``call_times`` of ``run_variant``)."""
     outlived: set[str] = field(default_factory=set)
     """Targets with an order the run left open into the next run whose spend at the run's stop
     was not recorded (the bot did not stop cleanly): their bill holds the next run's spend."""
@@ -186,12 +191,37 @@ def load_run(session: Session, run_id: int | None = None) -> RecordedRun:
             billed[order.target] += spend
     dry_run = run.mode == "dry-run"
     block = config.bot.rebuy_block
-    left_before = {t.name: {sid: at for sid, at in recently_cancelled(
-        session, t.name, run.started_at - block, dry_run=dry_run).items() if at < run.started_at}
-        for t in config.targets} if block > 0 else {}
+    left_before = {t.name: recently_cancelled(session, t.name, run.started_at - block,
+                                              dry_run=dry_run, before=run.started_at)
+                   for t in config.targets} if block > 0 else {}
     return RecordedRun(run.id, run.mode, config, run.started_at, end, cycles, starting, billed,
                        left_before, _kept_away(session, config, run.started_at, end, dry_run),
-                       outlived)
+                       _call_times(orders, events, [c.at for c in cycles]), outlived)
+
+
+CALL_EVENTS = {"created": "create", "raised": "raise", "lowered": "lower"}
+"""Order events that say when a call of the kind was done."""
+
+
+def _call_times(orders: Sequence[BotOrder], events: dict[int, list[Event]],
+                cycle_at: Sequence[float]) -> dict[CallKey, float]:
+    """Per call of the run (target, kind, server, the decision that made it, which is the last
+    cycle at or before it): when it was done."""
+    out: dict[CallKey, float] = {}
+    first = cycle_at[0]
+    for order in orders:
+        if order.target is None:
+            continue
+        for at, kind, _, detail in events.get(order.id, []):
+            call = CALL_EVENTS.get(kind)
+            if call is None and kind == "closed" and detail \
+                    and str(detail.get("reason", "")).startswith("cancelled"):
+                call = "cancel"
+            if call is None or at < first:
+                continue
+            decided = cycle_at[bisect.bisect_right(cycle_at, at) - 1]
+            out[(order.target, call, order.server_id, decided)] = at
+    return out
 
 
 def _kept_away(session: Session, config: Config, start: float, end: float,
@@ -334,7 +364,8 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
                          seen_at=[c.seen_at for c in run.cycles], end=run.end,
                          starting_orders=run.starting, keep_trace=True,
                          started_at=run.started_at, memories=warmed.memories,
-                         left_before=run.left_before, kept_away=run.kept_away)
+                         left_before=run.left_before, kept_away=run.kept_away,
+                         call_times=run.call_times)
     assert record.trace is not None
     out = ReplayDiff(run)
     for cycle, (_, the_plan) in zip(run.cycles, record.trace):

@@ -36,7 +36,7 @@ from bidder.backtest.reactive import ReactiveRivals, ReactiveSettings
 from bidder.config import CLORE, Config, TargetConfig
 from bidder.memory import MarketMemory
 from bidder.orders import IDLE_GRACE
-from bidder.rules import Plan, TargetDecision, plan
+from bidder.rules import Action, Cancel, Create, Plan, TargetDecision, plan
 from bidder.view import StaticMatchCache, build_target_view
 from bidder.watchlist import target_candidates, watch_round_complete
 from storage.frames import MarketFrame
@@ -114,6 +114,16 @@ class TargetRun:
     """Per held server-step: paid - marginal per GPU-day"""
     overpay_weight: list[np.ndarray] = field(default_factory=list)
     """GPU-seconds of each overpay sample"""
+
+
+CallKey = tuple[str, str, int, float]
+"""(target, kind: create/raise/lower/cancel, server id, time of the decision that made it)"""
+
+
+def call_key(action: Action, decided_at: float) -> CallKey:
+    kind = "create" if isinstance(action, Create) else "cancel" if isinstance(action, Cancel) \
+        else "raise" if action.is_raise else "lower"
+    return (action.target, kind, action.server_id, decided_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +210,8 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
                 keep_trace: bool = False, started_at: float | None = None,
                 memories: Mapping[str, MarketMemory] | None = None,
                 left_before: Mapping[str, Mapping[int, float]] | None = None,
-                kept_away: Mapping[str, Sequence[KeptAway]] | None = None) -> RunRecord:
+                kept_away: Mapping[str, Sequence[KeptAway]] | None = None,
+                call_times: Mapping[CallKey, float] | None = None) -> RunRecord:
     """Replay ``history`` with ``variant`` deciding for ``targets`` (default: every configured
     target), in ``mode`` ``replay`` (rivals as recorded) or ``reactive`` (the best rivals answer).
 
@@ -213,7 +224,9 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     own records, which its decisions depended on: ``left_before``, per target, the servers it
     had cancelled orders on before the run (server id -> when: its rebuy block), and
     ``kept_away``, per target, the servers it kept away from and when (``bot_server_block``:
-    failed rents, refused overclocking, idle servers).
+    failed rents, refused overclocking, idle servers); ``call_times``, when each of its calls
+    was done (by target, kind, server and the decision that made it), where the emulated
+    exchange would otherwise take them ``call_latency`` after the decision.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -225,6 +238,7 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     for name, left in (left_before or {}).items():
         run.exchange.left_at[name].update(left)
     run.kept_away = {name: list(blocks) for name, blocks in (kept_away or {}).items()}
+    run.call_times = dict(call_times or {})
     run.decide_first = settings.fills == "decision" or decision_times is not None
     step_time, step_tick, decide = steps(history, config.bot.decide_interval, decision_times,
                                    seen_at, end)
@@ -305,6 +319,8 @@ class _Run:
         (``run_variant``) and those where its orders waited on an idle spot server."""
         self.idle: set[int] = set()
         """Spot servers idle at the current decision (``_idle_spot_servers``)."""
+        self.call_times: dict[CallKey, float] = {}
+        """A replayed run's recorded call times (``run_variant``)."""
 
     def _server_info(self, market: str, server_id: int, currency: str) -> tuple[int, int, float]:
         rm = self.markets[market]
@@ -393,7 +409,8 @@ class _Run:
                 self.started.add(target.name)
             decisions.append(TargetDecision(view, safe_decide(strategy, view, log)))
         actions = plan(decisions, self.config.markets, self.config.budget, now)
-        self.exchange.apply(actions, now, tick)
+        self.exchange.apply(actions, now, tick, (lambda a: self.call_times.get(
+            call_key(a, now))) if self.call_times else None)
         if self.trace is not None:
             self.trace.append((now, actions))
 

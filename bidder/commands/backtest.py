@@ -64,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "older model, which decides before filling each tick (our bids "
                              "answer every raise before it costs anything: an upper bound on "
                              "availability), for comparison")
+    parser.add_argument("--call-latency", type=float, default=0.0, metavar="S",
+                        help="seconds from a decision to the exchange taking its calls "
+                             "(default 0: at once); live a lowering's cooldown runs from when "
+                             "its call returned, so 1 makes lowerings wait for the decision after "
+                             "the cooldown, as live")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the reactive rivals (default: [sim] seed)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
@@ -137,7 +142,12 @@ def _run_settings(args: argparse.Namespace, config: Config) -> RunSettings:
         StepRule.parse(step_rule)
     except ValueError as err:
         raise UsageError(f"--step-rule: {err}") from None
-    exchange = ExchangeRules(step_rule=step_rule, payment=args.payment or config.sim.payment)
+    latency = getattr(args, "call_latency", 0.0)
+    if not 0.0 <= latency < config.bot.decide_interval:
+        raise UsageError(f"--call-latency {latency:g}: expected seconds from 0 to under "
+                         f"[bot] decide_interval ({config.bot.decide_interval:g})")
+    exchange = ExchangeRules(step_rule=step_rule, payment=args.payment or config.sim.payment,
+                             call_latency=latency)
     return RunSettings(exchange, ReactiveSettings(
         seed=config.sim.seed if args.seed is None else args.seed),
         fills=getattr(args, "fills", "tick"))
@@ -273,5 +283,6 @@ def _settings(history: Any, exchange: ExchangeRules, settings: RunSettings, targ
             "targets": [t.name for t in targets],
             "exchange": {"step_rule": exchange.step_rule, "payment": exchange.payment,
                          "cooldown": exchange.cooldown,
-                         "cooldown_from_creation": exchange.cooldown_from_creation},
+                         "cooldown_from_creation": exchange.cooldown_from_creation,
+                         "call_latency": exchange.call_latency},
             "reactive_seed": settings.reactive.seed, "fills": settings.fills}

@@ -56,6 +56,7 @@ def test_table_json_and_plot(recorded, tmp_path, capsys):
     assert doc["settings"]["exchange"]["step_rule"] == "fraction:0.1"
     assert doc["settings"]["modes"] == ["replay", "reactive"]
     assert doc["settings"]["fills"] == "tick"
+    assert doc["settings"]["exchange"]["call_latency"] == 0.0
     assert [(r["strategy"], r["mode"]) for r in doc["runs"]] == [
         (s, m) for s in ("outbid", "fixed:price_per_gpu_day=9", "fixed:price_per_gpu_day=20")
         for m in ("replay", "reactive")]
@@ -97,6 +98,8 @@ def test_the_grid_over_processes_equals_running_one_by_one(recorded):
     (["--strategy", "outbid", "--from", "yesterday"], "expected ISO 8601"),
     (["--strategy", "outbid", "--target", "nope"], "unknown target"),
     (["--strategy", "outbid", "--step-rule", "half"], "--step-rule"),
+    (["--strategy", "outbid", "--call-latency", "-1"], "--call-latency -1: expected seconds"),
+    (["--strategy", "outbid", "--call-latency", "60"], "under [bot] decide_interval (30)"),
 ])
 def test_bad_input_is_refused_with_nothing_written(recorded, tmp_path, capsys, args, message):
     out = tmp_path / "out.json"

@@ -270,3 +270,19 @@ def test_surplus_counts_the_gpus_nobody_asked_for():
     assert m["surplus_gpu_hours"] == pytest.approx(3 * 10 * 60 / 3600)
     assert m["gpu_hours"] == pytest.approx(4 * 10 * 60 / 3600)
     assert m["oracle_whole_servers_gpu_hours"] == pytest.approx(4 * 10 * 60 / 3600)
+
+
+def test_a_call_latency_makes_lowerings_wait_for_the_decision_after_the_cooldown():
+    """Live, a lowering's cooldown runs from when its call returned, a moment after the decision:
+    on a 60-s interval the next lowering goes a decision after the cooldown (660 s), as
+    ``--call-latency`` models; at the decisions' times (the default) 600 s."""
+    h = history(np.full((40, 1), NONE), floor=1.0)
+
+    def lowerings(latency: float) -> list[float]:
+        settings = RunSettings(ExchangeRules(call_latency=latency), fills="decision")
+        run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=5.0), settings, "replay",
+                          keep_trace=True)
+        return [t - T0 for t, p in run.trace for a in p.actions if isinstance(a, ChangePrice)]
+
+    assert lowerings(0.0)[:3] == [600.0, 1200.0, 1800.0]
+    assert lowerings(1.0)[:3] == [660.0, 1320.0, 1980.0]

@@ -17,7 +17,7 @@ from bidder.backtest.replay_diff import ReplayDiffError, describe, load_run, rep
 from bidder.backtest.runner import RunSettings
 from bidder.cli import main
 from bidder.clock import ManualClock
-from bidder.orders import SPEND_AT_STOP
+from bidder.orders import SPEND_AT_STOP, recently_cancelled
 from bidder.sim import SimMarket, SimOptions
 from bidder.warmup import warm_memories
 from bot_helpers import KEY, START, drive, giga_target, make_config, new_bot, spot_target
@@ -277,6 +277,45 @@ def test_restarted_sessions_on_both_markets_replay_decision_for_decision(tmp_pat
     assert ("idle: offers wait, none runs" in reasons) == (seed == 1)
     costs = {c.target: c for c in diff_of(path, 1).costs}
     assert costs["g"].comparable and abs(costs["g"].gap) < 0.05, costs["g"]
+
+
+def test_the_replay_takes_each_call_when_the_bot_did(tmp_path):
+    """The bot records a lowering when its call returns, a moment after the decision, and the
+    next one waits for the cooldown from then: on a 60-s interval the decision 600 s later is a
+    moment too early and it lowers a decision after. The replay takes the run's calls at their
+    recorded times and lowers when the bot did; at the decisions' times it would lower a
+    decision earlier (seed 8: at 1440 s instead of 1500 s)."""
+    path = tmp_path / "latency.db"
+    record_session(path, hours=1.0, spot=True, seed=8)
+    with open_database(f"sqlite:///{path}", writer=False) as db, db.sessions() as session:
+        run = load_run(session, 1)
+        lowered = {k: at for k, at in run.call_times.items() if k[1] == "lower"}
+        assert all(0 <= at - k[3] < 60 for k, at in lowered.items())
+        assert any(at > k[3] for k, at in lowered.items())  # a call that took a moment
+        assert replay_diff(session, run, RunSettings()).differences == []
+        run.call_times = {}
+        early = replay_diff(session, run, RunSettings()).differences
+    assert early and early[0].replay and early[0].replay[0][1] == "lower" and not early[0].bot
+
+
+def test_a_run_starts_with_the_cancels_before_it_not_later_ones(database: Database):
+    """A server cancelled before the run and again during it: the run's rebuy block at its start
+    is the earlier cancel (the later one once hid it, and the replay bought the server back)."""
+    def cancelled(server_id: int, closed_at: float) -> BotOrder:
+        return BotOrder(target="g", market="gigaspot", server_id=server_id, order_id=server_id,
+                        state="closed", price=5.0, currency="CLORE-Blockchain", gpus=1,
+                        created_at=closed_at - 600, closed_at=closed_at,
+                        close_reason="cancelled (not wanted)", adopted=False, dry_run=False,
+                        lookups=0)
+
+    with database.sessions.begin() as session:
+        session.add_all([cancelled(7, START + 100), cancelled(7, START + 5000),
+                         cancelled(8, START + 4000), cancelled(9, START - 9000)])
+    with database.sessions() as session:
+        left = recently_cancelled(session, "g", START - 3600, dry_run=False, before=START + 4500)
+        assert left == {7: START + 100, 8: START + 4000}
+        assert recently_cancelled(session, "g", START - 3600, dry_run=False) == {
+            7: START + 5000, 8: START + 4000}
 
 
 def test_the_cli_prints_the_report_and_writes_json(session_db, tmp_path, capsys):
