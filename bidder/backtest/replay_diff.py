@@ -28,7 +28,6 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from bidder.backtest.data import HistoryError, load_history
-from bidder.warmup import warm_memories
 from bidder.backtest.exchange import StartingOrder
 from bidder.backtest.runner import (
     AS_CONFIGURED,
@@ -40,8 +39,9 @@ from bidder.backtest.runner import (
     run_variant,
 )
 from bidder.config import Config, ConfigError, parse_config
-from bidder.rules import Plan, StepKnowledge, action_json
 from bidder.orders import SPEND_AT_STOP, recently_cancelled
+from bidder.rules import Plan, StepKnowledge, action_json
+from bidder.warmup import warm_memories
 from storage.models import (
     ApiCall,
     BotCycle,
