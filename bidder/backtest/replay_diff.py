@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -359,6 +359,11 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
     # its replay (bidder.warmup)
     warmed = warm_memories(session, config, [t for t in config.targets if getattr(
         AS_CONFIGURED.instance(t), "uses_memory", False)], until=run.started_at)
+    if run.mode == "dry-run":
+        # a dry run's virtual exchange takes whatever the rules engine sends: it neither
+        # refuses a step nor enforces a cooldown (the engine's own beliefs still apply)
+        settings = replace(settings, exchange=replace(settings.exchange,
+                                                      step_rule="fraction:1", cooldown=0.0))
     record = run_variant(history, config, AS_CONFIGURED, settings, "replay",
                          decision_times=[c.at for c in run.cycles],
                          seen_at=[c.seen_at for c in run.cycles], end=run.end,

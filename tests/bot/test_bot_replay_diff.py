@@ -169,6 +169,17 @@ def test_a_dry_run_session_replays_its_virtual_fills(tmp_path):
     assert cost.bot > 0 and abs(cost.gap) < 0.01, cost
 
 
+def test_a_dry_run_lowering_beyond_the_exchange_s_step_replays_as_the_bot_did(tmp_path):
+    """A dry run's virtual exchange takes a lowering the real one would refuse for its step
+    (nothing is refused, so no step is learned): its replay does too, instead of the step the
+    emulated exchange enforces (seed 8: one lowering from 21.75 to 17.99 at 840 s)."""
+    path = tmp_path / "dry8.db"
+    record_session(path, hours=1.0, mode="dry-run", spot=True, seed=8)
+    diff = diff_of(path)
+    assert diff.run.mode == "dry-run" and diff.differences == []
+    assert all(abs(c.gap) < 0.01 for c in diff.costs), diff.costs
+
+
 def test_a_restarted_bot_replays_from_the_orders_it_found(tmp_path):
     path = tmp_path / "restart.db"
     record_session(path, hours=1.0, runs=2)
