@@ -169,10 +169,10 @@ class Bot:
             run.stop_reason = reason
             # the orders left open live on into the next run, and their spend with them: what
             # this run's replay-diff bills is their spend now (as of the last sync)
+            # (None where my_orders never gave one: GigaSPOT orders it does not list)
             for order in open_orders(session, dry_run=False):
-                if order.spend is not None:
-                    add_event(session, order, SPEND_AT_STOP, run.stopped_at, spend=order.spend,
-                              run_id=self.run_id)
+                add_event(session, order, SPEND_AT_STOP, run.stopped_at, spend=order.spend,
+                          run_id=self.run_id)
         log.info("bot run %d stopped: %s", self.run_id, reason)
         self.oversight.stopped(reason)
         self.activity.flush()

@@ -63,7 +63,8 @@ and the backtester alike)."""
 
 SPEND_AT_STOP = "spend_at_stop"
 """The event a stopping bot writes for each order it leaves open: its spend then (``detail``:
-``spend``, ``run_id``), so the run's bill can be told from the next run's."""
+``spend``, None where ``my_orders`` never gave one, and ``run_id``), so the run's bill can be
+told from the next run's."""
 
 
 def add_event(session: Session, order: BotOrder, kind: str, at: float, price: float | None = None,

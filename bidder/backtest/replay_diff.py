@@ -185,7 +185,7 @@ def load_run(session: Session, run_id: int | None = None) -> RecordedRun:
                 at_stop = [d["spend"] for _, kind, _, d in events.get(order.id, [])
                            if kind == SPEND_AT_STOP and d and d.get("run_id") == run.id]
                 if at_stop:
-                    spend = float(at_stop[-1])
+                    spend = float(at_stop[-1] or 0.0)  # None: never known, as for any run
                 else:
                     outlived.add(order.target)
             billed[order.target] += spend
