@@ -3,7 +3,11 @@
 The backtest is only worth trusting if, fed what the bot saw, it does what the bot did and pays
 what the bot paid. This replays one recorded run (live, sim or dry-run) through the backtester with
 the run's own recorded config and strategies, deciding at the run's cycle times on the market data
-each cycle saw (``seen_at``), starting from the orders the run found open, and compares:
+each cycle saw (``seen_at``), starting from the orders the run found open, and with what else the
+bot's decisions depended on: the market memory it warmed at its start (``bidder.warmup``), the
+servers it had cancelled orders on within its rebuy block before the run, the servers it kept
+away from (its recorded blocks), and the times its calls were done (the cooldown runs from them).
+A dry run is replayed against an exchange that refuses nothing, as its virtual one. It compares:
 
 - decisions: per decided cycle, the actions the bot planned against the actions the replay
   planned (kind, server, price); after the first difference the two follow different books, so

@@ -439,12 +439,14 @@ class _Run:
     def _keep_away(self, view: TargetView, now: float) -> TargetView:
         """``view`` with the servers the target keeps away from now made not eligible (blocks:
         not those its orders are on) and, on spot, the idle ones, as the live engine does."""
-        blocks = self.kept_away.get(view.target.name, ())
+        blocks = self.kept_away.get(view.target.name)
+        idle = self.idle if view.target.market == "spot" else set()
+        if not blocks and not idle:  # the common case: nothing to keep away from
+            return view
         own = {o.server_id for o in view.orders}
-        avoid = {b.server_id for b in blocks
+        avoid = {b.server_id for b in blocks or ()
                  if b.at <= now and (b.until is None or b.until > now)} - own
-        if view.target.market == "spot":
-            avoid |= self.idle
+        avoid |= idle
         if not avoid:
             return view
         c = view.candidates
