@@ -48,6 +48,7 @@ from bidder.api.models import (
 from bidder.clock import Clock
 from bidder.config import Config, TargetConfig
 from bidder.journal import Journal, Sent
+from bidder.lowering import probed_step
 from bidder.orders import OPEN_STATES, add_event, close, describe_price, keep_away, own_order
 from bidder.reconcile import CreateGrace, Reconciler, ReconcileReport
 from bidder.rules import Cancel, ChangePrice, Create, Plan
@@ -56,9 +57,6 @@ from strategies.base import TargetView
 
 log = logging.getLogger(__name__)
 
-MIN_PROBE_FRACTION = 0.01
-"""A refused GigaSPOT lowering halves the step it tries next, down to this fraction of the price;
-below it the order waits a full cooldown instead (the refusal was likely not about the step)."""
 
 
 @dataclass(slots=True)
@@ -343,14 +341,14 @@ class Executor:
     def _probe_step(self, session: Session, order: BotOrder, change: ChangePrice,
                     now: float) -> None:
         """A GigaSPOT lowering was refused without a reason: try half the step next time."""
-        step = (order.price - change.price) / 2.0
-        if step < MIN_PROBE_FRACTION * order.price:
+        lowest = probed_step(order.price, change.price)
+        if lowest is None:
             rules = self._config.markets.rules("gigaspot")
             order.told_next_lower_at = now + rules.cooldown
             add_event(session, order, "lowering_refused", now, order.price, wanted=change.price,
                       wait=rules.cooldown)
             return
-        order.step_price, order.step_max = order.price, order.price - step
+        order.step_price, order.step_max = order.price, lowest
         add_event(session, order, "step_learned", now, order.price, max_step=order.step_max,
                   wanted=change.price, probed=True)
 

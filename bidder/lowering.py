@@ -17,6 +17,17 @@ DEFAULT_COOLDOWN_FROM_CREATION = True
 """Treat an order's creation as a lowering (safe while the exchange's rule is unknown)."""
 DEFAULT_FEE_FRACTION = 0.025
 """Fees on top of the price (spot: about 2.5 %)."""
+MIN_PROBE_FRACTION = 0.01
+"""A refused GigaSPOT lowering halves the step it tries next, down to this fraction of the price;
+below it the order waits a full cooldown instead (the refusal was likely not about the step)."""
+
+
+def probed_step(price: float, wanted: float) -> float | None:
+    """After GigaSPOT refused lowering ``price`` to ``wanted`` without a reason: the lowest price
+    to try next (half the step), or None when that step would be under ``MIN_PROBE_FRACTION``
+    of the price (wait a cooldown instead). The executor and the backtest's exchange share it."""
+    step = (price - wanted) / 2.0
+    return None if step < MIN_PROBE_FRACTION * price else price - step
 
 
 class LoweringRules(Protocol):

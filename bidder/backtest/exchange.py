@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from bidder.config import MarketRules, MarketsConfig
+from bidder.lowering import probed_step
 from bidder.rules import (
     Action,
     Cancel,
@@ -43,6 +44,9 @@ REBUY_WINDOW = 3600.0
 """A create within this long of our own cancel on the same server counts as a rebuy."""
 
 
+GIGASPOT_REFUSALS = ("silent", "max_step")
+
+
 @dataclass(frozen=True, slots=True)
 class ExchangeRules:
     """What the emulated exchange enforces."""
@@ -54,6 +58,10 @@ class ExchangeRules:
     payment: str = "pay_your_bid"
     """``pay_your_bid`` or ``second_price``."""
     gigaspot_max_life: float = 20 * 86_400.0
+    gigaspot_refusals: str = "silent"
+    """How GigaSPOT refuses a lowering: ``silent`` (as its API does: ``failed_to_update_ids``,
+    no reason; the bot probes half the step next time, ``bidder.executor``) or ``max_step``
+    (as spot does: the step is named and the executor retries at it at once)."""
     call_latency: float = 0.0
     """Seconds from a decision to the exchange taking its calls (default: at once). Live, the
     bot records an order's creation and each lowering when the call returns, a moment after the
@@ -61,6 +69,11 @@ class ExchangeRules:
     next lowering waits for the one after (660 s apart on a 60-s decision interval, not 600);
     ``bidder backtest --call-latency 1`` models that. A replay of a bot run takes each call at
     its recorded time."""
+
+    def __post_init__(self) -> None:
+        if self.gigaspot_refusals not in GIGASPOT_REFUSALS:
+            raise ValueError(f"gigaspot_refusals {self.gigaspot_refusals!r}: expected one of "
+                             f"{GIGASPOT_REFUSALS}")
 
     def step(self) -> StepRule:
         return StepRule.parse(self.step_rule)
@@ -274,6 +287,16 @@ class EmulatedExchange:
         self._own_of.pop(order.order_id, None)
         self.version += 1
 
+    def _probe(self, order: EmulatedOrder, wanted: float, now: float) -> None:
+        """A GigaSPOT lowering refused without a reason, as the bot takes it
+        (``bidder.executor.Executor._probe_step``): half the step next time, or a full cooldown
+        of its belief when that step is too small to be the reason."""
+        lowest = probed_step(order.price, wanted)
+        if lowest is None:
+            order.not_before = now + self.markets.rules(order.market).cooldown
+        else:
+            order.knowledge = StepKnowledge(order.price, lowest)
+
     def _fee_due(self, market: str, created_at: float, now: float) -> bool:
         """Whether an order created at ``created_at`` owes its creation fee by ``now``."""
         return now - created_at > self.markets.rules(market).creation_fee_after
@@ -308,17 +331,25 @@ class EmulatedExchange:
 
     def _lower(self, order: EmulatedOrder, price: float, now: float) -> None:
         counters = self._call(order.target)
+        silent = order.market == "gigaspot" and self.rules.gigaspot_refusals == "silent"
         if order.lowered_at is not None:
             wait = order.lowered_at + self.rules.cooldown - now
             if wait > TIME_TOLERANCE:
                 counters.cooldown_refusals += 1
-                order.not_before = now + math.ceil(wait)
+                if silent:
+                    self._probe(order, price, now)
+                else:
+                    order.not_before = now + math.ceil(wait)
                 self.version += 1  # the bot learns when it may lower: its view changes
                 return
         _, _, floor = self._info(order.market, order.server_id, order.currency)
         lowest = max(self._step.lowest(order.price), floor if math.isfinite(floor) else 0.0)
         if price < lowest * (1 - PRICE_TOLERANCE):
             counters.step_refusals += 1
+            if silent:
+                self._probe(order, price, now)
+                self.version += 1
+                return
             order.knowledge = StepKnowledge(order.price, lowest)
             if lowest >= order.price * (1 - PRICE_TOLERANCE):
                 self.version += 1  # the step learned changes the bot's view

@@ -284,5 +284,6 @@ def _settings(history: Any, exchange: ExchangeRules, settings: RunSettings, targ
             "exchange": {"step_rule": exchange.step_rule, "payment": exchange.payment,
                          "cooldown": exchange.cooldown,
                          "cooldown_from_creation": exchange.cooldown_from_creation,
-                         "call_latency": exchange.call_latency},
+                         "call_latency": exchange.call_latency,
+                         "gigaspot_refusals": exchange.gigaspot_refusals},
             "reactive_seed": settings.reactive.seed, "fills": settings.fills}

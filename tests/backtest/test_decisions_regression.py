@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from bidder.backtest.data import History, load_history
-from bidder.backtest.exchange import StartingOrder
+from bidder.backtest.exchange import ExchangeRules, StartingOrder
 from bidder.backtest.grid import expand_grid
 from bidder.backtest.oracle import oracle
 from bidder.backtest.runner import RunRecord, RunSettings, Variant, run_variant
@@ -66,7 +66,11 @@ VARIANTS = [
 """The ``outbid`` and ``profit`` runs were recorded without ``contested_at`` before market memory
 became outbid's default (2026-12-03): ``contested_at=0`` keeps their decisions, and ``outbid``'s
 default with market memory was added then."""
-REACTIVE = RunSettings(reactive=ReactiveSettings(seed=11))
+RECORDED_RULES = ExchangeRules(gigaspot_refusals="max_step")
+"""The emulated exchange the fixture was recorded with: GigaSPOT named the step of a refused
+lowering until 2026-12-03 (now it refuses silently, as its API does); the recorded runs keep the
+rule they were recorded under, so the chain of "no decision moved" stays unbroken."""
+REACTIVE = RunSettings(RECORDED_RULES, reactive=ReactiveSettings(seed=11))
 
 
 PRICE_DECIMALS = 4
@@ -161,7 +165,7 @@ def _runs(history: History, config: Config, jobs: list[tuple[str, Variant, str, 
           ) -> dict[str, Any]:
     runs, out = [], {}
     for label, variant, mode, kw in jobs:
-        settings = REACTIVE if mode == "reactive" else RunSettings()
+        settings = REACTIVE if mode == "reactive" else RunSettings(RECORDED_RULES)
         run = run_variant(history, config, variant, settings, mode, keep_trace=True, **kw)
         runs.append(run)
         out[label] = run_summary(run)

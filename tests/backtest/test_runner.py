@@ -25,7 +25,10 @@ def one(run):
     return run.targets["t"]
 
 
-DECIDE_FIRST = RunSettings(fills="decision")
+NAMED_STEP = ExchangeRules(gigaspot_refusals="max_step")
+"""The emulated exchange naming the step of a refused lowering (spot's way; these tests' market is
+GigaSPOT, whose API refuses without a reason: ``test_a_gigaspot_refusal_...``)."""
+DECIDE_FIRST = RunSettings(NAMED_STEP, fills="decision")
 """The accounting tests here let a decision take effect on its own tick, so that their sums stay
 simple; ``test_fill_resolution.py`` covers the default, which fills a decision's tick first."""
 
@@ -84,7 +87,8 @@ def test_a_cooldown_the_bot_does_not_know_is_refused_and_counted():
 
 def test_a_cooldown_refusal_is_waited_out_not_sent_again_at_every_decision():
     h = history(np.full((20, 1), NONE), floor=1.0)
-    settings = RunSettings(ExchangeRules(cooldown=900.0), fills="decision")
+    settings = RunSettings(ExchangeRules(cooldown=900.0, gigaspot_refusals="max_step"),
+                           fills="decision")
     run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=9.5), settings, "replay",
                       keep_trace=True)
     c = one(run).counters
@@ -279,10 +283,30 @@ def test_a_call_latency_makes_lowerings_wait_for_the_decision_after_the_cooldown
     h = history(np.full((40, 1), NONE), floor=1.0)
 
     def lowerings(latency: float) -> list[float]:
-        settings = RunSettings(ExchangeRules(call_latency=latency), fills="decision")
+        settings = RunSettings(ExchangeRules(call_latency=latency, gigaspot_refusals="max_step"),
+                               fills="decision")
         run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=5.0), settings, "replay",
                           keep_trace=True)
         return [t - T0 for t, p in run.trace for a in p.actions if isinstance(a, ChangePrice)]
 
     assert lowerings(0.0)[:3] == [600.0, 1200.0, 1800.0]
     assert lowerings(1.0)[:3] == [660.0, 1320.0, 1980.0]
+
+
+def test_a_gigaspot_refusal_names_no_step_and_the_bot_probes_half_of_it():
+    """GigaSPOT's API refuses a lowering without a reason (``failed_to_update_ids``): the bot
+    tries half the step at the next decision (``bidder.executor``), as the emulated exchange
+    lets it, until a price within the real step (10 %: 9.0 from 10.0) goes through."""
+    h = history(np.full((22, 1), NONE), floor=1.0)
+    run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=5.0),
+                      RunSettings(fills="decision"), "replay", keep_trace=True)
+    tried = [(t - T0, a.price) for t, p in run.trace for a in p.actions
+             if isinstance(a, ChangePrice)]
+    assert tried[:4] == [(600.0, 5.0), (660.0, 7.5), (720.0, 8.75), (780.0, 9.375)]
+    c = one(run).counters
+    assert c.step_refusals == 3 and c.lowerings >= 1
+    assert one(run).paid_per_day[tried_index(run, 780.0) + 1] == pytest.approx(9.375)
+
+
+def tried_index(run, seconds: float) -> int:
+    return int(np.flatnonzero(np.isclose(run.step_time - T0, seconds))[0])
