@@ -20,7 +20,16 @@ from bidder.clock import ManualClock
 from bidder.orders import SPEND_AT_STOP, recently_cancelled
 from bidder.sim import SimMarket, SimOptions
 from bidder.warmup import warm_memories
-from bot_helpers import KEY, START, drive, giga_target, make_config, new_bot, spot_target
+from bot_helpers import (
+    KEY,
+    START,
+    assert_invariants,
+    drive,
+    giga_target,
+    make_config,
+    new_bot,
+    spot_target,
+)
 from storage.db import Database, open_database
 from storage.models import (
     ApiCall,
@@ -66,6 +75,7 @@ def record_session(path: Path, *, hours: float = HOURS, mode: str = "live",
             # a restart takes time: the next run starts after this one's last events (at the
             # same instant, a replay could not tell whose they were)
             clock.advance(1.0)
+        assert_invariants(market, database)  # the books agree, one bid a server, no rule broken
     return market
 
 
@@ -119,6 +129,11 @@ def test_both_markets_replay_with_no_decision_gap(tmp_path):
     assert abs(costs["g"].gap) < 0.01, costs["g"]
 
 
+def last_acting_cycle(session) -> BotCycle:
+    return session.scalars(select(BotCycle).join(BotDecision).where(
+        BotDecision.actions != []).order_by(BotCycle.id.desc())).first()
+
+
 def test_cycles_after_the_last_sync_are_replayed_on_the_data_they_saw(session_db, tmp_path):
     """The run's end (for the bill) is its last ``my_orders`` sync; cycles after it saw newer
     market data, and the replay must see it too (it once replayed them on the data up to the
@@ -127,8 +142,7 @@ def test_cycles_after_the_last_sync_are_replayed_on_the_data_they_saw(session_db
     copy = tmp_path / "late.db"
     copy.write_bytes(path.read_bytes())
     with open_database(f"sqlite:///{copy}", writer=True) as db, db.sessions.begin() as session:
-        acted = session.scalars(select(BotCycle).join(BotDecision).where(
-            BotDecision.actions != []).order_by(BotCycle.id.desc())).first()
+        acted = last_acting_cycle(session)
         seen = max(t for t in (acted.gigaspot_frame_time, acted.spot_frame_time) if t is not None)
         # no sync from just before the data it acted on: as if the last one came before it
         session.execute(delete(ApiCall).where(ApiCall.endpoint == "my_orders",
