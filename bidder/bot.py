@@ -167,12 +167,13 @@ class Bot:
             run = session.get_one(BotRun, self.run_id)
             run.stopped_at = self.clock.now()
             run.stop_reason = reason
-            # the orders left open live on into the next run, and their spend with them: what
-            # this run's replay-diff bills is their spend now (as of the last sync)
-            # (None where my_orders never gave one: GigaSPOT orders it does not list)
-            for order in open_orders(session, dry_run=False):
-                add_event(session, order, SPEND_AT_STOP, run.stopped_at, spend=order.spend,
-                          run_id=self.run_id)
+            # the orders left open live on into the next run, spending: this run's bill (its
+            # replay-diff's) is their spend now, as of the last sync (None where my_orders never
+            # gave one: GigaSPOT orders it does not list). A dry run's bill is its virtual fills'.
+            if not self.journal.dry_run:
+                for order in open_orders(session, dry_run=False):
+                    add_event(session, order, SPEND_AT_STOP, run.stopped_at, spend=order.spend,
+                              run_id=self.run_id)
         log.info("bot run %d stopped: %s", self.run_id, reason)
         self.oversight.stopped(reason)
         self.activity.flush()
