@@ -45,6 +45,9 @@ REBUY_WINDOW = 3600.0
 
 
 GIGASPOT_REFUSALS = ("silent", "max_step")
+CALL_LATENCY = 1.0
+"""Seconds: about what a call takes live (its round trip and the rate limiter's spacing); the
+exact figure hardly matters while it is above 0 and well under the decision interval."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +65,13 @@ class ExchangeRules:
     """How GigaSPOT refuses a lowering: ``silent`` (as its API does: ``failed_to_update_ids``,
     no reason; the bot probes half the step next time, ``bidder.executor``) or ``max_step``
     (as spot does: the step is named and the executor retries at it at once)."""
-    call_latency: float = 0.0
-    """Seconds from a decision to the exchange taking its calls (default: at once). Live, the
-    bot records an order's creation and each lowering when the call returns, a moment after the
-    decision, so the cooldown from it ends just after the decision ``cooldown`` later and the
-    next lowering waits for the one after (660 s apart on a 60-s decision interval, not 600);
-    ``bidder backtest --call-latency 1`` models that. A replay of a bot run takes each call at
-    its recorded time."""
+    call_latency: float = CALL_LATENCY
+    """Seconds from a decision to the exchange taking its calls. Live, the bot records an order's
+    creation and each lowering when the call returns, a moment after the decision, so the
+    cooldown from it ends just after the decision ``cooldown`` later and the next lowering waits
+    for the one after (660 s apart on a 60-s decision interval, not 600). 0: calls at the
+    decision's time (the model until 2026-12-03). A replay of a bot run takes each call at its
+    recorded time."""
 
     def __post_init__(self) -> None:
         if self.gigaspot_refusals not in GIGASPOT_REFUSALS:

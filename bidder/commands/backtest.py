@@ -64,11 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "older model, which decides before filling each tick (our bids "
                              "answer every raise before it costs anything: an upper bound on "
                              "availability), for comparison")
-    parser.add_argument("--call-latency", type=float, default=0.0, metavar="S",
-                        help="seconds from a decision to the exchange taking its calls "
-                             "(default 0: at once); live a lowering's cooldown runs from when "
-                             "its call returned, so 1 makes lowerings wait for the decision after "
-                             "the cooldown, as live")
+    parser.add_argument("--call-latency", type=float, default=None, metavar="S",
+                        help="seconds from a decision to the exchange taking its calls (default "
+                             "1: live, a lowering's cooldown runs from when its call returned, "
+                             "so lowerings wait for the decision after the cooldown); 0: at the "
+                             "decision's time, the model until 2026-12-03")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the reactive rivals (default: [sim] seed)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT",
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_settings(args: argparse.Namespace, config: Config) -> RunSettings:
-    from bidder.backtest.exchange import ExchangeRules
+    from bidder.backtest.exchange import CALL_LATENCY, ExchangeRules
     from bidder.backtest.reactive import ReactiveSettings
     from bidder.backtest.runner import RunSettings
     from bidder.sim.options import StepRule
@@ -142,7 +142,8 @@ def _run_settings(args: argparse.Namespace, config: Config) -> RunSettings:
         StepRule.parse(step_rule)
     except ValueError as err:
         raise UsageError(f"--step-rule: {err}") from None
-    latency = getattr(args, "call_latency", 0.0)
+    latency = getattr(args, "call_latency", None)
+    latency = CALL_LATENCY if latency is None else latency
     if not 0.0 <= latency < config.bot.decide_interval:
         raise UsageError(f"--call-latency {latency:g}: expected seconds from 0 to under "
                          f"[bot] decide_interval ({config.bot.decide_interval:g})")

@@ -56,7 +56,7 @@ def test_table_json_and_plot(recorded, tmp_path, capsys):
     assert doc["settings"]["exchange"]["step_rule"] == "fraction:0.1"
     assert doc["settings"]["modes"] == ["replay", "reactive"]
     assert doc["settings"]["fills"] == "tick"
-    assert doc["settings"]["exchange"]["call_latency"] == 0.0
+    assert doc["settings"]["exchange"]["call_latency"] == 1.0
     assert doc["settings"]["exchange"]["gigaspot_refusals"] == "silent"
     assert [(r["strategy"], r["mode"]) for r in doc["runs"]] == [
         (s, m) for s in ("outbid", "fixed:price_per_gpu_day=9", "fixed:price_per_gpu_day=20")

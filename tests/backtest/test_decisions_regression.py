@@ -66,10 +66,11 @@ VARIANTS = [
 """The ``outbid`` and ``profit`` runs were recorded without ``contested_at`` before market memory
 became outbid's default (2026-12-03): ``contested_at=0`` keeps their decisions, and ``outbid``'s
 default with market memory was added then."""
-RECORDED_RULES = ExchangeRules(gigaspot_refusals="max_step")
-"""The emulated exchange the fixture was recorded with: GigaSPOT named the step of a refused
-lowering until 2026-12-03 (now it refuses silently, as its API does); the recorded runs keep the
-rule they were recorded under, so the chain of "no decision moved" stays unbroken."""
+RECORDED_RULES = ExchangeRules(gigaspot_refusals="max_step", call_latency=0.0)
+"""The emulated exchange the fixture was recorded with: until 2026-12-03 GigaSPOT named the step
+of a refused lowering (now it refuses silently, as its API does) and calls were taken at the
+decision's time (now a second later, as live); the recorded runs keep the rules they were
+recorded under, so the chain of "no decision moved" stays unbroken."""
 REACTIVE = RunSettings(RECORDED_RULES, reactive=ReactiveSettings(seed=11))
 
 

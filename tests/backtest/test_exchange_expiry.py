@@ -11,7 +11,7 @@ def exchange():
     markets = parse_config({"targets": [{"name": "t", "market": "gigaspot", "count": 1,
                                          "max_price_per_gpu_day": 10,
                                          "oc": {"pl": 200}}]}).markets
-    return EmulatedExchange(ExchangeRules(gigaspot_max_life=LIFE), markets,
+    return EmulatedExchange(ExchangeRules(gigaspot_max_life=LIFE, call_latency=0.0), markets,
                             [("t", "gigaspot", "CLORE-Blockchain")],
                             lambda market, server, currency: (server, 1, 1.0))
 

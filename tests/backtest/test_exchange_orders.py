@@ -17,7 +17,7 @@ FLOOR = 1.0
 
 def exchange(rules: ExchangeRules | None = None, **spot: object) -> EmulatedExchange:
     """One spot target ``t`` on servers whose floor is ``FLOOR``; ``spot``: the bot's beliefs."""
-    return EmulatedExchange(rules or ExchangeRules(), MarketsConfig(spot=spot),
+    return EmulatedExchange(rules or ExchangeRules(call_latency=0.0), MarketsConfig(spot=spot),
                             [("t", "spot", "USD-Blockchain")],
                             lambda market, server, currency: (server, 1, FLOOR))
 
@@ -66,7 +66,7 @@ def test_a_new_order_shows_the_cooldown_and_step_a_live_one_shows():
 
 
 def test_the_view_follows_the_bot_beliefs_through_a_refusal_and_a_step():
-    ex = exchange(ExchangeRules(cooldown=900.0), cooldown=300.0, cooldown_from_creation=False)
+    ex = exchange(ExchangeRules(cooldown=900.0, call_latency=0.0), cooldown=300.0, cooldown_from_creation=False)
     send(ex, 0.0, Create("t", 5, 100.0))
     assert ex.own_orders("t")[0].next_lower_at == 0.0  # the bot believes it may lower at once
     assert_books_agree(ex)

@@ -25,7 +25,7 @@ def one(run):
     return run.targets["t"]
 
 
-NAMED_STEP = ExchangeRules(gigaspot_refusals="max_step")
+NAMED_STEP = ExchangeRules(gigaspot_refusals="max_step", call_latency=0.0)
 """The emulated exchange naming the step of a refused lowering (spot's way; these tests' market is
 GigaSPOT, whose API refuses without a reason: ``test_a_gigaspot_refusal_...``)."""
 DECIDE_FIRST = RunSettings(NAMED_STEP, fills="decision")
@@ -87,8 +87,8 @@ def test_a_cooldown_the_bot_does_not_know_is_refused_and_counted():
 
 def test_a_cooldown_refusal_is_waited_out_not_sent_again_at_every_decision():
     h = history(np.full((20, 1), NONE), floor=1.0)
-    settings = RunSettings(ExchangeRules(cooldown=900.0, gigaspot_refusals="max_step"),
-                           fills="decision")
+    settings = RunSettings(ExchangeRules(cooldown=900.0, gigaspot_refusals="max_step",
+                                         call_latency=0.0), fills="decision")
     run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=9.5), settings, "replay",
                       keep_trace=True)
     c = one(run).counters
@@ -299,7 +299,8 @@ def test_a_gigaspot_refusal_names_no_step_and_the_bot_probes_half_of_it():
     lets it, until a price within the real step (10 %: 9.0 from 10.0) goes through."""
     h = history(np.full((22, 1), NONE), floor=1.0)
     run = run_variant(h, config(), hold(10.0, after=T0 + 60, then=5.0),
-                      RunSettings(fills="decision"), "replay", keep_trace=True)
+                      RunSettings(ExchangeRules(call_latency=0.0), fills="decision"), "replay",
+                      keep_trace=True)
     tried = [(t - T0, a.price) for t, p in run.trace for a in p.actions
              if isinstance(a, ChangePrice)]
     assert tried[:4] == [(600.0, 5.0), (660.0, 7.5), (720.0, 8.75), (780.0, 9.375)]
