@@ -15,7 +15,6 @@ the replayed market (``bidder.backtest.market``, the backtest's own) without ord
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -26,8 +25,6 @@ from bidder.backtest.market import ReplayMarket
 from bidder.config import Config, TargetConfig
 from bidder.memory import HIGH_WINDOW, MarketMemory
 from bidder.view import StaticMatchCache, build_target_view
-
-log = logging.getLogger(__name__)
 
 WINDOW = HIGH_WINDOW
 """Seconds of recorded market taken in: what the memory remembers in full (its recent high's
@@ -45,13 +42,16 @@ class Warmup:
     """The first tick observed (None: none)."""
     why_empty: str | None = None
     """Why nothing was observed (None: something was)."""
+    not_warmed: tuple[str, ...] = ()
+    """Targets left empty while others warmed, with why (a load the history refused)."""
 
     def describe(self) -> str:
         if not self.memories:
             return "no target uses market memory"
         if self.ticks == 0:
             return f"market memory starts empty: {self.why_empty}"
-        return f"market memory warmed from {self.ticks} recorded tick(s) before the start"
+        return (f"market memory warmed from {self.ticks} recorded tick(s) before the start"
+                + "".join(f"; {line}" for line in self.not_warmed))
 
 
 def warm_memories(session: Session, config: Config, targets: Sequence[TargetConfig], *,
@@ -65,6 +65,7 @@ def warm_memories(session: Session, config: Config, targets: Sequence[TargetConf
     if not targets:
         return Warmup(memories, 0, why_empty="no target")
     ticks, since, why = 0, None, nothing
+    refused: list[str] = []
     for group in _groups(targets):
         try:
             history = load_history(session, group,
@@ -74,6 +75,7 @@ def warm_memories(session: Session, config: Config, targets: Sequence[TargetConf
         except HistoryError as err:  # nothing recorded then, or nothing it can replay
             if not str(err).startswith("no "):
                 why = str(err)
+                refused.append(f"{', '.join(t.name for t in group)} left empty: {err}")
             continue
         seen = observe_history(history, config, group, memories, until=until)
         if seen:
@@ -81,7 +83,7 @@ def warm_memories(session: Session, config: Config, targets: Sequence[TargetConf
             since = float(history.time[0]) if since is None else min(since, float(history.time[0]))
     if ticks == 0:
         return Warmup(memories, 0, why_empty=why)
-    return Warmup(memories, ticks, since=since)
+    return Warmup(memories, ticks, since=since, not_warmed=tuple(refused))
 
 
 def _groups(targets: Sequence[TargetConfig]) -> list[list[TargetConfig]]:

@@ -180,3 +180,26 @@ def test_spot_targets_in_two_currencies_both_warm(tmp_path):
     for name in ("c", "b", "g"):
         memory = warmed.memories[name]
         assert memory.servers > 0 and memory.observed_at < start + 80 * 60, name
+
+
+def test_a_target_whose_market_cannot_be_loaded_is_named_while_others_warm(recorded, monkeypatch):
+    """Warming never reports a partial result as whole: a target its load refused is named."""
+    import bidder.warmup as warmup
+    from bidder.backtest.data import HistoryError
+
+    real = warmup.load_history
+
+    def refuse_spot(session, targets, **kw):
+        if any(t.market == "spot" for t in targets):
+            raise HistoryError("spot polls unreadable here")
+        return real(session, targets, **kw)
+
+    monkeypatch.setattr(warmup, "load_history", refuse_spot)
+    cfg = parse_config({"targets": [
+        {"name": "t", "market": "gigaspot", "count": 1, "max_price_per_gpu_day": 100,
+         "oc": {"pl": 200}},
+        {"name": "s", "market": "spot", "count": 1, "max_price_per_gpu_day": 100}]})
+    with open_database(recorded, writer=False) as db, db.sessions() as session:
+        warmed = warm_memories(session, cfg, cfg.targets, until=UNTIL)
+    assert warmed.ticks == 360 and warmed.memories["s"].servers == 0
+    assert warmed.describe().endswith("; s left empty: spot polls unreadable here")
