@@ -394,9 +394,16 @@ class CloreClient:
             try:
                 try:
                     response = send()
-                finally:  # the exchange saw it by now: the next call's second counts from here
+                except httpx.TimeoutException as exc:
+                    if held is not None:
+                        self._limiter.done(ep.name, held, self._slot_end(exc))
+                    raise
+                except BaseException:
                     if held is not None:
                         self._limiter.done(ep.name, held, self._clock.now())
+                    raise
+                if held is not None:  # the exchange saw it by now: the next call counts from here
+                    self._limiter.done(ep.name, held, self._clock.now())
                 result = interpret(response)
             except httpx.RequestError as exc:  # converted, not chained: it holds the headers
                 fault = self._transport_fault(ep.name, exc)
@@ -472,6 +479,18 @@ class CloreClient:
             except (TypeError, ValueError):
                 return None
         return max(0.0, seconds) if math.isfinite(seconds) else None
+
+    def _slot_end(self, exc: httpx.TimeoutException) -> float:
+        """When a call that timed out stops counting against the rate limit. One that never
+        left (no connection) ends now. One sent without a reply may still be on its way: the
+        exchange counts a request when it arrives, and nothing bounds when that is, so its slot
+        stays held for another request timeout (the next call waits up to that long, which a
+        timing-out exchange should get anyway), rather than letting the next call arrive right
+        behind it."""
+        now = self._clock.now()
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+            return now
+        return now + self._in_flight_hold
 
     def _transport_fault(self, endpoint: str, exc: httpx.RequestError) -> CloreError:
         detail = self._redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)

@@ -9,7 +9,8 @@ The exchange counts a request when it *arrives*, and arrival lags sending by a n
 varies (a loaded machine, a slow route): two sends a period apart may arrive closer. So a call's
 slot is held while it is in flight (``hold``: at most the request timeout) and, once its reply
 is in (``done``), counts from then: the exchange saw the request no later than it replied, so the
-next send a period after the reply arrives a period after it, whatever the delays. The send times live in a
+next send a period after the reply arrives a period after it, whatever the delays (a call that
+timed out without a reply, ``CloreClient._slot_end``, counts from a timeout later). The send times live in a
 state backend: in memory for one process, or in a small ``flock``-guarded file so that every
 process using the key (the bot and a ``bidder cancel-all`` beside it) shares one budget.
 """

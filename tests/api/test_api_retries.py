@@ -15,8 +15,10 @@ from bidder.api import (
     Priority,
     RateLimited,
     RequestNotSent,
+    RequestTimeout,
     SnapshotNotFound,
 )
+from bidder.api.ratelimit import HELD_POLL
 from bidder.api.models import SpotOrderRequest
 from bidder.clock import ManualClock
 
@@ -29,7 +31,7 @@ def test_reads_retry_transient_faults_with_exponential_backoff(
 ) -> None:
     server.on(
         "my_orders",
-        raises(httpx.ReadTimeout),
+        raises(httpx.ConnectError),
         status(502, text="bad gateway"),
         {"code": 1},
         status(200, text="{not json"),
@@ -38,13 +40,41 @@ def test_reads_retry_transient_faults_with_exponential_backoff(
     assert len(client.my_orders().orders) == 2
     assert server.times() == [0.0, 2.0, 6.0, 14.0, 30.0]
     assert [(e.attempt, e.outcome, e.code, e.http_status) for e in events] == [
-        (1, "timeout", None, None),
+        (1, "not_sent", None, None),
         (2, "http_error", None, 502),
         (3, "api_error", 1, 200),
         (4, "invalid_reply", None, 200),
         (5, "ok", 0, 200),
     ]
     assert all(e.priority is Priority.RECONCILE and e.endpoint == "my_orders" for e in events)
+
+
+@pytest.mark.parametrize("fault", [httpx.ReadTimeout, httpx.WriteTimeout])
+def test_a_call_sent_without_a_reply_holds_the_key_for_another_timeout(
+    make_client: Callable[..., CloreClient], server: FakeServer, fault: type[Exception]
+) -> None:
+    """The exchange counts a request when it arrives; one that timed out may still be on its way,
+    so no call of the key (another client sharing the limiter included) goes right behind it."""
+    client = make_client(timeout=10.0, max_retries=0)
+    other = make_client(timeout=10.0, limiter=client.limiter)
+    server.on("my_orders", raises(fault))
+    server.on("wallets", fixture("wallets.json"))
+    with pytest.raises(RequestTimeout):
+        client.my_orders()
+    other.wallets()
+    assert server.times() == [0.0, pytest.approx(11.0, abs=HELD_POLL)]
+
+
+def test_a_call_that_never_left_frees_the_key_at_once(
+    make_client: Callable[..., CloreClient], server: FakeServer
+) -> None:
+    client = make_client(timeout=10.0, max_retries=0)
+    server.on("my_orders", raises(httpx.ConnectTimeout))
+    server.on("wallets", fixture("wallets.json"))
+    with pytest.raises(RequestNotSent):
+        client.my_orders()
+    client.wallets()
+    assert server.times() == [0.0, pytest.approx(1.0, abs=HELD_POLL)]
 
 
 def test_reads_give_up_after_max_retries(
