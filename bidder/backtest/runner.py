@@ -45,6 +45,11 @@ from strategies.registry import load_strategy, safe_decide
 
 DAY = 86_400.0
 MODES = ("replay", "reactive")
+BACKTEST_MODEL = "2026-12-03"
+"""The date the backtest's model of the exchange last changed (2026-12-03: calls a second after
+the decision, silent GigaSPOT refusals, market memory warmed from the recording before the start).
+Change it with any change to how a run is scored (``EmulatedExchange``, fills, fees, steps): a
+study of ``bidder optimize`` records it, and one scored under another model is not resumed."""
 RECENT_WINS_REFRESHES = 100
 """``recent_wins`` is recomputed whenever the strategy's window has slid by 1/100 of itself."""
 PROGRESS_EVERY = 512
