@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from bidder.api import CloreClient
@@ -397,7 +397,8 @@ def last_calls(session: Session, local_ids: Sequence[int]) -> dict[int, float]:
 
 def _reopen(session: Session, order: BotOrder, hit: SeenOrder, now: float) -> None:
     """The exchange shows open an order we had closed: it is ours and open again (the block set
-    when it was taken for ended is lifted, or the target would cancel it)."""
+    when it was taken for ended ends now, or the target would cancel it; its record stays, so
+    ``--replay-diff`` keeps away from the server exactly as long as the bot did)."""
     log.warning("order %d on server %d, closed here (%s), is open at Clore (%s); re-opened",
                 order.order_id, order.server_id, order.close_reason, hit.source)
     order.state = "live"
@@ -407,10 +408,11 @@ def _reopen(session: Session, order: BotOrder, hit: SeenOrder, now: float) -> No
         order.price = hit.price
     if hit.spend is not None:
         order.spend = hit.spend
-    if order.target is not None:
-        session.execute(ServerBlock.__table__.delete().where(
+    if order.target is not None:  # ended, not deleted: a replay keeps away exactly as long
+        session.execute(ServerBlock.__table__.update().where(
             ServerBlock.server_id == order.server_id, ServerBlock.target == order.target,
-            ServerBlock.reason == ENDED_AT_CLORE))
+            ServerBlock.reason == ENDED_AT_CLORE,
+            or_(ServerBlock.until.is_(None), ServerBlock.until > now)).values(until=now))
     add_event(session, order, "reopened", now, order.price, source=hit.source)
 
 

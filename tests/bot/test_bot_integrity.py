@@ -10,11 +10,13 @@ import pytest
 from sqlalchemy import select
 
 from bidder.api.models import MyOrdersReply
-from bidder.reconcile import CreateGrace, Evidence, SeenOrder, match, seen_orders
+from bidder.orders import keep_away, kept_away
+from bidder.reconcile import ENDED_AT_CLORE, CreateGrace, Evidence, SeenOrder, match, \
+    seen_orders
 from bidder.sim import SimMarket, SimOptions
 from bot_helpers import KEY, assert_books_agree, assert_one_per_server, book, giga_target, \
     make_config, ours, spot_target
-from storage.models import BotOrder, BotOrderEvent
+from storage.models import BotOrder, BotOrderEvent, ServerBlock
 
 
 def giga_market(clock, **options):
@@ -100,13 +102,21 @@ def test_an_order_closed_by_mistake_is_reopened_not_left_orphaned(rig, clock, da
     r.start()
     r.run(900)
     [held] = book(database)
+    closed_at = clock.now()
     with database.sessions.begin() as session:  # a wrong close, as the old code made
         order = session.get_one(BotOrder, held.id)
-        order.state, order.closed_at, order.close_reason = "closed", clock.now(), "gone at Clore"
-        session.add(BotOrderEvent(order_ref=order.id, at=clock.now(), kind="closed"))
+        order.state, order.closed_at, order.close_reason = "closed", closed_at, "gone at Clore"
+        session.add(BotOrderEvent(order_ref=order.id, at=closed_at, kind="closed"))
+        keep_away(session, order.server_id, order.target, ENDED_AT_CLORE, closed_at + 3600.0,
+                  closed_at)
     r.run(900)
     r.bot.executor.reconcile()
     assert "reopened" in event_kinds(database)
+    with database.sessions() as session:  # the block ended when the order came back, on record
+        [(at, until)] = session.execute(select(ServerBlock.at, ServerBlock.until).where(
+            ServerBlock.reason == ENDED_AT_CLORE)).all()
+        assert at == closed_at and closed_at < until <= clock.now()
+        assert kept_away(session, clock.now()) == {}
     assert_books_agree(market, database)
     assert_one_per_server(market)
     assert len(ours(market)) == 1
