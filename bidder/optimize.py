@@ -14,6 +14,8 @@ in-sample period shows up.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import re
@@ -25,7 +27,14 @@ from typing import Any
 from bidder.backtest.data import History
 from bidder.backtest.metrics import target_metrics
 from bidder.backtest.oracle import Covers, bounds, covers, oracle
-from bidder.backtest.runner import RunSettings, Variant, run_variant, step_durations, steps
+from bidder.backtest.runner import (
+    BACKTEST_MODEL,
+    RunSettings,
+    Variant,
+    run_variant,
+    step_durations,
+    steps,
+)
 from bidder.config import Config, TargetConfig
 from bidder.memory import MarketMemory
 from bidder.plain import plain
@@ -250,14 +259,66 @@ def trial_objective(scorer: Scorer, dims: Sequence[Dimension], objective: str, f
     return run
 
 
+BOT_SETTINGS = ("decide_interval", "rebuy_block", "failed_rent_block")
+"""The ``[bot]`` settings a backtest reads (``bidder.backtest.runner``, ``bidder.warmup``); the
+others only steer the live bot, and changing them must not stop a study from being resumed."""
+POLLER_SETTINGS = ("spot_interval", "spot_polls_per_round")
+"""The ``[poller]`` settings a spot target's backtest reads (its first watch-list round)."""
+NOT_SCORED = frozenset({"name", "image", "command", "env", "ports", "ssh_key", "ssh_password",
+                        "jupyter_token", "strategy", "strategy_params"})
+"""Target fields left out of a study's setup: what runs on a rented server and its secrets (no
+backtest reads them, and a shared study is no place for secrets), and what the setup holds
+already (the name; the ``strategy_params`` trials hold)."""
+OPTIONAL_SETUP = ("clore_usd", "strategy_params")
+"""Setup keys present only when given; every other key is recorded by every study this bidder
+starts, so a stored setup without one was written by an older bidder."""
+ABSENT = object()
+
+
+def span(history: History) -> dict[str, Any]:
+    """The period a history covers as loaded: first and last tick time and the tick count."""
+    return {"first": float(history.time[0]), "last": float(history.time[-1]),
+            "ticks": int(history.n_ticks)}
+
+
+def run_conditions(config: Config, target: TargetConfig, settings: RunSettings, mode: str,
+                   in_sample: History, held_out: History | None,
+                   market_memory: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Everything besides the command line that changes a trial's score: the target as
+    configured, its market's rules as charged (with the recorded creation fee), the budget and
+    the ``[bot]``/``[poller]`` settings a backtest reads, the emulated exchange's settings (the
+    reactive rivals' only in reactive mode), the history as loaded, the market memory runs start
+    with (None: the strategy uses none) and the backtest's model. A config edited or a recording
+    grown between two processes of one study shows up here."""
+    run = dataclasses.asdict(settings)
+    if mode != "reactive":
+        run["reactive"] = None  # replay runs have no rivals that answer: their seed changes nothing
+    return {
+        "target_config": target.model_dump(mode="json", exclude=set(NOT_SCORED)),
+        "market_rules": config.markets.rules(target.market).model_dump(mode="json"),
+        "budget": config.budget.model_dump(mode="json"),
+        "bot": {k: getattr(config.bot, k) for k in BOT_SETTINGS},
+        "poller": ({k: getattr(config.poller, k) for k in POLLER_SETTINGS}
+                   if target.market == "spot" else None),
+        "run_settings": run,
+        "history": {"in_sample": span(in_sample),
+                    "held_out": span(held_out) if held_out is not None else None},
+        "market_memory": dict(market_memory) if market_memory is not None else None,
+        "backtest_model": BACKTEST_MODEL,
+    }
+
+
 def study_setup(strategy: str, target: str, mode: str, objective: str, floor: float,
                 dims: Sequence[Dimension], holdout: float | None, start: float | None,
                 end: float | None, *, clore_usd: float | None = None,
-                base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                base: Mapping[str, Any] | None = None,
+                conditions: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What a shared study's trials must agree on; a process with another setup is refused.
     A given USD per CLORE (``--clore-usd``) and the parameters held fixed (``base``) are part of
     it: trials scored at other rates or parameters do not compare (a study started without
-    either keeps its setup as it was)."""
+    either keeps its setup as it was). ``conditions`` (``run_conditions``) adds what the config
+    and the recording decide. The result is as JSON gives it back (lists, not tuples; no NaN),
+    so a setup read from the study compares equal to the one that wrote it."""
     setup = {"strategy": strategy, "target": target, "mode": mode, "objective": objective,
              "min_availability": floor, "space": [d.describe() for d in dims],
              "holdout_seconds": holdout, "from": start, "to": end}
@@ -265,4 +326,35 @@ def study_setup(strategy: str, target: str, mode: str, objective: str, floor: fl
         setup["clore_usd"] = clore_usd
     if base:
         setup["strategy_params"] = plain(dict(base))
-    return setup
+    setup.update(conditions or {})
+    return json.loads(json.dumps(plain(setup), allow_nan=False))
+
+
+def setup_refusal(study: str, found: Mapping[str, Any], setup: Mapping[str, Any]) -> str | None:
+    """Why a study whose stored setup is ``found`` cannot take trials scored under ``setup``,
+    in one line (None: it can): the keys an older bidder did not record, else each differing
+    key and, inside nested settings, each differing value as stored -> as now."""
+    missing = sorted(k for k in setup if k not in found and k not in OPTIONAL_SETUP)
+    if missing:
+        return (f"study {study!r} was started by an older bidder that did not record "
+                f"{', '.join(missing)}; name another --study")
+    differ = sorted(k for k in {*setup, *found} if found.get(k, ABSENT) != setup.get(k, ABSENT))
+    if not differ:
+        return None
+    changes = [c for k in differ for c in _changes(k, found.get(k, ABSENT), setup.get(k, ABSENT))]
+    return (f"study {study!r} was started with other settings ({', '.join(differ)}: "
+            f"{'; '.join(changes)}); name another --study")
+
+
+def _changes(path: str, old: Any, new: Any) -> list[str]:
+    """``path old -> new`` for each differing value, nested dicts walked."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted({*old, *new}, key=str)
+                if old.get(k, ABSENT) != new.get(k, ABSENT)
+                for c in _changes(f"{path}.{k}", old.get(k, ABSENT), new.get(k, ABSENT))]
+    return [f"{path} {_short(old)} -> {_short(new)}"]
+
+
+def _short(value: Any, most: int = 48) -> str:
+    text = "(not set)" if value is ABSENT else repr(value)
+    return text if len(text) <= most else text[:most - 3] + "..."

@@ -93,7 +93,7 @@ def _run(args: argparse.Namespace) -> int:
     from bidder.commands.backtest import UsageError as BacktestUsage
     from bidder.config import Config, load_config
     from bidder.logs import setup_logging
-    from bidder.optimize import parse_duration, parse_space, study_setup
+    from bidder.optimize import parse_duration, parse_space, run_conditions, study_setup
 
     if args.trials < 0:
         raise UsageError(f"--trials {args.trials}: expected 0 or more")
@@ -122,14 +122,16 @@ def _run(args: argparse.Namespace) -> int:
     config, in_sample, held_out, fees = _load(args, config, target, start, end, holdout)
     target = {t.name: t for t in config.targets}[target.name]
     warnings = _preflight(config, target, in_sample, held_out, fees)  # before any study exists
+    memories, warmed = _warm(args, config, target, in_sample, held_out) \
+        if _uses_memory(args.strategy, base, dims) else (({}, {}), None)
     setup = study_setup(args.strategy, target.name, args.mode, args.objective,
                         args.min_availability, dims, holdout, start, end,
-                        clore_usd=args.clore_usd, base=base)
+                        clore_usd=args.clore_usd, base=base,
+                        conditions=run_conditions(config, target, settings, args.mode, in_sample,
+                                                  held_out, warmed))
     study = _study(optuna, args, setup, storage)
     from bidder.optimize import Scorer, trial_objective
 
-    memories = _warm(args, config, target, in_sample, held_out) \
-        if _uses_memory(args.strategy, base, dims) else ({}, {})
     scorer = Scorer(in_sample, config, target, args.strategy, settings, args.mode, base,
                     memories=memories[0])
     study.optimize(trial_objective(scorer, dims, args.objective, args.min_availability,
@@ -224,24 +226,28 @@ def _load(args: argparse.Namespace, config: Any, target: Any, start: float | Non
     return config, in_sample, held_out, fees
 
 
-def _warm(args: argparse.Namespace, config: Any, target: Any, in_sample: Any,
-          held_out: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def _warm(args: argparse.Namespace, config: Any, target: Any, in_sample: Any, held_out: Any
+          ) -> tuple[tuple[dict[str, Any], dict[str, Any]], dict[str, Any]]:
     """The target's market memory as a bot started at each history's first tick would have it
-    (``bidder.warmup``: what was recorded before it), said on stderr with the trials."""
+    (``bidder.warmup``: what was recorded before it), said on stderr with the trials; and what
+    warmed the in-sample runs' memory (ticks, first tick), for the study's setup: trials that
+    start from another memory do not compare."""
     from bidder.warmup import warm_memories
     from storage.db import open_database
 
     parts = [("in-sample runs" if held_out is not None else "runs", in_sample)]
     if held_out is not None:
         parts.append(("held-out runs", held_out))
-    memories = []
+    memories, found = [], []
     with open_database(args.db or config.storage_url(), writer=False) as db, \
             db.sessions() as session:
         for runs, history in parts:
             warmed = warm_memories(session, config, [target], until=float(history.time[0]))
             print(f"{runs}: {warmed.describe()}", file=sys.stderr)
             memories.append(warmed.memories)
-    return memories[0], memories[1] if held_out is not None else {}
+            found.append(warmed)
+    return ((memories[0], memories[1] if held_out is not None else {}),
+            {"warmed_ticks": found[0].ticks, "since": found[0].since})
 
 
 def _study(optuna: Any, args: argparse.Namespace, setup: dict[str, Any],
@@ -251,6 +257,7 @@ def _study(optuna: Any, args: argparse.Namespace, setup: dict[str, Any],
     read and written under the creation lock (PostgreSQL), so of two processes starting a new
     study together with different settings, the second is refused; on SQLite storage (one
     machine) that check is not atomic."""
+    from bidder.optimize import setup_refusal
     from storage.db import shown_url
 
     name = args.study or f"{args.strategy}-{args.target}"
@@ -268,10 +275,9 @@ def _study(optuna: Any, args: argparse.Namespace, setup: dict[str, Any],
     except Exception as err:  # Optuna's storage errors name no common base: say what failed
         raise UsageError(f"--storage {shown_url(args.storage or '')}: cannot open the study "
                          f"{name!r}: {str(err).splitlines()[0]}") from None
-    if found is not None and found != setup:
-        differ = sorted(k for k in {*setup, *found} if found.get(k) != setup.get(k))
-        raise UsageError(f"study {name!r} was started with other settings ({', '.join(differ)}: "
-                         f"{ {k: found.get(k) for k in differ} }); name another --study")
+    refusal = setup_refusal(name, found, setup) if found is not None else None
+    if refusal is not None:
+        raise UsageError(refusal)
     return study
 
 

@@ -270,3 +270,156 @@ def test_the_study_s_setup_is_read_and_written_under_the_creation_lock(sqlite_ur
                     f"sqlite:///{tmp_path / 'study.db'}", "--min-availability", "0") == 0
     assert ("read", True) in seen and ("write", True) in seen
     assert ("read", False) not in seen and ("write", False) not in seen
+
+
+# --- a resumed study: same inputs resume it; anything that changes a trial's score is refused ---
+
+RESUMED = ("--space", "tick=0.01:1.0", "--trials", "1", "--min-availability", "0")
+
+
+def study_trials(storage: str) -> int:
+    import optuna
+
+    return len(optuna.load_study(study_name="outbid-rigs", storage=storage).trials)
+
+
+def test_a_second_process_with_the_same_inputs_resumes_the_study(sqlite_url, tmp_path, capsys):
+    """The setup one process writes is what another, with the same arguments, config and
+    recording, computes: nothing differs after Optuna's JSON round trip."""
+    from bidder.backtest.runner import BACKTEST_MODEL
+
+    config = recorded(sqlite_url, tmp_path, minutes=15)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    assert optimize(config, *RESUMED, "--storage", storage, "--holdout", "5m",
+                    "--json", str(first)) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-m", "bidder", "optimize", "--config", str(config),
+                           "--target", "rigs", "--strategy", "outbid", *RESUMED, "--storage",
+                           storage, "--holdout", "5m", "--json", str(second)],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(second.read_text())
+    assert doc["trials_in_study"] == 2 and study_trials(storage) == 2
+    setup = doc["setup"]
+    assert setup == json.loads(first.read_text())["setup"]
+    assert setup["target_config"]["count"] == 3 and setup["target_config"]["oc"]["pl"] == 150
+    assert "ssh_key" not in setup["target_config"]  # no secrets in a shared study
+    assert setup["market_rules"]["creation_fee"] == pytest.approx(0.045)  # as recorded
+    assert setup["run_settings"]["exchange"]["payment"] == "pay_your_bid"
+    assert setup["run_settings"]["reactive"] is None  # replay: no rivals answer
+    assert setup["bot"]["decide_interval"] == pytest.approx(30.0)
+    in_sample, held_out = setup["history"]["in_sample"], setup["history"]["held_out"]
+    assert in_sample["first"] == pytest.approx(START, abs=60)
+    assert in_sample["last"] == pytest.approx(held_out["first"])
+    assert held_out["last"] - in_sample["last"] == pytest.approx(300.0, abs=60)
+    assert in_sample["ticks"] > held_out["ticks"] > 1
+    assert setup["market_memory"] == {"warmed_ticks": 0, "since": None}  # nothing before START
+    assert setup["backtest_model"] == BACKTEST_MODEL
+
+
+def strip_recorded_fees(url: str) -> None:
+    """As ``bidder import`` of bare CDN files leaves it: no creation fee recorded, so the
+    config's is charged."""
+    from sqlalchemy import update
+
+    from storage.models import GigaspotSnapshot
+
+    with open_database(url, writer=True) as db, db.sessions.begin() as session:
+        session.execute(update(GigaspotSnapshot).values(creation_fees=None))
+
+
+def edit(config: Path, old: str, new: str) -> None:
+    text = config.read_text()
+    assert old in text
+    config.write_text(text.replace(old, new))
+
+
+def grow(url: str, config: Path) -> None:
+    """The recorder carries on: five more minutes after the first fifteen (without a creation
+    fee, as the first were left: the history alone differs)."""
+    with open_database(url, writer=True) as db:
+        record_sim(db, SimOptions(seed=4, spot_servers=3, gigaspot_machines=30),
+                   start=START + 15 * 60, minutes=5)
+    strip_recorded_fees(url)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda url, config: config.write_text(config.read_text() + '[sim]\npayment = '
+                                           '"second_price"\n'),
+     "(run_settings: run_settings.exchange.payment 'pay_your_bid' -> 'second_price')"),
+    (lambda url, config: config.write_text(config.read_text() + '[sim]\nstep_rule = '
+                                           '"fraction:0.2"\n'),
+     "(run_settings: run_settings.exchange.step_rule 'fraction:0.1' -> 'fraction:0.2')"),
+    (lambda url, config: edit(config, "count = 3", "count = 4"),
+     "(target_config: target_config.count 3 -> 4)"),
+    (lambda url, config: config.write_text(config.read_text() + '[markets.gigaspot]\n'
+                                           'creation_fee = 0.1\n'),
+     "(market_rules: market_rules.creation_fee 0.0 -> 0.1)"),
+    (grow, "(history: history.in_sample.last 1700000840.0 -> 1700001140.0; "
+           "history.in_sample.ticks 15 -> 20)"),
+], ids=["sim-payment", "sim-step-rule", "target-count", "creation-fee", "longer-history"])
+def test_a_study_resumed_under_other_conditions_is_refused_by_what_differs(
+        sqlite_url, tmp_path, capsys, change, message):
+    config = recorded(sqlite_url, tmp_path, minutes=15)
+    strip_recorded_fees(sqlite_url)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert optimize(config, *RESUMED, "--storage", storage) == 0
+    capsys.readouterr()
+    change(sqlite_url, config)
+    assert optimize(config, *RESUMED, "--storage", storage) == 2
+    err = capsys.readouterr().err
+    refusal = err.splitlines()[-1]
+    assert refusal == (f"bidder optimize: study 'outbid-rigs' was started with other settings "
+                       f"{message}; name another --study")
+    assert "Traceback" not in err and study_trials(storage) == 1
+
+
+def test_a_config_fee_the_recording_overrides_changes_no_score_and_resumes(sqlite_url, tmp_path,
+                                                                           capsys):
+    """Only what a trial is charged counts: with a fee recorded, the config's is not charged."""
+    config = recorded(sqlite_url, tmp_path, minutes=15)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert optimize(config, *RESUMED, "--storage", storage) == 0
+    config.write_text(config.read_text() + "[markets.gigaspot]\ncreation_fee = 0.1\n")
+    assert optimize(config, *RESUMED, "--storage", storage) == 0, capsys.readouterr().err
+    assert study_trials(storage) == 2
+
+
+def test_a_study_an_older_bidder_started_is_refused_by_what_it_did_not_record(sqlite_url,
+                                                                             tmp_path, capsys):
+    import optuna
+
+    config = recorded(sqlite_url, tmp_path, minutes=15)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    assert optimize(config, *RESUMED, "--storage", storage) == 0
+    study = optuna.load_study(study_name="outbid-rigs", storage=storage)
+    older = ("strategy", "target", "mode", "objective", "min_availability", "space",
+             "holdout_seconds", "from", "to")
+    study.set_user_attr("setup", {k: study.user_attrs["setup"][k] for k in older})
+    capsys.readouterr()
+    assert optimize(config, *RESUMED, "--storage", storage) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "bidder optimize: study 'outbid-rigs' was started by an older bidder that did not record "
+        "backtest_model, bot, budget, history, market_memory, market_rules, poller, "
+        "run_settings, target_config; name another --study")
+    assert "Traceback" not in err and study_trials(storage) == 1
+
+
+def test_every_bot_and_poller_setting_a_backtest_reads_is_in_the_setup():
+    """The setup holds the [bot] and [poller] settings by name, so that editing one only the
+    live bot reads does not stop a study; one a backtest starts reading must be added."""
+    import re
+
+    import bidder
+    from bidder.optimize import BOT_SETTINGS, POLLER_SETTINGS
+
+    root = Path(bidder.__file__).parent
+    files = [*(root / "backtest").glob("*.py"),
+             *(root / name for name in ("view.py", "rules.py", "watchlist.py", "warmup.py"))]
+    text = "\n".join(f.read_text() for f in files)
+    bot = set(re.findall(r"config\.bot\.(\w+)", text))
+    poller = set(re.findall(r"\bpoller\.(\w+)", text))
+    assert "decide_interval" in bot and bot <= set(BOT_SETTINGS)
+    assert "spot_interval" in poller and poller <= set(POLLER_SETTINGS)
