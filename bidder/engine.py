@@ -49,8 +49,7 @@ from bidder.orders import (
     update_market_states,
 )
 from bidder.reconcile import in_flight
-from bidder.rules import Plan, TargetDecision, action_json, plan
-from bidder.spend import cost_per_day
+from bidder.rules import Plan, TargetDecision, action_json, budget_left, plan
 from bidder.memory import MarketMemory
 from bidder.view import StaticMatchCache, build_target_view
 from bidder.warmup import warm_memories
@@ -138,27 +137,6 @@ def recent_wins(session: Session, market: str, server_id: np.ndarray, gpus: np.n
         factors[stated] = rate / to if 0 < rate < math.inf and 0 < to < math.inf else math.nan
     wins = np.array([bid * factors[c] / size[sid] for sid, bid, c in rows], dtype=np.float64)
     return wins[~np.isnan(wins)]
-
-
-def budget_left(config: Config, unmanaged: Sequence[BotOrder],
-                frames: Mapping[str, MarketFrame]) -> BudgetConfig:
-    """The budget the targets share: the configured one less what unmanaged orders of ours cost
-    (no strategy holds them, but they are paid for). NaN when a rate it needs is unknown, which
-    the rules engine answers by adding nothing."""
-    budget = config.budget
-    if budget.max_per_day is None or not unmanaged:
-        return budget
-    rates = frames.get("spot") or frames.get("gigaspot")
-
-    def usd(currency: str) -> float:
-        if currency == "USD":
-            return 1.0
-        return rates.usd_rate(currency) if rates is not None else math.nan
-
-    cost = sum(cost_per_day(o.price,
-                            config.markets.rules(o.market).fee_fraction,  # type: ignore[arg-type]
-                            o.currency, budget.currency, usd) for o in unmanaged)
-    return budget.model_copy(update={"max_per_day": budget.max_per_day - cost})
 
 
 def _finite(value: float | None) -> float | None:

@@ -20,12 +20,13 @@ What cannot happen now is returned as ``Deferred`` with a reason, so ``bidder st
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from bidder.config import BudgetConfig, MarketRules, MarketsConfig
+from bidder.config import BudgetConfig, Config, MarketRules, MarketsConfig
 from bidder.lowering import next_lower_at  # shared with bidder status (no pydantic there)
+from bidder.spend import cost_per_day
 
 if TYPE_CHECKING:  # types only: bidder status uses the lowering maths without numpy
     from strategies.base import DesiredBid, OwnOrder, TargetView
@@ -50,6 +51,42 @@ the order's cooldown for nothing."""
 
 # --- actions and their explanations -------------------------------------------------------------
 
+
+
+class Unmanaged(Protocol):
+    """An order of ours no target manages (``BotOrder`` live; ``UnmanagedOrder`` in backtests)."""
+
+    @property
+    def market(self) -> str: ...
+    @property
+    def price(self) -> float: ...
+    @property
+    def currency(self) -> str: ...
+
+
+class Rates(Protocol):
+    def usd_rate(self, currency: str) -> float: ...
+
+
+def budget_left(config: Config, unmanaged: Sequence[Unmanaged],
+                frames: Mapping[str, Rates]) -> BudgetConfig:
+    """The budget the targets share: the configured one less what unmanaged orders of ours cost
+    (no strategy holds them, but they are paid for). NaN when a rate it needs is unknown, which
+    the rules engine answers by adding nothing. The engine and the backtester both plan with it."""
+    budget = config.budget
+    if budget.max_per_day is None or not unmanaged:
+        return budget
+    rates = frames.get("spot") or frames.get("gigaspot")
+
+    def usd(currency: str) -> float:
+        if currency == "USD":
+            return 1.0
+        return rates.usd_rate(currency) if rates is not None else math.nan
+
+    cost = sum(cost_per_day(o.price,
+                            config.markets.rules(o.market).fee_fraction,  # type: ignore[arg-type]
+                            o.currency, budget.currency, usd) for o in unmanaged)
+    return budget.model_copy(update={"max_per_day": budget.max_per_day - cost})
 
 @dataclass(frozen=True, slots=True)
 class Create:

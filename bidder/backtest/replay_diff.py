@@ -40,6 +40,7 @@ from bidder.backtest.runner import (
     KeptAway,
     RunRecord,
     RunSettings,
+    UnmanagedOrder,
     run_variant,
 )
 from bidder.config import Config, ConfigError, parse_config
@@ -106,6 +107,9 @@ class RecordedRun:
     outlived: set[str] = field(default_factory=set)
     """Targets with an order the run left open into the next run whose spend at the run's stop
     was not recorded (the bot did not stop cleanly): their bill holds the next run's spend."""
+    unmanaged: list[UnmanagedOrder] = field(default_factory=list)
+    """The orders of ours no target managed while the run was on: their cost came off the
+    budget the targets shared."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +204,8 @@ def load_run(session: Session, run_id: int | None = None) -> RecordedRun:
                    for t in config.targets} if block > 0 else {}
     return RecordedRun(run.id, run.mode, config, run.started_at, end, cycles, starting, billed,
                        left_before, _kept_away(session, config, run.started_at, end, dry_run),
-                       _call_times(orders, events, [c.at for c in cycles]), outlived)
+                       _call_times(orders, events, [c.at for c in cycles]), outlived,
+                       _unmanaged(session, run.started_at, end, dry_run))
 
 
 CALL_EVENTS = {"created": "create", "raised": "raise", "lowered": "lower"}
@@ -247,6 +252,18 @@ def _kept_away(session: Session, config: Config, start: float, end: float,
         for blocks in out.values():
             blocks.append(KeptAway(int(server_id), float(created), closed))
     return out
+
+
+def _unmanaged(session: Session, start: float, end: float,
+               dry_run: bool) -> list[UnmanagedOrder]:
+    """The orders of ours no target managed that were open at some time between ``start`` and
+    ``end``."""
+    return [UnmanagedOrder(int(o.server_id), o.market, o.currency, float(o.price),
+                           float(o.created_at), o.closed_at)
+            for o in session.scalars(select(BotOrder).where(
+                BotOrder.target.is_(None), BotOrder.dry_run.is_(dry_run),
+                BotOrder.created_at <= end,
+                or_(BotOrder.closed_at.is_(None), BotOrder.closed_at > start)))]
 
 
 Event = tuple[float, str, float | None, dict[str, Any] | None]
@@ -374,7 +391,7 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
                          starting_orders=run.starting, keep_trace=True,
                          started_at=run.started_at, memories=warmed.memories,
                          left_before=run.left_before, kept_away=run.kept_away,
-                         call_times=run.call_times)
+                         call_times=run.call_times, unmanaged=run.unmanaged)
     assert record.trace is not None
     out = ReplayDiff(run)
     for cycle, (_, the_plan) in zip(run.cycles, record.trace):

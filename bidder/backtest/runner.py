@@ -36,7 +36,7 @@ from bidder.backtest.reactive import ReactiveRivals, ReactiveSettings
 from bidder.config import CLORE, Config, TargetConfig
 from bidder.memory import MarketMemory
 from bidder.orders import IDLE_GRACE
-from bidder.rules import Action, Cancel, Create, Plan, TargetDecision, plan
+from bidder.rules import Action, Cancel, Create, Plan, TargetDecision, budget_left, plan
 from bidder.view import StaticMatchCache, build_target_view
 from bidder.watchlist import target_candidates, watch_round_complete
 from storage.frames import MarketFrame
@@ -141,6 +141,20 @@ class KeptAway:
     until: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class UnmanagedOrder:
+    """An order of ours no target managed during a replayed bot run: its cost per day came off
+    the budget the targets shared (``bidder.rules.budget_left``), from ``created_at`` until
+    ``closed_at`` (None: still open), at its last recorded price."""
+
+    server_id: int
+    market: str
+    currency: str
+    price: float
+    created_at: float
+    closed_at: float | None
+
+
 @dataclass(slots=True)
 class RunRecord:
     variant: Variant
@@ -216,7 +230,8 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
                 memories: Mapping[str, MarketMemory] | None = None,
                 left_before: Mapping[str, Mapping[int, float]] | None = None,
                 kept_away: Mapping[str, Sequence[KeptAway]] | None = None,
-                call_times: Mapping[CallKey, float] | None = None) -> RunRecord:
+                call_times: Mapping[CallKey, float] | None = None,
+                unmanaged: Sequence[UnmanagedOrder] = ()) -> RunRecord:
     """Replay ``history`` with ``variant`` deciding for ``targets`` (default: every configured
     target), in ``mode`` ``replay`` (rivals as recorded) or ``reactive`` (the best rivals answer).
 
@@ -231,7 +246,9 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     ``kept_away``, per target, the servers it kept away from and when (``bot_server_block``:
     failed rents, refused overclocking, idle servers); ``call_times``, when each of its calls
     was done (by target, kind, server and the decision that made it), where the emulated
-    exchange would otherwise take them ``call_latency`` after the decision.
+    exchange would otherwise take them ``call_latency`` after the decision; ``unmanaged``, the
+    orders of ours it did not manage, whose cost came off the targets' budget while they were
+    open, as the live engine takes it off.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -244,6 +261,7 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
         run.exchange.left_at[name].update(left)
     run.kept_away = {name: list(blocks) for name, blocks in (kept_away or {}).items()}
     run.call_times = dict(call_times or {})
+    run.unmanaged = list(unmanaged)
     run.decide_first = settings.fills == "decision" or decision_times is not None
     step_time, step_tick, decide = steps(history, config.bot.decide_interval, decision_times,
                                    seen_at, end)
@@ -320,6 +338,7 @@ class _Run:
         self._arrays: dict[str, tuple[int, list[EmulatedOrder], dict[str, np.ndarray]]] = {}
         self._held: dict[str, _Held] = {}
         self.kept_away: dict[str, list[KeptAway]] = {}
+        self.unmanaged: list[UnmanagedOrder] = []
         """Per target: servers it keeps away from, and when: a replayed bot run's own
         (``run_variant``) and those where its orders waited on an idle spot server."""
         self.idle: set[int] = set()
@@ -413,7 +432,11 @@ class _Run:
                 strategy.on_start(view.target)
                 self.started.add(target.name)
             decisions.append(TargetDecision(view, safe_decide(strategy, view, log)))
-        actions = plan(decisions, self.config.markets, self.config.budget, now)
+        budget = self.config.budget
+        if self.unmanaged and budget.max_per_day is not None:
+            budget = budget_left(self.config, [u for u in self.unmanaged if u.created_at <= now and (
+                u.closed_at is None or u.closed_at > now)], frames)
+        actions = plan(decisions, self.config.markets, budget, now)
         self.exchange.apply(actions, now, tick, (lambda a: self.call_times.get(
             call_key(a, now))) if self.call_times else None)
         if self.trace is not None:

@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from bidder.config import CLORE
-from bidder.engine import budget_left, recent_wins, stale_after
+from bidder.engine import recent_wins, stale_after
+from bidder.rules import budget_left
 from bot_helpers import KEY, START, assert_books_agree, assert_invariants, giga_target, make_config, \
     ours, spot_target
 from storage.frames import empty_frame

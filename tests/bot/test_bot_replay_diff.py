@@ -13,6 +13,8 @@ import pytest
 from sqlalchemy import delete, select
 
 import bidder.backtest.replay_diff as replay_diff_module
+from bidder.api import CloreClient
+from bidder.api.models import SpotOrderRequest
 from bidder.backtest.replay_diff import ReplayDiffError, describe, load_run, replay_diff
 from bidder.backtest.exchange import ExchangeRules
 from bidder.backtest.runner import RunSettings
@@ -21,7 +23,9 @@ from bidder.clock import ManualClock
 from bidder.orders import SPEND_AT_STOP, recently_cancelled
 from bidder.sim import SimMarket, SimOptions
 from bidder.warmup import warm_memories
+from bidder.config import CLORE
 from bot_helpers import (
+    BASE_URL,
     KEY,
     START,
     assert_invariants,
@@ -46,18 +50,29 @@ HOURS = 3.0
 
 
 def record_session(path: Path, *, hours: float = HOURS, mode: str = "live",
-                   runs: int = 1, spot: bool = False, seed: int = 11) -> SimMarket:
+                   runs: int = 1, spot: bool = False, seed: int = 11,
+                   budget: float | None = None, by_hand: bool = False) -> SimMarket:
     """A seeded GigaSPOT session: competitors outbid the bot, a machine is rented on demand
     under one of its orders, it cancels and moves. ``runs`` > 1: the bot is stopped and started
-    again that many times (each run ``hours`` long), keeping its orders."""
+    again that many times (each run ``hours`` long), keeping its orders. ``budget``: the daily
+    budget (CLORE); ``by_hand``: a spot order of ours placed by hand before the bot starts, 5 %
+    above its server's floor (unmanaged: it counts against the budget)."""
     clock = ManualClock(START)
     market = SimMarket(SimOptions(seed=seed, spot_servers=24, gigaspot_machines=48), clock)
+    if by_hand:
+        server = market.server(min(market.world.servers))
+        with CloreClient(KEY, clock=clock, base_url=BASE_URL, transport=market.transport(),
+                         cdn_transport=market.transport()) as client:
+            client.create_spot_order(SpotOrderRequest(
+                currency=CLORE, image="by-hand", renting_server=server.id,
+                spotprice=round(server.floors[CLORE] * 1.05, 2)))
+        clock.advance(5.0)  # its own client's rate limit, not the bot's: a call later
     targets = [giga_target(count=4, max_price_per_gpu_day=60.0, min_reliability=0.8,
                            strategy_params={"tick": 0.5})]
     if spot:
         targets.append(spot_target(count=2, max_price_per_gpu_day=300.0, min_reliability=0.8,
                                    strategy_params={"tick": 1.0}))
-    config = make_config(*targets,
+    config = make_config(*targets, budget=budget,
                          bot={"decide_interval": 60.0},
                          poller={"gigaspot_interval": 20.0, "spot_interval": 60.0,
                                  "spot_polls_per_round": 6})
@@ -325,6 +340,24 @@ def test_the_replay_takes_each_call_when_the_bot_did(tmp_path):
         assert replay_diff(session, run, RunSettings()).differences == []
         early = replay_diff(session, run, RunSettings(ExchangeRules(call_latency=0.0))).differences
     assert early and early[0].replay and early[0].replay[0][1] == "lower" and not early[0].bot
+
+
+def test_unmanaged_orders_take_their_cost_off_the_replay_s_budget_as_off_the_bot_s(tmp_path):
+    """A spot order placed by hand (85.52 a day) and a budget of 112: the bot's GigaSPOT target
+    gets what is left, and so does its replay; a replay that left the order out would buy more."""
+    path = tmp_path / "budget.db"
+    record_session(path, hours=1.0, budget=112.0, by_hand=True)
+    with open_database(f"sqlite:///{path}", writer=False) as db, db.sessions() as session:
+        run = load_run(session, 1)
+        assert [(u.market, u.price, u.closed_at) for u in run.unmanaged] == [
+            ("spot", pytest.approx(85.52), None)]
+        diff = replay_diff(session, run, RunSettings())
+        assert diff.differences == []
+        (cost,) = diff.costs
+        assert cost.comparable and abs(cost.gap) < 0.02, cost
+        run.unmanaged = []
+        more = replay_diff(session, run, RunSettings()).differences
+    assert more and any(kind == "create" for _, kind, _, _ in more[0].replay)
 
 
 def test_a_run_starts_with_the_cancels_before_it_not_later_ones(database: Database):
