@@ -330,10 +330,13 @@ def study_setup(strategy: str, target: str, mode: str, objective: str, floor: fl
     return json.loads(json.dumps(plain(setup), allow_nan=False))
 
 
-def setup_refusal(study: str, found: Mapping[str, Any], setup: Mapping[str, Any]) -> str | None:
+def setup_refusal(study: str, found: Any, setup: Mapping[str, Any]) -> str | None:
     """Why a study whose stored setup is ``found`` cannot take trials scored under ``setup``,
     in one line (None: it can): the keys an older bidder did not record, else each differing
     key and, inside nested settings, each differing value as stored -> as now."""
+    if not isinstance(found, Mapping):
+        return (f"study {study!r} has a setup this bidder cannot read ({_short(found)}); "
+                "name another --study")
     missing = sorted(k for k in setup if k not in found and k not in OPTIONAL_SETUP)
     if missing:
         return (f"study {study!r} was started by an older bidder that did not record "

@@ -423,3 +423,18 @@ def test_every_bot_and_poller_setting_a_backtest_reads_is_in_the_setup():
     poller = set(re.findall(r"\bpoller\.(\w+)", text))
     assert "decide_interval" in bot and bot <= set(BOT_SETTINGS)
     assert "spot_interval" in poller and poller <= set(POLLER_SETTINGS)
+
+
+def test_the_refusal_walks_nested_settings_and_an_unreadable_setup_is_refused():
+    from bidder.optimize import setup_refusal
+
+    now = {"mode": "replay", "run_settings": {"exchange": {"payment": "second_price",
+                                                           "call_latency": 1.0}}}
+    stored = {"mode": "replay", "run_settings": {"exchange": {"payment": "pay_your_bid"}}}
+    assert setup_refusal("s", now, now) is None
+    assert setup_refusal("s", stored, now) == (
+        "study 's' was started with other settings (run_settings: "
+        "run_settings.exchange.call_latency (not set) -> 1.0; "
+        "run_settings.exchange.payment 'pay_your_bid' -> 'second_price'); name another --study")
+    assert setup_refusal("s", "garbled", now) == (
+        "study 's' has a setup this bidder cannot read ('garbled'); name another --study")
