@@ -7,7 +7,9 @@ and turns them into:
   ``capacity_grace`` (and ``capacity_restored``), ``budget_reached`` when the budget defers a create
   or raise, ``market_stale`` when a market's data is too old to decide on (and ``market_fresh``),
   ``key_rejected`` on API code 3, ``order_unresolved`` when an order stays in flight past
-  ``unresolved_after``, ``bot_stopped`` with the reason;
+  ``unresolved_after``, ``foreign_order`` when an order of the key appears that nothing of
+  the bot placed (``bidder.reconcile.APPEARED``: a person or another bot uses the key),
+  ``bot_stopped`` with the reason;
 - metrics and the health check (``bidder.monitor``), served when ``[monitor] listen`` is set;
 - sd_notify (``bidder.sdnotify``): ``READY=1`` after the first cycle, ``WATCHDOG=1`` and ``STATUS=``
   with each heartbeat, ``STOPPING=1``.
@@ -30,9 +32,10 @@ from bidder.alerts import Alerts, Sender, send_apprise
 from bidder.clock import Clock
 from bidder.config import Config, Mode
 from bidder.monitor import Health, Metrics, MonitorServer
+from bidder.reconcile import APPEARED
 from bidder.sdnotify import Notifier
 from bidder.status import Status, collect, fmt_time
-from storage.models import BotOrder
+from storage.models import BotOrder, BotOrderEvent
 
 if TYPE_CHECKING:
     from bidder.api import CallEvent
@@ -76,6 +79,8 @@ class Oversight:
         self._stopped = False
         self._lock = threading.Lock()
         self._key_rejected: tuple[str, float] | None = None
+        self._foreign_told: set[int] = set()
+        """Local ids of the orders ``foreign_order`` has told of."""
         """(endpoint, when) of the last call refused for the key, until a call goes through."""
 
     # --- life ------------------------------------------------------------------------------------
@@ -139,11 +144,19 @@ class Oversight:
                          for o in session.scalars(select(BotOrder).where(
                              BotOrder.state.in_(UNRESOLVED),
                              BotOrder.dry_run.is_(self._mode == "dry-run")))]
+            foreign = [(o.id, o.order_id, o.market, o.server_id, o.price, o.currency, at)
+                       for o, at in session.execute(
+                           select(BotOrder, BotOrderEvent.at)
+                           .join(BotOrderEvent, BotOrderEvent.order_ref == BotOrder.id)
+                           .where(BotOrderEvent.kind == APPEARED,
+                                  BotOrderEvent.at >= self._started_at))
+                       if o.id not in self._foreign_told]
         self._update_metrics(status)
         self._capacity(status, now)
         self._budget(status, result)
         self._stale_markets(now)
         self._unresolved(in_flight, now)
+        self._foreign(foreign)
         self._key()
         summary = self.summary(status)
         self.health.beat({"summary": summary, "skipped": result.skipped if result else None})
@@ -256,6 +269,19 @@ class Oversight:
                 self.alerts.solved("market_stale", market, then=(
                     "market_fresh", f"{market} market data is fresh again",
                     f"The {market} data was polled at {fmt_time(checked)}; deciding again."))
+
+    def _foreign(self, orders: list[tuple[int, int | None, str, int, float, str, float]]) -> None:
+        for local_id, order_id, market, server_id, price, currency, at in orders:
+            self._foreign_told.add(local_id)
+            self.alerts.notify(
+                "foreign_order", str(local_id),
+                f"{market} order {order_id} on server {server_id} was placed by something else",
+                f"A {market} order of this API key, {order_id} on server {server_id} at {price:g} "
+                f"{_short_currency(currency)}/day, appeared at the exchange at {fmt_time(at)} "
+                "while the bot ran, and the bot did not place it: a person or another bot uses "
+                "the key. Two bots on one key fight over orders and together break the rate "
+                "limits: stop one. The bot leaves this order alone (unmanaged: it keeps away "
+                "from its server and counts it against the budget); bidder cancel-all cancels it.")
 
     def _unresolved(self, in_flight: list[tuple[int, int | None, int, str | None, str,
                                                 float | None]], now: float) -> None:

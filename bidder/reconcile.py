@@ -14,7 +14,10 @@ is not found yet, a call whose outcome is unknown). The exchange is the truth:
   what was checked;
 - an order at the exchange unknown to the database is adopted with a warning: assigned to the first
   target whose filters it matches, else kept unmanaged (shown by ``status``, touched only by
-  ``cancel-all``).
+  ``cancel-all``). One that appears while the bot runs (after this process's first
+  reconciliation), on a server where no create of ours went unfound lately, was placed by
+  something else using the key (a person, another bot): it is kept unmanaged for good, so the
+  bot neither cancels it nor fights over it, and marked ``appeared`` for the alert.
 
 ``match`` decides (pure); ``Reconciler`` asks the exchange and applies the decision in one
 transaction, so a crash half-way leaves the book as it was.
@@ -311,6 +314,9 @@ class Reconciler:
         self.ended_block = ended_block
         """Seconds a target keeps away from a server whose order the exchange ended (rented on
         demand, offline, expired): bidding there again at once would only wait."""
+        self._settled = False
+        """Whether a reconciliation of this process has gone through: an order it did not know
+        then appears while the bot runs (``APPEARED``)."""
 
     def reconcile(self) -> ReconcileReport:
         """One reconciliation. Raises the client's errors (nothing is changed then).
@@ -370,9 +376,11 @@ class Reconciler:
             for local_id, hit in m.reopen:
                 _reopen(session, closed_by_id[local_id], hit, now)
             for hit in m.adopt:
-                _adopt(session, hit, placement, now)
+                appeared = self._settled and not _late_create_of_ours(session, hit.server_id, now)
+                _adopt(session, hit, placement, now, appeared=appeared)
             _assign_unmanaged(session, [o for o in orders if o.target is None and o.adopted],
                               placement, now)
+        self._settled = True
         return ReconcileReport(len(m.present), len(m.found), len(m.gone), len(m.given_up),
                                len(m.adopt) + len(m.reopen), len(m.not_found))
 
@@ -484,12 +492,32 @@ def _give_up(session: Session, order: BotOrder, now: float, slack: float) -> Non
                 "snapshots since: no bid of ours on it); marked failed", order.market,
                 order.server_id, order.sent_at or 0.0, now - (order.sent_at or order.created_at),
                 order.lookups + 1, order.server_id, since)
-    close(session, order, now, "create not found at Clore", state="failed")
+    close(session, order, now, CREATE_NOT_FOUND, state="failed")
 
 
-def _adopt(session: Session, hit: SeenOrder, placement: Placement, now: float) -> None:
+APPEARED = "appeared"
+"""The event of an order adopted while the bot ran that nothing of ours placed: kept unmanaged
+for good (``_assign_unmanaged`` leaves it), and alerted (``foreign_order``)."""
+LATE_CREATE_WINDOW = 6 * 3600.0
+"""Seconds after one of our creates was given up (not found within its grace) during which an
+unknown order on its server is taken for it, found late, rather than for someone else's."""
+CREATE_NOT_FOUND = "create not found at Clore"
+
+
+def _late_create_of_ours(session: Session, server_id: int, now: float) -> bool:
+    """Whether a create of ours on ``server_id`` was given up within ``LATE_CREATE_WINDOW``."""
+    return session.scalar(select(BotOrder.id).where(
+        BotOrder.server_id == server_id, BotOrder.state == "failed",
+        BotOrder.close_reason == CREATE_NOT_FOUND, BotOrder.dry_run.is_(False),
+        BotOrder.closed_at >= now - LATE_CREATE_WINDOW).limit(1)) is not None
+
+
+def _adopt(session: Session, hit: SeenOrder, placement: Placement, now: float, *,
+           appeared: bool = False) -> None:
+    """Take an order the database lacks into the book; ``appeared``: it came while the bot ran
+    and nothing of ours placed it, so no target gets it."""
     market = "gigaspot" if hit.source == "snapshot" else placement.market_of(hit.server_id)
-    target = placement.target_of(market, hit.server_id, hit.currency)
+    target = None if appeared else placement.target_of(market, hit.server_id, hit.currency)
     gpus = placement.gpus_of(market, hit.server_id) or hit.gpus or 1
     order = BotOrder(target=target, market=market, server_id=hit.server_id, order_id=hit.order_id,
                      state="live", price=hit.price or 0.0,
@@ -500,6 +528,15 @@ def _adopt(session: Session, hit: SeenOrder, placement: Placement, now: float) -
     session.flush()
     add_event(session, order, "adopted", now, order.price, order_id=hit.order_id,
               target=target, source=hit.source)
+    if appeared:
+        add_event(session, order, APPEARED, now, order.price, order_id=hit.order_id,
+                  source=hit.source)
+        log.warning("%s order %d on server %d (%s) appeared at the exchange while the bot runs, "
+                    "and nothing here placed it: something else uses this API key (a person or "
+                    "another bot); kept unmanaged (the bot keeps away from its server and counts "
+                    "it against the budget; only cancel-all touches it)", market, hit.order_id,
+                    hit.server_id, describe_price(order.price, order.currency))
+        return
     log.warning("adopted %s order %d on server %d (%s) that the database did not know: %s",
                 market, hit.order_id, hit.server_id, describe_price(order.price, order.currency),
                 f"assigned to target {target!r}" if target else
@@ -508,9 +545,14 @@ def _adopt(session: Session, hit: SeenOrder, placement: Placement, now: float) -
 
 def _assign_unmanaged(session: Session, orders: Sequence[BotOrder], placement: Placement,
                       now: float) -> None:
-    """Give adopted orders without a target one, once their server is in the market data."""
+    """Give adopted orders without a target one, once their server is in the market data (not
+    those that appeared while the bot ran: someone else's)."""
+    if not orders:
+        return
+    foreign = set(session.scalars(select(BotOrderEvent.order_ref).where(
+        BotOrderEvent.kind == APPEARED, BotOrderEvent.order_ref.in_([o.id for o in orders]))))
     for order in orders:
-        if order.state != "live":
+        if order.state != "live" or order.id in foreign:
             continue
         target = placement.target_of(order.market, order.server_id, order.currency)
         if target is not None:

@@ -9,14 +9,16 @@ import logging
 import pytest
 from sqlalchemy import select
 
-from bidder.api.models import MyOrdersReply
+from bidder.api import CloreClient
+from bidder.api.models import MyOrdersReply, SpotOrderRequest
+from bidder.config import CLORE
 from bidder.orders import keep_away, kept_away
-from bidder.reconcile import ENDED_AT_CLORE, CreateGrace, Evidence, SeenOrder, match, \
-    seen_orders
+from bidder.reconcile import APPEARED, ENDED_AT_CLORE, CreateGrace, Evidence, SeenOrder, \
+    match, seen_orders
 from bidder.sim import SimMarket, SimOptions
-from bot_helpers import KEY, assert_books_agree, assert_one_per_server, book, giga_target, \
+from bot_helpers import BASE_URL, KEY, assert_books_agree, assert_one_per_server, book, giga_target, \
     make_config, ours, spot_target
-from storage.models import BotOrder, BotOrderEvent, ServerBlock
+from storage.models import BotAlert, BotOrder, BotOrderEvent, ServerBlock
 
 
 def giga_market(clock, **options):
@@ -192,3 +194,78 @@ def test_a_server_our_offer_runs_on_is_not_dropped_as_rented(rig, clock, databas
     assert {o.id for o in ours(market)} == held
     assert_books_agree(market, database)
     assert_one_per_server(market)
+
+
+# --- 6: an order something else placed with the key is left alone -----------------------------
+
+
+def place_by_hand(r, server_id: int, above_floor: float = 1.2):
+    """A spot order of the bot's key placed by a person (its own client), a few seconds clear of
+    the bot's calls on both sides."""
+    r.clock.advance(6.0)
+    price = round(r.market.server(server_id).floors[CLORE] * above_floor, 2)
+    with CloreClient(KEY, clock=r.clock, base_url=BASE_URL, transport=r.faults.transport(),
+                     cdn_transport=r.faults.transport()) as client:
+        client.create_spot_order(SpotOrderRequest(currency=CLORE, image="by-hand",
+                                                  renting_server=server_id, spotprice=price))
+    r.clock.advance(6.0)
+    return price
+
+
+def foreign_alerts(database):
+    with database.sessions() as session:
+        return [(a.event, a.title) for a in session.scalars(
+            select(BotAlert).where(BotAlert.event == "foreign_order"))]
+
+
+def test_an_order_that_appears_while_the_bot_runs_is_left_alone_and_alerted(rig, database,
+                                                                            caplog):
+    """A person (or a second bot) places an order with the key while the bot runs. Adopted into
+    the matching target, as at a start, the bot would count it as its own and cancel it as not
+    wanted (it already holds its count): it stays unmanaged instead, and the people are told
+    once."""
+    r = rig(make_config(spot_target()))
+    r.start()
+    r.run(600)
+    held = {o.venue_id for o in ours(r.market)}
+    server = next(s for s in sorted(r.market.world.servers) if s not in held)
+    caplog.set_level(logging.WARNING, logger="bidder.reconcile")
+    price = place_by_hand(r, server)
+    r.run(1800)
+    r.bot.executor.reconcile()
+    [row] = [o for o in book(database) if o.server_id == server]
+    assert (row.target, row.adopted, row.price) == (None, True, price)
+    assert APPEARED in [k for k in event_kinds(database)]
+    [order] = [o for o in ours(r.market) if o.venue_id == server]
+    assert order.open and order.price == price  # not cancelled, not repriced
+    assert "appeared at the exchange while the bot runs" in caplog.text
+    [(_, title)] = foreign_alerts(database)
+    assert title == f"spot order {order.id} on server {server} was placed by something else"
+    assert {o.venue_id for o in ours(r.market)} == held | {server}
+    assert_books_agree(r.market, database)
+    assert_one_per_server(r.market)
+
+
+def test_a_late_create_of_ours_that_appears_is_adopted_into_its_target(rig, database):
+    """An order on a server where a create of ours was given up lately is that create, found
+    late (the exchange listed it after the grace): adopted as ours, no alert."""
+    r = rig(make_config(spot_target(count=2)))
+    r.start()
+    r.run(600)
+    held = {o.venue_id for o in ours(r.market)}
+    server = next(s for s in sorted(r.market.world.servers) if s not in held)
+    with database.sessions.begin() as session:
+        session.add(BotOrder(target="s", market="spot", server_id=server, state="failed",
+                             price=1.0, currency=CLORE, gpus=1, sent_at=r.clock.now() - 900,
+                             created_at=r.clock.now() - 900, closed_at=r.clock.now() - 300,
+                             close_reason="create not found at Clore", adopted=False,
+                             dry_run=False, lookups=3))
+    place_by_hand(r, server, above_floor=1.01)
+    r.bot.executor.reconcile()
+    [row] = [o for o in book(database) if o.server_id == server and o.state == "live"]
+    assert (row.target, row.adopted) == ("s", True)
+    assert APPEARED not in event_kinds(database)
+    r.run(600)
+    assert foreign_alerts(database) == []
+    assert_books_agree(r.market, database)
+    assert_one_per_server(r.market)
