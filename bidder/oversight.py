@@ -9,7 +9,9 @@ and turns them into:
   ``key_rejected`` on API code 3, ``order_unresolved`` when an order stays in flight past
   ``unresolved_after``, ``foreign_order`` when an order of the key appears that nothing of
   the bot placed (``bidder.reconcile.APPEARED``: a person or another bot uses the key),
-  ``bot_stopped`` with the reason;
+  ``rate_limited`` when the API answers "too fast" (code 5, HTTP 429), which the bot's own
+  pacing never earns: something else uses the key without sharing its budget; ``bot_stopped``
+  with the reason;
 - metrics and the health check (``bidder.monitor``), served when ``[monitor] listen`` is set;
 - sd_notify (``bidder.sdnotify``): ``READY=1`` after the first cycle, ``WATCHDOG=1`` and ``STATUS=``
   with each heartbeat, ``STOPPING=1``.
@@ -79,6 +81,8 @@ class Oversight:
         self._stopped = False
         self._lock = threading.Lock()
         self._key_rejected: tuple[str, float] | None = None
+        self._too_fast: list[tuple[str, float, int | None, int | None]] = []
+        """(endpoint, when, code, HTTP status) of the "too fast" replies since the last cycle."""
         self._foreign_told: set[int] = set()
         """Local ids of the orders ``foreign_order`` has told of."""
         """(endpoint, when) of the last call refused for the key, until a call goes through."""
@@ -129,6 +133,9 @@ class Oversight:
         if event.cdn:
             return
         with self._lock:
+            if event.outcome == "rate_limited":
+                self._too_fast.append((event.endpoint, event.finished_at, event.code,
+                                       event.http_status))
             if event.code == KEY_REJECTED:
                 self._key_rejected = (event.endpoint, event.finished_at)
             elif event.outcome == "ok":
@@ -157,6 +164,7 @@ class Oversight:
         self._stale_markets(now)
         self._unresolved(in_flight, now)
         self._foreign(foreign)
+        self._rate_limited()
         self._key()
         summary = self.summary(status)
         self.health.beat({"summary": summary, "skipped": result.skipped if result else None})
@@ -180,6 +188,23 @@ class Oversight:
         budget = "" if status.budget_per_day is None else f" of {status.budget_per_day:g}"
         return f"holding {held or 'nothing'}; spend {spend}{budget} " \
                f"{_short_currency(status.budget_currency)}/day"
+
+    def _rate_limited(self) -> None:
+        with self._lock:
+            replies, self._too_fast = self._too_fast, []
+        if not replies:
+            self.alerts.solved("rate_limited", "api")
+            return
+        endpoint, at, code, http = replies[-1]
+        said = f"code {code}" if code is not None else f"HTTP {http}"
+        self.alerts.problem(
+            "rate_limited", "api", "the exchange says the bot calls too fast",
+            f"The API answered \"too fast\" {len(replies)} time(s) since the last cycle, the "
+            f"last to {endpoint} at {fmt_time(at)} ({said}). The bot keeps its own calls within "
+            "the published limits (one budget for every process of this machine that uses the "
+            "key with the same data directory), so something else uses the key without sharing "
+            "it: a second bot or a script elsewhere, or the exchange's limits are stricter than "
+            "published. Every call of the key waits as told; the bot goes on.")
 
     def _key(self) -> None:
         with self._lock:

@@ -57,7 +57,7 @@ class Faults:
     ``kind``: ``crash_before`` (the request never arrives), ``crash_after`` (the market acted,
     the reply is never read), ``timeout_after`` (the market acted, the reply is lost: outcome
     unknown), ``timeout_before`` (the request was lost on the way: outcome unknown, nothing
-    happened), ``not_sent`` (a connect error).
+    happened), ``not_sent`` (a connect error), ``code_5`` (refused as too fast, nothing done).
     """
 
     market: SimMarket
@@ -81,6 +81,8 @@ class Faults:
             raise httpx.ConnectError("connection refused", request=request)
         if kind == "timeout_before":
             raise httpx.ReadTimeout("timed out", request=request)
+        if kind == "code_5":  # refused as too fast, as when something else spends the key's budget
+            return httpx.Response(200, json={"code": 5})
         try:
             response = self.market.handle(request)
         except NoReply as lost:  # the market's own injected faults (``SimOptions.faults``)

@@ -338,3 +338,27 @@ def test_bidder_run_tells_systemd_and_says_why_it_stopped(tmp_path, monkeypatch)
     assert rest[-1] == {"STOPPING": "1", "STATUS": "stopping: SIGTERM received"}
     with open_database(f"sqlite:///{db}", writer=False) as database:
         assert alerts_in(database)[-1].title == "bot stopped (sim): SIGTERM received"
+
+
+def test_a_too_fast_reply_is_told_once_per_episode(rig, database):
+    """The bot's own pacing never earns a code 5: one means something else spends the key's
+    budget. Two refusals in a row are one episode (one alert naming the last), a cycle without
+    any ends it, and a later one starts another."""
+    r = rig(make_config(spot_target()))
+    r.start()
+    r.run(300)
+    r.faults.add("spot_marketplace", "code_5")
+    r.faults.add("spot_marketplace", "code_5", 2)  # its retry, refused again
+    r.run(600)
+    first = [a for a in alerts_in(database) if a.event == "rate_limited"]
+    assert len(first) == 1 and first[0].key == "api"
+    assert "2 time(s)" in first[0].body and "spot_marketplace" in first[0].body
+    assert "(code 5)" in first[0].body
+    r.faults.add("my_orders", "code_5")
+    r.bot.executor.reconcile()
+    r.run(300)
+    again = [a for a in alerts_in(database) if a.event == "rate_limited"]
+    assert len(again) == 2 and "1 time(s)" in again[1].body and "my_orders" in again[1].body
+    assert_books_agree(r.market, database)
+    assert_one_per_server(r.market)
+    assert r.market.stats[KEY].codes[5] == 0  # the market itself refused nothing
