@@ -15,11 +15,12 @@ from sqlalchemy import select
 from bidder.bot import Bot
 from bidder.clock import ManualClock
 from bidder.config import CLORE, Config, parse_config
+from bidder.reconcile import APPEARED
 from bidder.sim import Order, SimMarket
 from bidder.sim.faults import NoReply
 from bidder.sim.invariants import InvariantReport, invariant_report
 from storage.db import Database
-from storage.models import BotOrder
+from storage.models import BotOrder, BotOrderEvent
 
 START = 1_700_000_000.0
 KEY = "test-key-7c41e0b9d2a35f86"
@@ -157,7 +158,13 @@ def assert_books_agree(market: SimMarket, database: Database) -> None:
 
 def assert_invariants(market: SimMarket, database: Database) -> InvariantReport:
     """The simulator's invariant report (``bidder.sim.invariants``) for our key: the books agree,
-    no server carries two bids of ours, no rate-limit or 600-s refusal."""
+    no server carries two bids of ours, no rate-limit or 600-s refusal; and no order the bot
+    placed was taken for someone else's (``bidder.reconcile.APPEARED``: only the bot uses the key
+    in these tests, so such an order would be its own, left unmanaged)."""
     report = invariant_report(market, database, [KEY])
     assert report.ok, report.text()
+    with database.sessions() as session:
+        appeared = session.scalars(select(BotOrderEvent.order_ref).where(
+            BotOrderEvent.kind == APPEARED)).all()
+    assert not appeared, f"orders of ours taken for someone else's: local ids {appeared}"
     return report
