@@ -81,11 +81,11 @@ class Oversight:
         self._stopped = False
         self._lock = threading.Lock()
         self._key_rejected: tuple[str, float] | None = None
+        """(endpoint, when) of the last call refused for the key, until a call goes through."""
         self._too_fast: list[tuple[str, float, int | None, int | None]] = []
         """(endpoint, when, code, HTTP status) of the "too fast" replies since the last cycle."""
         self._foreign_told: set[int] = set()
         """Local ids of the orders ``foreign_order`` has told of."""
-        """(endpoint, when) of the last call refused for the key, until a call goes through."""
 
     # --- life ------------------------------------------------------------------------------------
 
