@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 OPEN_STATES = ("creating", "pending", "unknown", "live")
 IN_FLIGHT_STATES = ("creating", "pending", "unknown")
 """An order whose id or last outcome is not known yet: only reconciliation changes it."""
+APPEARED = "appeared"
+"""The event of an order adopted while the bot ran that nothing of the bot placed (a person or
+another bot uses the key): reconciliation keeps it unmanaged for good, oversight alerts
+``foreign_order``, status shows it as not the bot's."""
 
 
 class StoredState(Protocol):

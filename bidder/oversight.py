@@ -34,7 +34,7 @@ from bidder.alerts import Alerts, Sender, send_apprise
 from bidder.clock import Clock
 from bidder.config import Config, Mode
 from bidder.monitor import Health, Metrics, MonitorServer
-from bidder.reconcile import APPEARED
+from bidder.book import APPEARED
 from bidder.sdnotify import Notifier
 from bidder.status import Status, collect, fmt_time
 from storage.models import BotOrder, BotOrderEvent

@@ -38,6 +38,7 @@ from bidder.api import CloreClient
 from bidder.api.models import MyOrdersReply
 from bidder.clock import Clock
 from bidder.config import TargetConfig
+from bidder.book import APPEARED
 from bidder.orders import (
     IN_FLIGHT_STATES,
     add_event,
@@ -495,9 +496,6 @@ def _give_up(session: Session, order: BotOrder, now: float, slack: float) -> Non
     close(session, order, now, CREATE_NOT_FOUND, state="failed")
 
 
-APPEARED = "appeared"
-"""The event of an order adopted while the bot ran that nothing of ours placed: kept unmanaged
-for good (``_assign_unmanaged`` leaves it), and alerted (``foreign_order``)."""
 LATE_CREATE_WINDOW = 6 * 3600.0
 """Seconds after one of our creates was given up (not found within its grace) during which an
 unknown order on its server is taken for it, found late, rather than for someone else's."""

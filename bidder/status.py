@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bidder.book import read_open_orders, strategy_state
+from bidder.book import APPEARED, read_open_orders, strategy_state
 from bidder.clock import Clock
 from bidder.config_file import CLORE
 from bidder.lowering import next_lower_at, stored_rules
@@ -57,6 +57,9 @@ class OrderLine:
     next_lower_at: float | None
     """When the rules next allow a lowering (None for orders in flight)."""
     adopted: bool
+    foreign: bool = False
+    """Unmanaged because it appeared while the bot ran and the bot did not place it (a person or
+    another bot uses the key: ``bidder.reconcile.APPEARED``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +247,10 @@ def _orders(db: Reader, status: Status, markets: dict[str, Any], rates: dict[str
             *, dry_run: bool) -> None:
     rows = sorted(read_open_orders(db, dry_run=dry_run),
                   key=lambda o: (o.target is not None, o.target or "", o.server_id))
+    unmanaged = [o.id for o in rows if o.target is None]
+    foreign = {int(r[0]) for r in db.rows(
+        "SELECT order_ref FROM bot_order_event WHERE kind = ? AND order_ref IN "
+        f"({', '.join('?' * len(unmanaged))})", (APPEARED, *unmanaged))} if unmanaged else set()
     for o in rows:
         rate = rates.get(o.currency)
         state = strategy_state(o)
@@ -254,7 +261,7 @@ def _orders(db: Reader, status: Status, markets: dict[str, Any], rates: dict[str
             usd_per_day=o.price * rate if rate is not None else None, state=state,
             next_lower_at=next_lower_at(o.created_at, o.last_lowered_at, o.told_next_lower_at,
                                         stored_rules(markets, o.market)) if settled else None,
-            adopted=o.adopted))
+            adopted=o.adopted, foreign=o.id in foreign))
 
 
 def _targets(status: Status, targets: list[dict[str, Any]]) -> None:
@@ -373,7 +380,7 @@ def render(status: Status) -> str:
         out += _table(["order", "target", "market", "server", "GPUs", "price/day", "USD/day",
                        "state", "next lowering"],
                       [[str(o.order_id if o.order_id is not None else "-"),
-                        o.target or "(unmanaged)", o.market, str(o.server_id), str(o.gpus),
+                        o.target or ("(not the bot's)" if o.foreign else "(unmanaged)"), o.market, str(o.server_id), str(o.gpus),
                         f"{o.price:.6g} {o.currency.removesuffix('-Blockchain')}",
                         _money(o.usd_per_day), o.state,
                         "-" if o.next_lower_at is None else

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from bidder.bot import Bot
 from bidder.clock import ManualClock
 from bidder.config import CLORE, Config, parse_config
-from bidder.reconcile import APPEARED
+from bidder.book import APPEARED
 from bidder.sim import Order, SimMarket
 from bidder.sim.faults import NoReply
 from bidder.sim.invariants import InvariantReport, invariant_report

@@ -13,9 +13,11 @@ from bidder.api import CloreClient
 from bidder.api.models import MyOrdersReply, SpotOrderRequest
 from bidder.config import CLORE
 from bidder.orders import keep_away, kept_away
-from bidder.reconcile import APPEARED, ENDED_AT_CLORE, CreateGrace, Evidence, SeenOrder, \
-    match, seen_orders
+from bidder.book import APPEARED
+from bidder.reconcile import ENDED_AT_CLORE, CreateGrace, Evidence, SeenOrder, match, \
+    seen_orders
 from bidder.sim import SimMarket, SimOptions
+from bidder.status import collect, render
 from bot_helpers import BASE_URL, KEY, assert_books_agree, assert_one_per_server, book, giga_target, \
     make_config, ours, spot_target
 from storage.models import BotAlert, BotOrder, BotOrderEvent, ServerBlock
@@ -241,6 +243,11 @@ def test_an_order_that_appears_while_the_bot_runs_is_left_alone_and_alerted(rig,
     assert "appeared at the exchange while the bot runs" in caplog.text
     [(_, title)] = foreign_alerts(database)
     assert title == f"spot order {order.id} on server {server} was placed by something else"
+    with database.sessions() as session:
+        shown = collect(session, "db", r.clock)
+    assert [(o.server_id, o.target, o.foreign) for o in shown.orders if o.target is None] == [
+        (server, None, True)]
+    assert "(not the bot's)" in render(shown)
     assert {o.venue_id for o in ours(r.market)} == held | {server}
     assert_books_agree(r.market, database)
     assert_one_per_server(r.market)
