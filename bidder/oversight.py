@@ -34,7 +34,7 @@ from bidder.alerts import Alerts, Sender, send_apprise
 from bidder.clock import Clock
 from bidder.config import Config, Mode
 from bidder.monitor import Health, Metrics, MonitorServer
-from bidder.book import APPEARED
+from bidder.book import APPEARED, OPEN_STATES
 from bidder.sdnotify import Notifier
 from bidder.status import Status, collect, fmt_time
 from storage.models import BotOrder, BotOrderEvent
@@ -151,11 +151,15 @@ class Oversight:
                          for o in session.scalars(select(BotOrder).where(
                              BotOrder.state.in_(UNRESOLVED),
                              BotOrder.dry_run.is_(self._mode == "dry-run")))]
+            # the open unmanaged orders first (a few rows), then their events by the indexed
+            # order_ref: not a scan of every event each cycle
             foreign = [(o.id, o.order_id, o.market, o.server_id, o.price, o.currency, at)
                        for o, at in session.execute(
                            select(BotOrder, BotOrderEvent.at)
                            .join(BotOrderEvent, BotOrderEvent.order_ref == BotOrder.id)
-                           .where(BotOrderEvent.kind == APPEARED,
+                           .where(BotOrder.target.is_(None), BotOrder.adopted.is_(True),
+                                  BotOrder.state.in_(OPEN_STATES),
+                                  BotOrderEvent.kind == APPEARED,
                                   BotOrderEvent.at >= self._started_at))
                        if o.id not in self._foreign_told]
         self._update_metrics(status)
