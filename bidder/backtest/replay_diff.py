@@ -46,6 +46,7 @@ from bidder.backtest.runner import (
 from bidder.config import Config, ConfigError, parse_config
 from bidder.orders import SPEND_AT_STOP, recently_cancelled
 from bidder.rules import Plan, StepKnowledge, action_json
+from bidder.status import fmt_time
 from bidder.warmup import warm_memories
 from storage.models import (
     ApiCall,
@@ -376,6 +377,14 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
                                extra_times=[c.seen_at for c in run.cycles])
     except HistoryError as err:
         raise ReplayDiffError(f"run {run.run_id}: {err}") from None
+    earliest = min(c.seen_at for c in run.cycles)
+    if history.n_ticks and earliest < float(history.time[0]):
+        # the market the run saw is gone (``bidder db prune``): a replay on what is left would
+        # compare decisions made on data it cannot see
+        raise ReplayDiffError(
+            f"run {run.run_id}: its first decision saw the market at {fmt_time(earliest)}, but "
+            f"the recording now starts at {fmt_time(float(history.time[0]))} (pruned?): the "
+            "market it decided on is no longer recorded")
     # the run's engine warmed its market memory from what was recorded before its start: so does
     # its replay (bidder.warmup)
     warmed = warm_memories(session, config, [t for t in config.targets if getattr(

@@ -393,6 +393,21 @@ def test_the_cli_prints_the_report_and_writes_json(session_db, tmp_path, capsys)
     assert math.isfinite(document["costs"][0]["gap"])
 
 
+def test_a_run_whose_market_was_pruned_is_refused_in_one_line(tmp_path, capsys):
+    """``bidder db prune`` removed the market the run decided on: the replay says so instead of
+    failing half-way (it did, with a traceback)."""
+    path = tmp_path / "pruned.db"
+    record_session(path, hours=1.0)
+    url = f"sqlite:///{path}"
+    assert main(["db", "prune", "--db", url, "--before", str(START + 1800)]) == 0
+    capsys.readouterr()
+    assert main(["backtest", "--replay-diff", "--db", url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("bidder backtest: run 1: its first decision saw the market at ")
+    assert "(pruned?): the market it decided on is no longer recorded" in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--replay-diff", "--strategy", "outbid"], "--strategy cannot be used with it"),
     (["--replay-diff", "--run", "9"], "no bot run with id 9"),
