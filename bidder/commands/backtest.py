@@ -131,6 +131,21 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
+def range_warnings(start: float | None, end: float | None, first: float, last: float,
+                   interval: float) -> list[str]:
+    """What the history covers against the ``--from``/``--to`` asked for, when it covers less
+    (a recording begun later, or pruned, or stopped earlier): a table over a shorter period must
+    not pass for the one asked for."""
+    out = []
+    if start is not None and first > start + interval:
+        out.append(f"--from {_iso(start)}: the recording starts at {_iso(first)}; the backtest "
+                   "covers only what was recorded")
+    if end is not None and last < end - interval:
+        out.append(f"--to {_iso(end)}: the recording ends at {_iso(last)}; the backtest covers "
+                   "only what was recorded")
+    return out
+
+
 def _run_settings(args: argparse.Namespace, config: Config) -> RunSettings:
     from bidder.backtest.exchange import CALL_LATENCY, ExchangeRules
     from bidder.backtest.reactive import ReactiveSettings
@@ -238,6 +253,8 @@ def _run(args: argparse.Namespace) -> int:
             until=float(history.time[0]))
     targets, warnings = preflight(history, config, targets, command="backtest")
     warnings += [line.removeprefix("warning: ") for line in fee_warnings(fees)]
+    warnings += range_warnings(start, end, float(history.time[0]), float(history.time[-1]),
+                               config.bot.decide_interval)
     progress = ProgressBar(sys.stderr, force=args.progress)  # the stream of now, not of import
     result = run_backtest(history, config, variants, settings, modes=modes, targets=targets,
                           workers=args.workers, progress=progress, memories=warmed.memories)

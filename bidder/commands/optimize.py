@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bidder.commands.backtest import _run_settings, parse_time
+    from bidder.commands.backtest import _run_settings, parse_time, range_warnings
     from bidder.commands.backtest import UsageError as BacktestUsage
     from bidder.config import Config, load_config
     from bidder.logs import setup_logging
@@ -122,6 +122,9 @@ def _run(args: argparse.Namespace) -> int:
     config, in_sample, held_out, fees = _load(args, config, target, start, end, holdout)
     target = {t.name: t for t in config.targets}[target.name]
     warnings = _preflight(config, target, in_sample, held_out, fees)  # before any study exists
+    covered = held_out if held_out is not None else in_sample
+    warnings += range_warnings(start, end, float(in_sample.time[0]), float(covered.time[-1]),
+                               config.bot.decide_interval)
     memories, warmed = _warm(args, config, target, in_sample, held_out) \
         if _uses_memory(args.strategy, base, dims) else (({}, {}), None)
     setup = study_setup(args.strategy, target.name, args.mode, args.objective,

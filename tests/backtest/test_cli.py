@@ -295,3 +295,24 @@ max_price_per_gpu_day = 0.001
                     "--json", str(out)) == 0
     assert {t["target"] for t in json.loads(out.read_text())["runs"][0]["targets"]} \
         == {"in-clore", "rigs"}
+
+
+def test_a_range_the_recording_does_not_cover_is_said_above_and_below_the_table(recorded,
+                                                                                tmp_path, capsys):
+    """--from before the recording's start, --to after its end: the table covers less than was
+    asked (a recording begun later, pruned, stopped), and says so; a range inside it says
+    nothing."""
+    out = tmp_path / "out.json"
+    code = backtest(recorded, "--strategy", "outbid", "--mode", "replay", "--from",
+                    str(START - 3600), "--to", str(START + 7200), "--json", str(out))
+    assert code == 0
+    text = capsys.readouterr().out
+    starts = ("WARNING: --from 2023-11-14 21:13 UTC: the recording starts at 2023-11-14 22:13 UTC; "
+              "the backtest covers only what was recorded")
+    assert text.count(starts) == 2  # above and below the table
+    assert text.count("WARNING: --to 2023-11-15 00:13 UTC: the recording ends at ") == 2
+    warnings = json.loads(out.read_text())["settings"]["warnings"]
+    assert any(w.startswith("--from 2023-11-14 21:13 UTC") for w in warnings)
+    assert backtest(recorded, "--strategy", "outbid", "--mode", "replay", "--from",
+                    str(START + 600), "--to", str(START + 1800)) == 0
+    assert "the recording starts at" not in capsys.readouterr().out
