@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bidder.commands import usd_per_clore
+from bidder.commands import database_url, usd_per_clore
 from bidder.logs import log_options
 
 if TYPE_CHECKING:
@@ -83,13 +83,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the replay's decisions and costs differ from what the bot did")
     parser.add_argument("--run", type=int, default=None, metavar="ID",
                         help="with --replay-diff: the bot run to replay (default: the newest)")
-
-
-def database_url(text: str) -> str:
-    """A database URL as it is; anything else is the path of a SQLite file."""
-    if "://" in text:
-        return text
-    return f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
 def parse_time(text: str | None, name: str) -> float | None:

@@ -156,7 +156,7 @@ def cut_time(text: str | None, now: float) -> float:
 def _prune(args: argparse.Namespace) -> int:
     import time
 
-    from bidder.commands.backtest import database_url
+    from bidder.commands import database_url
     from bidder.config_file import storage_url_of_file
     from bidder.logs import log_options, setup_logging
     from storage.db import open_database, shown_url

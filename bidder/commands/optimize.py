@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bidder.commands import usd_per_clore
+from bidder.commands import database_url, usd_per_clore
 from bidder.plain import plain
 
 HELP = ("Search a strategy's parameters for the lowest cost per GPU-hour at an availability floor "
@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
                         help="TOML config file with the target (default: built-in defaults, "
                              "which have no targets)")
-    parser.add_argument("--db", default=None,
-                        help="database URL of the recorded market (default: the config's "
-                             "[storage] url or bidder.db)")
+    parser.add_argument("--db", type=database_url, default=None, metavar="PATH|URL",
+                        help="the recorded market: a SQLite file or a database URL (default: "
+                             "the config's [storage] url or bidder.db)")
     parser.add_argument("--clore-usd", type=usd_per_clore, default=None, metavar="USD",
                         help="USD per CLORE wherever the recording has none (imported CDN files "
                              "carry no rate; host_profit and USD caps and budgets need one)")

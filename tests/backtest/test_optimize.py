@@ -438,3 +438,14 @@ def test_the_refusal_walks_nested_settings_and_an_unreadable_setup_is_refused():
         "run_settings.exchange.payment 'pay_your_bid' -> 'second_price'); name another --study")
     assert setup_refusal("s", "garbled", now) == (
         "study 's' has a setup this bidder cannot read ('garbled'); name another --study")
+
+
+def test_db_takes_a_sqlite_path_as_backtest_does(tmp_path, capsys):
+    """--db PATH|URL, as the README and bidder backtest have it (a path was refused as 'not a
+    database URL')."""
+    path = tmp_path / "sim.db"
+    config = recorded(f"sqlite:///{path}", tmp_path, minutes=15)
+    config.write_text(config.read_text().replace(str(path), str(tmp_path / "elsewhere.db")))
+    assert optimize(config, "--db", str(path), "--space", SPACE, "--trials", "1",
+                    "--min-availability", "0") == 0
+    assert "1 finished trial(s)" in capsys.readouterr().out
