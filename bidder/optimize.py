@@ -38,6 +38,7 @@ from bidder.backtest.runner import (
 from bidder.config import Config, TargetConfig
 from bidder.memory import MarketMemory
 from bidder.plain import plain
+from bidder.status import fmt_time
 from strategies.registry import StrategyError, load_strategy
 
 OBJECTIVES = ("cost_per_gpu_hour", "cost", "regret")
@@ -355,9 +356,16 @@ def _changes(path: str, old: Any, new: Any) -> list[str]:
         return [c for k in sorted({*old, *new}, key=str)
                 if old.get(k, ABSENT) != new.get(k, ABSENT)
                 for c in _changes(f"{path}.{k}", old.get(k, ABSENT), new.get(k, ABSENT))]
-    return [f"{path} {_short(old)} -> {_short(new)}"]
+    when = path.rsplit(".", 1)[-1] in TIME_KEYS
+    return [f"{path} {_short(old, when=when)} -> {_short(new, when=when)}"]
 
 
-def _short(value: Any, most: int = 48) -> str:
+TIME_KEYS = frozenset({"from", "to", "first", "last", "since"})
+"""Setup keys holding a moment (UNIX seconds): a refusal shows them as a person reads them."""
+
+
+def _short(value: Any, most: int = 48, *, when: bool = False) -> str:
+    if when and isinstance(value, int | float) and not isinstance(value, bool):
+        return fmt_time(float(value)) + " UTC"
     text = "(not set)" if value is ABSENT else repr(value)
     return text if len(text) <= most else text[:most - 3] + "..."

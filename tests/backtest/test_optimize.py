@@ -356,8 +356,8 @@ def grow(url: str, config: Path) -> None:
     (lambda url, config: config.write_text(config.read_text() + '[markets.gigaspot]\n'
                                            'creation_fee = 0.1\n'),
      "(market_rules: market_rules.creation_fee 0.0 -> 0.1)"),
-    (grow, "(history: history.in_sample.last 1700000840.0 -> 1700001140.0; "
-           "history.in_sample.ticks 15 -> 20)"),
+    (grow, "(history: history.in_sample.last 2023-11-14 22:27:20 UTC -> 2023-11-14 22:32:20 "
+           "UTC; history.in_sample.ticks 15 -> 20)"),
 ], ids=["sim-payment", "sim-step-rule", "target-count", "creation-fee", "longer-history"])
 def test_a_study_resumed_under_other_conditions_is_refused_by_what_differs(
         sqlite_url, tmp_path, capsys, change, message):
