@@ -38,7 +38,7 @@ from bidder.backtest.runner import (
 from bidder.config import Config, TargetConfig
 from bidder.memory import MarketMemory
 from bidder.plain import plain
-from bidder.status import fmt_time
+from bidder.status import fmt_utc
 from strategies.registry import StrategyError, load_strategy
 
 OBJECTIVES = ("cost_per_gpu_hour", "cost", "regret")
@@ -366,6 +366,6 @@ TIME_KEYS = frozenset({"from", "to", "first", "last", "since"})
 
 def _short(value: Any, most: int = 48, *, when: bool = False) -> str:
     if when and isinstance(value, int | float) and not isinstance(value, bool):
-        return fmt_time(float(value)) + " UTC"
+        return fmt_utc(float(value))
     text = "(not set)" if value is ABSENT else repr(value)
     return text if len(text) <= most else text[:most - 3] + "..."

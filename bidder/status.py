@@ -137,6 +137,11 @@ def fmt_time(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
 
 
+def fmt_utc(t: float) -> str:
+    """A moment as a message outside ``bidder status`` names it: UTC, said so."""
+    return f"{fmt_time(t)} UTC"
+
+
 def fmt_age(seconds: float | None) -> str:
     if seconds is None:
         return "never"

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from bidder.allocation import bid_scores, power_cost_usd_per_day
 from bidder.backtest.events import EventStream
 from bidder.config import CLORE, TargetConfig
-from bidder.status import fmt_time
+from bidder.status import fmt_utc
 from bidder.view import static_match
 from storage.arrays import expand, to_columns
 from bidder.backtest.regrid import regrid_market, tick_map
@@ -229,8 +229,8 @@ def _range_text(start: float | None, end: float | None) -> str:
     """The period asked for, as a person reads it (UTC), not UNIX seconds."""
     if start is None and end is None:
         return "in the database"
-    return f"between {fmt_time(start) + ' UTC' if start is not None else 'the beginning'} and " \
-           f"{fmt_time(end) + ' UTC' if end is not None else 'the end'}"
+    return f"between {fmt_utc(start) if start is not None else 'the beginning'} and " \
+           f"{fmt_utc(end) if end is not None else 'the end'}"
 
 
 def _rates(session: Session, time: np.ndarray) -> tuple[tuple[Mapping[str, float], ...], np.ndarray]:

@@ -191,10 +191,11 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _describe(plan: PrunePlan, result: PruneResult | None, url: str) -> str:
     """The summary: per market what goes and where its history now starts, rows per table."""
+    from bidder.status import fmt_utc
     from storage.prune import SPOT_LOOKBACK
 
     cut = plan.cut
-    when = _time(cut.before)
+    when = fmt_utc(cut.before)
     if plan.empty:
         return (f"bidder db prune: nothing recorded before {when} is left to remove in {url}; "
                 "nothing changed")
@@ -226,13 +227,11 @@ def _describe(plan: PrunePlan, result: PruneResult | None, url: str) -> str:
 
 
 def _from(first: float | None) -> str:
-    return "nothing recorded" if first is None else f"kept from {_time(first)}"
+    from bidder.status import fmt_utc
+
+    return "nothing recorded" if first is None else f"kept from {fmt_utc(first)}"
 
 
-def _time(t: float) -> str:
-    from datetime import datetime, timezone
-
-    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _size(size: int | None) -> str:
