@@ -46,7 +46,7 @@ from bidder.backtest.runner import (
 from bidder.config import Config, ConfigError, parse_config
 from bidder.orders import SPEND_AT_STOP, recently_cancelled
 from bidder.rules import Plan, StepKnowledge, action_json
-from bidder.status import fmt_time
+from bidder.status import fmt_utc
 from bidder.warmup import warm_memories
 from storage.models import (
     ApiCall,
@@ -203,10 +203,10 @@ def load_run(session: Session, run_id: int | None = None) -> RecordedRun:
     left_before = {t.name: recently_cancelled(session, t.name, run.started_at - block,
                                               dry_run=dry_run, before=run.started_at)
                    for t in config.targets} if block > 0 else {}
+    unmanaged = _unmanaged(session, run.started_at, end, dry_run)
     return RecordedRun(run.id, run.mode, config, run.started_at, end, cycles, starting, billed,
-                       left_before, _kept_away(session, config, run.started_at, end, dry_run),
-                       _call_times(orders, events, [c.at for c in cycles]), outlived,
-                       _unmanaged(session, run.started_at, end, dry_run))
+                       left_before, _kept_away(session, config, run.started_at, end, unmanaged),
+                       _call_times(orders, events, [c.at for c in cycles]), outlived, unmanaged)
 
 
 CALL_EVENTS = {"created": "create", "raised": "raise", "lowered": "lower"}
@@ -235,9 +235,9 @@ def _call_times(orders: Sequence[BotOrder], events: dict[int, list[Event]],
 
 
 def _kept_away(session: Session, config: Config, start: float, end: float,
-               dry_run: bool) -> dict[str, list[KeptAway]]:
+               unmanaged: Sequence[UnmanagedOrder]) -> dict[str, list[KeptAway]]:
     """What the live engine kept each target away from between ``start`` and ``end``: its
-    server blocks, and the servers of open orders it did not manage (every target's)."""
+    server blocks, and the servers of the ``unmanaged`` orders (every target's)."""
     out: dict[str, list[KeptAway]] = {t.name: [] for t in config.targets}
     for target, server_id, at, until in session.execute(
             select(ServerBlock.target, ServerBlock.server_id, ServerBlock.at, ServerBlock.until)
@@ -245,13 +245,9 @@ def _kept_away(session: Session, config: Config, start: float, end: float,
                                                ServerBlock.until > start))):
         if target in out:
             out[target].append(KeptAway(int(server_id), float(at), until))
-    for server_id, created, closed in session.execute(
-            select(BotOrder.server_id, BotOrder.created_at, BotOrder.closed_at)
-            .where(BotOrder.target.is_(None), BotOrder.dry_run.is_(dry_run),
-                   BotOrder.created_at <= end,
-                   or_(BotOrder.closed_at.is_(None), BotOrder.closed_at > start))):
+    for u in unmanaged:
         for blocks in out.values():
-            blocks.append(KeptAway(int(server_id), float(created), closed))
+            blocks.append(KeptAway(u.server_id, u.created_at, u.closed_at))
     return out
 
 
@@ -382,8 +378,8 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
         # the market the run saw is gone (``bidder db prune``): a replay on what is left would
         # compare decisions made on data it cannot see
         raise ReplayDiffError(
-            f"run {run.run_id}: its first decision saw the market at {fmt_time(earliest)}, but "
-            f"the recording now starts at {fmt_time(float(history.time[0]))} (pruned?): the "
+            f"run {run.run_id}: its first decision saw the market at {fmt_utc(earliest)}, but "
+            f"the recording now starts at {fmt_utc(float(history.time[0]))} (pruned?): the "
             "market it decided on is no longer recorded")
     # the run's engine warmed its market memory from what was recorded before its start: so does
     # its replay (bidder.warmup)
