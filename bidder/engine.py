@@ -39,9 +39,11 @@ from bidder.config import BudgetConfig, Config, MarketName, Mode, TargetConfig
 from bidder.executor import Execution, Executor
 from bidder.orders import (
     IDLE_GRACE,
+    RETURN_WINDOW,
     by_target,
     keep_away,
     kept_away,
+    left_unusable,
     open_orders,
     own_order,
     recently_cancelled,
@@ -343,8 +345,9 @@ class Engine:
         block = self._config.bot.rebuy_block
         left = recently_cancelled(session, target.name, now - block, dry_run=self.dry_run) \
             if block > 0 else None
+        returns = left_unusable(session, target.name, now - RETURN_WINDOW, dry_run=self.dry_run)
         view = build_target_view(frame, target, own, now=now, markets=markets,
-                                 rebuy_block=block, left_at=left,
+                                 rebuy_block=block, left_at=left, left_unusable=returns,
                                  memory=self._memory.get(target.name),
                                  static=self._caches[target.market].get(frame, target),
                                  watching=self._watching(session, target, frame, now))

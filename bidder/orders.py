@@ -57,6 +57,53 @@ def recently_cancelled(session: Session, target: str, since: float, *,
     return out
 
 
+RETURN_WINDOW = 86_400.0
+"""Seconds a server we had to leave (``cancelled (unusable)``: it went offline, was rented, stopped
+matching) is offered to the strategy as one to return to (``TargetView.left_unusable``), the
+engine and the backtester alike."""
+
+RETURN_HELD = 3600.0
+"""Only a server our order had held this many seconds before it could no longer be held is one to
+return to: one lost within minutes of buying it flickers, and coming back to it would be churn."""
+
+UNUSABLE = "cancelled (unusable)"
+"""The close reason of an order cancelled because its server could no longer be held."""
+
+
+def left_unusable(session: Session, target: str, since: float, *,
+                  dry_run: bool, before: float | None = None) -> dict[int, float]:
+    """Server id -> when we cancelled an order of ``target`` there because the server could no
+    longer be held, for the servers whose last cancel after ``since`` (and before ``before``) was
+    of that kind: a later cancel for any other reason means we left it by choice since."""
+    query = select(BotOrder.server_id, BotOrder.created_at, BotOrder.closed_at,
+                   BotOrder.close_reason).where(
+        BotOrder.target == target, BotOrder.dry_run.is_(dry_run), BotOrder.closed_at > since,
+        BotOrder.close_reason.like("cancelled%"))
+    if before is not None:
+        query = query.where(BotOrder.closed_at < before)
+    last: dict[int, tuple[float, bool]] = {}
+    for server_id, created_at, at, reason in session.execute(query):
+        note_leave(last, int(server_id), float(at), returnable(reason == UNUSABLE, created_at, at))
+    return {sid: at for sid, (at, unusable) in last.items() if unusable}
+
+
+def returnable(unusable: bool, created_at: float, closed_at: float) -> bool:
+    """Whether a cancel leaves a server to return to (``RETURN_HELD``)."""
+    return unusable and closed_at - created_at >= RETURN_HELD
+
+
+def note_leave(last: dict[int, tuple[float, bool]], server_id: int, at: float,
+               unusable: bool) -> None:
+    """Take a cancel into ``last`` (server id -> (when, whether unusable) of its last cancel), the
+    bot's and the backtester's rule alike: the later cancel wins; of two at once (a duplicate's),
+    by choice wins."""
+    seen = last.get(server_id)
+    if seen is None or at > seen[0]:
+        last[server_id] = (at, unusable)
+    elif at == seen[0]:
+        last[server_id] = (at, unusable and seen[1])
+
+
 IDLE_GRACE = 300.0
 """Seconds a new order of ours may wait on a spot server before its idleness counts (the engine
 and the backtester alike)."""

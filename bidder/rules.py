@@ -29,7 +29,7 @@ from bidder.lowering import next_lower_at  # shared with bidder status (no pydan
 from bidder.spend import cost_per_day
 
 if TYPE_CHECKING:  # types only: bidder status uses the lowering maths without numpy
-    from strategies.base import DesiredBid, OwnOrder, TargetView
+    from strategies.base import Candidates, DesiredBid, OwnOrder, TargetView
 
 DeferReason = Literal["cooldown", "step", "cap", "floor_above_cap", "budget", "rate_unknown",
                       "in_flight", "server_taken", "not_eligible", "watching"]
@@ -41,7 +41,10 @@ is not known yet), ``server_taken`` (another of our orders lives on the server),
 (the server does not match the target or cannot be rented now), ``watching`` (a spot target creates
 nothing before its first full watch-list round: ``TargetView.watching``)."""
 
-CancelReason = Literal["not_wanted", "duplicate"]
+CancelReason = Literal["not_wanted", "unusable", "duplicate"]
+"""``unusable``: the strategy left a server it could no longer hold (offline, rented, no longer
+matching, kept away from); ``not_wanted``: it left one it could hold (dearer than another,
+above the cap)."""
 
 _IN_FLIGHT = ("pending", "unknown")
 _EPS = 1e-9
@@ -322,6 +325,13 @@ def _no_new_servers(view: TargetView, desired: dict[int, float],
     return {sid: desired.get(sid, price) for sid, price in held.items()}
 
 
+def _why_left(c: Candidates, server_id: int) -> CancelReason:
+    """Why the strategy left a server it held: ``unusable`` when the view made it not eligible
+    (a strategy may come back to such a server without its switch margin: ``left_unusable``)."""
+    row = c.row(server_id)
+    return "unusable" if row is None or not c.eligible[row] else "not_wanted"
+
+
 def _plan_target(view: TargetView, desired: dict[int, float], rules: MarketRules, now: float,
                  occupied: dict[int, str], draft: _Draft) -> None:
     name = view.target.name
@@ -340,7 +350,7 @@ def _plan_target(view: TargetView, desired: dict[int, float], rules: MarketRules
                 draft.defer(name, sid, wanted, "in_flight")
         elif wanted is None:
             draft.cancel(Cancel(name, order.order_id, sid,
-                                "duplicate" if sid in seen else "not_wanted"), order.price)
+                                "duplicate" if sid in seen else _why_left(c, sid)), order.price)
         else:
             row = c.row(sid)
             if row is None:

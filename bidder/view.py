@@ -115,6 +115,7 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
                       thresholds: tuple[np.ndarray, np.ndarray] | None = None,
                       rebuy_block: float = 0.0,
                       left_at: Mapping[int, float] | None = None,
+                      left_unusable: Mapping[int, float] | None = None,
                       memory: MarketMemory | None = None,
                       watching: bool = False) -> TargetView:
     """What ``target``'s strategy sees in ``frame``, with ``orders`` (our live orders for it).
@@ -124,7 +125,9 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     ``thresholds`` is every server's ``rival_threshold`` (threshold, rival price) for the target
     in ``frame``, when the caller has it (a backtest works it out for many ticks at once).
     ``rebuy_block`` (``[bot] rebuy_block``) and ``left_at`` (server id -> when we last cancelled
-    an order of this target there) let the strategy avoid buying back what it just left.
+    an order of this target there) let the strategy avoid buying back what it just left;
+    ``left_unusable`` (server id -> when) names the servers it had to leave lately
+    (``bidder.orders.left_unusable``), which it may come back to.
     ``memory`` (one per target, kept between decisions) takes in the rivals' prices now and gives
     each candidate how contested it has been (``raises_per_hour``, ``hands_per_hour``,
     ``falls_per_hour``, ``falls_seen``, ``rival_high``).
@@ -194,7 +197,9 @@ def build_target_view(frame: MarketFrame, target: TargetConfig, orders: Sequence
     return TargetView(now=now, target=spec, candidates=Candidates(**columns), orders=tuple(orders),
                       usd_per_unit=usd_per_unit,
                       recent_wins=np.empty(0) if recent_wins is None else recent_wins,
-                      left_at={} if left_at is None else left_at, watching=watching)
+                      left_at={} if left_at is None else left_at,
+                      left_unusable={} if left_unusable is None else left_unusable,
+                      watching=watching)
 
 
 def _unknown_where_unconvertible(frame: MarketFrame, bid_price: np.ndarray,

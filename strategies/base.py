@@ -183,6 +183,12 @@ class TargetView:
     left_at: Mapping[int, float] = field(default_factory=dict)
     """Server id -> when we last cancelled an order of this target there, for the servers left
     within ``target.rebuy_block``: buying one again soon after is churn."""
+    left_unusable: Mapping[int, float] = field(default_factory=dict)
+    """Server id -> when we cancelled this target's order there because the server could no
+    longer be held (it went offline, was rented, stopped matching), for the servers left so in the
+    last ``bidder.orders.RETURN_WINDOW`` and not left by choice since: once usable again, a
+    strategy may come back to one without the margin it asks of a move (``hold_cheapest``'s
+    ``return_discount``); the server it moved to was only a stand-in."""
     watching: bool = False
     """True while a spot target has not seen one full watch-list round in this run
     (``bidder.watchlist.watch_round_complete``): the rules engine then creates no order for it
@@ -324,7 +330,7 @@ def _by_cost_per_unit(size: np.ndarray, cost: np.ndarray) -> np.ndarray:
 
 
 def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
-                  held_discount: float = 0.0,
+                  held_discount: float = 0.0, return_discount: float = 0.0,
                   payback: float | np.ndarray = 0.0) -> list[DesiredBid]:
     """Desired bids at ``bid`` on the rows that fill the target's count at the lowest ``cost``.
 
@@ -333,6 +339,9 @@ def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
 
     - rows we already hold count ``held_discount`` cheaper (0..1), since moving restarts an order's
       cooldown and step knowledge (1.0 keeps every usable holding);
+    - rows we had to leave lately (``view.left_unusable``) count ``return_discount`` cheaper: a
+      server held until it went offline competes with its stand-in on equal terms once back,
+      where a new one must beat the stand-in by ``held_discount``;
     - with ``payback`` (seconds, one for all rows or one per row) every row we do not hold also
       carries the target's creation fee spread over that horizon: a move happens only when it
       pays its new order back in time, and of two covers of equal price the one with fewer
@@ -358,6 +367,11 @@ def hold_cheapest(view: TargetView, bid: np.ndarray, cost: np.ndarray, *,
         usable = held[np.isfinite(cost[held])]
         cost = cost.copy()
         cost[usable] *= 1.0 - held_discount
+    if view.left_unusable and return_discount:
+        back = _not_held(c.rows_of(list(view.left_unusable)), held, len(c))
+        if len(back):
+            cost = cost.copy()
+            cost[back] *= 1.0 - return_discount
     scalar = not isinstance(payback, np.ndarray)
     if spec.creation_fee > 0 and (payback > 0 if scalar else bool((payback > 0).any())):
         if scalar:  # the common case: one horizon, no array work
@@ -403,10 +417,14 @@ def _blocked(view: TargetView, held: np.ndarray) -> np.ndarray:
     ids = [sid for sid, at in view.left_at.items() if at > since]
     if not ids:
         return np.zeros(0, dtype=np.int64)
-    rows = view.candidates.rows_of(ids)
+    return _not_held(view.candidates.rows_of(ids), held, len(view.candidates))
+
+
+def _not_held(rows: np.ndarray, held: np.ndarray, n: int) -> np.ndarray:
+    """``rows`` (-1: not a candidate) that are candidates and not in ``held``."""
     rows = rows[rows >= 0]
-    if not len(held):
+    if not len(held) or not len(rows):
         return rows
-    ours = np.zeros(len(view.candidates), dtype=bool)  # a mask: np.isin sorts, at every decision
+    ours = np.zeros(n, dtype=bool)  # a mask: np.isin sorts, at every decision
     ours[held] = True
     return rows[~ours[rows]]

@@ -42,9 +42,11 @@ class Outbid(Strategy):
     server would cost more than that, it moves to another.
 
     Servers are chosen as the cheapest whole-server cover of the count. Moving has a price, so a
-    server it holds counts ``switch_margin`` cheaper than the others, a new one carries its
-    creation fee spread over ``payback_hours``, and a held order that cannot come down yet (the
-    cooldown, the learned step) counts at what it will really pay over that horizon. With
+    server it holds counts ``switch_margin`` cheaper than the others (and so does one it had to
+    leave lately, ``view.left_unusable``: the server it moved to was a stand-in), a new one
+    carries its creation fee spread over ``payback_hours``, and a held order that cannot come
+    down yet (the cooldown, the learned step) counts at what it will really pay over that
+    horizon. With
     market memory (``contested_at``, on by default) a server whose rival's price is a
     NiceHashBot-style saw counts at the saw's recent high, so it is not bought at a trough only
     to be lost at the next jump.
@@ -112,7 +114,7 @@ class Outbid(Strategy):
             # a new order there must pay its creation fee back within that time
             payback = np.minimum(horizon, 3600.0 / np.maximum(raises, 1e-9))
         return hold_cheapest(view, bid, cost, held_discount=self.params.switch_margin,
-                             payback=payback)
+                             return_discount=self.params.switch_margin, payback=payback)
 
     def hold_price(self, view: TargetView, want: np.ndarray) -> np.ndarray:
         """What holding each server takes: ``want``, or on a contested server (``contested_at``)

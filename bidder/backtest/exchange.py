@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from bidder.config import MarketRules, MarketsConfig
 from bidder.lowering import probed_step
+from bidder.orders import RETURN_WINDOW, note_leave, returnable
 from bidder.rules import (
     Action,
     Cancel,
@@ -170,6 +171,9 @@ class EmulatedExchange:
         self.left_at: dict[str, dict[int, float]] = {name: {} for name in self._targets}
         """Per target: server id -> when we last cancelled an order there (kept ``left_keep``)."""
         self.left_keep = REBUY_WINDOW
+        self.leaves: dict[str, dict[int, tuple[float, bool]]] = {name: {} for name in self._targets}
+        """Per target: server id -> (when, whether its server could no longer be held) of our last
+        cancel there, within ``RETURN_WINDOW`` (``bidder.orders.note_leave``)."""
 
     def counters(self, target: str) -> Counters:
         return self._targets[target].counters
@@ -259,7 +263,23 @@ class EmulatedExchange:
                     for sid in [k for k, t in left.items() if at - t > self.left_keep]:
                         del left[sid]
                 left[order.server_id] = at
+                self._note_leave(order.target, order.server_id, at,
+                                 returnable(action.reason == "unusable", order.created_at, at))
                 self.end(order, at)
+
+    def left_unusable(self, target: str, now: float) -> dict[int, float]:
+        """Server id -> when we left it because it could no longer be held, for the servers whose
+        last cancel within ``RETURN_WINDOW`` was of that kind (``bidder.orders.left_unusable``)."""
+        since = now - RETURN_WINDOW
+        return {sid: at for sid, (at, unusable) in self.leaves[target].items()
+                if unusable and at > since}
+
+    def _note_leave(self, target: str, server_id: int, at: float, unusable: bool) -> None:
+        leaves = self.leaves[target]
+        if len(leaves) > 64:  # forget what no view looks at any more
+            for sid in [k for k, (t, _) in leaves.items() if at - t > RETURN_WINDOW]:
+                del leaves[sid]
+        note_leave(leaves, server_id, at, unusable)
 
     def expire(self, now: float) -> None:
         """End GigaSPOT orders that reached their maximum life."""

@@ -44,7 +44,7 @@ from bidder.backtest.runner import (
     run_variant,
 )
 from bidder.config import Config, ConfigError, parse_config
-from bidder.orders import SPEND_AT_STOP, recently_cancelled
+from bidder.orders import RETURN_WINDOW, SPEND_AT_STOP, left_unusable, recently_cancelled
 from bidder.rules import Plan, StepKnowledge, action_json
 from bidder.status import fmt_utc
 from bidder.warmup import warm_memories
@@ -111,6 +111,9 @@ class RecordedRun:
     unmanaged: list[UnmanagedOrder] = field(default_factory=list)
     """The orders of ours no target managed while the run was on: their cost came off the
     budget the targets shared."""
+    unusable_before: dict[str, dict[int, float]] = field(default_factory=dict)
+    """Per target: servers the bot had to leave (``left_unusable``) within ``RETURN_WINDOW``
+    before the run started, which its strategy may come back to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,10 +206,14 @@ def load_run(session: Session, run_id: int | None = None) -> RecordedRun:
     left_before = {t.name: recently_cancelled(session, t.name, run.started_at - block,
                                               dry_run=dry_run, before=run.started_at)
                    for t in config.targets} if block > 0 else {}
+    unusable_before = {t.name: left_unusable(session, t.name, run.started_at - RETURN_WINDOW,
+                                             dry_run=dry_run, before=run.started_at)
+                       for t in config.targets}
     unmanaged = _unmanaged(session, run.started_at, end, dry_run)
     return RecordedRun(run.id, run.mode, config, run.started_at, end, cycles, starting, billed,
                        left_before, _kept_away(session, config, run.started_at, end, unmanaged),
-                       _call_times(orders, events, [c.at for c in cycles]), outlived, unmanaged)
+                       _call_times(orders, events, [c.at for c in cycles]), outlived, unmanaged,
+                       unusable_before)
 
 
 CALL_EVENTS = {"created": "create", "raised": "raise", "lowered": "lower"}
@@ -395,7 +402,8 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
                          seen_at=[c.seen_at for c in run.cycles], end=run.end,
                          starting_orders=run.starting, keep_trace=True,
                          started_at=run.started_at, memories=warmed.memories,
-                         left_before=run.left_before, kept_away=run.kept_away,
+                         left_before=run.left_before, unusable_before=run.unusable_before,
+                         kept_away=run.kept_away,
                          call_times=run.call_times, unmanaged=run.unmanaged)
     assert record.trace is not None
     out = ReplayDiff(run)

@@ -229,6 +229,7 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
                 keep_trace: bool = False, started_at: float | None = None,
                 memories: Mapping[str, MarketMemory] | None = None,
                 left_before: Mapping[str, Mapping[int, float]] | None = None,
+                unusable_before: Mapping[str, Mapping[int, float]] | None = None,
                 kept_away: Mapping[str, Sequence[KeptAway]] | None = None,
                 call_times: Mapping[CallKey, float] | None = None,
                 unmanaged: Sequence[UnmanagedOrder] = ()) -> RunRecord:
@@ -243,6 +244,7 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     its strategy starts with (``bidder.warmup``; copied, default empty). A replayed bot run's
     own records, which its decisions depended on: ``left_before``, per target, the servers it
     had cancelled orders on before the run (server id -> when: its rebuy block), and
+    ``unusable_before``, those of them it had to leave (``left_unusable``), and
     ``kept_away``, per target, the servers it kept away from and when (``bot_server_block``:
     failed rents, refused overclocking, idle servers); ``call_times``, when each of its calls
     was done (by target, kind, server and the decision that made it), where the emulated
@@ -259,6 +261,8 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     run = _Run(history, config, variant, settings, mode, targets, keep_trace, memories or {})
     for name, left in (left_before or {}).items():
         run.exchange.left_at[name].update(left)
+    for name, left in (unusable_before or {}).items():
+        run.exchange.leaves[name].update({sid: (at, True) for sid, at in left.items()})
     run.kept_away = {name: list(blocks) for name, blocks in (kept_away or {}).items()}
     run.call_times = dict(call_times or {})
     run.unmanaged = list(unmanaged)
@@ -425,6 +429,7 @@ class _Run:
                 thresholds=self._thresholds(target),
                 rebuy_block=self.config.bot.rebuy_block,
                 left_at=self.exchange.left_at[target.name],
+                left_unusable=self.exchange.left_unusable(target.name, now),
                 memory=self.memory.get(target.name),
                 watching=self._watching(target, frame, now))
             view = self._keep_away(view, now)

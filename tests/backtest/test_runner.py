@@ -311,3 +311,26 @@ def test_a_gigaspot_refusal_names_no_step_and_the_bot_probes_half_of_it():
 
 def tried_index(run, seconds: float) -> int:
     return int(np.flatnonzero(np.isclose(run.step_time - T0, seconds))[0])
+
+
+def _outage(first, last):
+    """Server 1 (floor 5.0) is offline from tick ``first`` to ``last``; server 2 is 6 % dearer.
+    Who holds what, as (minute, kind, server, reason) of the creates and cancels."""
+    online = np.ones((300, 2), dtype=bool)
+    online[first:last, 0] = False
+    h = history(np.full((300, 2), NONE), floor=np.array([5.0, 5.3]), online=online)
+    run = run_variant(h, config(cap=20.0), Variant("outbid", "outbid", {"tick": 0.01}),
+                      RunSettings(), "replay", keep_trace=True)
+    return [((t - T0) // 60, type(a).__name__, a.server_id, getattr(a, "reason", None))
+            for t, p in run.trace for a in p.actions if not isinstance(a, ChangePrice)]
+
+
+def test_a_server_held_until_an_outage_is_come_back_to_as_live():
+    """The rule of ``bidder.orders.left_unusable``: held two hours, then offline ten minutes:
+    back to it once the rebuy block is over, though it is cheaper by less than the switch
+    margin. Held half an hour (a flicker, ``RETURN_HELD``): it stays on the stand-in."""
+    assert _outage(120, 130) == [(0, "Create", 1, None), (120, "Cancel", 1, "unusable"),
+                                 (120, "Create", 2, None), (181, "Cancel", 2, "not_wanted"),
+                                 (181, "Create", 1, None)]
+    assert _outage(30, 40) == [(0, "Create", 1, None), (30, "Cancel", 1, "unusable"),
+                               (30, "Create", 2, None)]

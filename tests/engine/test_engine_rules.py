@@ -200,7 +200,15 @@ def test_creates_only_on_eligible_servers():
 def test_an_order_on_a_server_gone_from_the_market_can_still_be_repriced_or_cancelled():
     gone = order(9, 12.0)
     assert run(decision([gone], [(9, 14.0)])).actions == (ChangePrice("t", 109, 9, 12.0, 14.0),)
-    assert run(decision([gone], [])).actions == (Cancel("t", 109, 9, "not_wanted"),)
+    assert run(decision([gone], [])).actions == (Cancel("t", 109, 9, "unusable"),)
+
+
+def test_a_cancel_says_whether_the_server_could_still_be_held():
+    """A strategy may come back to a server it had to leave (``left_unusable``), not to one it
+    left by choice: the cancel's reason tells them apart."""
+    market = make_frame([Server(1), Server(2, online=False)])
+    p = run(decision([order(1, 12.0), order(2, 12.0)], [], market_frame=market))
+    assert p.actions == (Cancel("t", 101, 1, "not_wanted"), Cancel("t", 102, 2, "unusable"))
 
 
 def test_unknown_cap_rate_holds_everything_still():

@@ -74,3 +74,27 @@ def test_an_order_counts_as_held_from_the_moment_it_is_sent():
     sent = OwnOrder(1, 12.5, 1, "pending", NOW - 5)  # no id yet, not seen on the market
     view = make_view(rows, orders=(sent,))
     assert bids(Outbid(tick=0.5, switch_margin=0.1).decide(view)) == {1: 12.5}
+
+
+def test_a_server_we_had_to_leave_is_come_back_to_without_the_margin():
+    """Server 1 went offline under our order and we moved to 2; once back it is 5 % cheaper:
+    too little to leave a held server for a new one (the switch margin), enough to return."""
+    rows = [{"id": 1, "threshold": 9.5}, {"id": 2, "threshold": 10.0}]
+    view = make_view(rows, orders=(held(2, 10.5),))
+    strategy = Outbid(tick=0.5, switch_margin=0.1)
+    assert bids(strategy.decide(view)) == {2: 10.5}
+    back = replace(view, left_unusable={1: NOW - 7200})
+    assert bids(strategy.decide(back)) == {1: 10.0}
+    # a creation fee still has to pay back within the horizon
+    assert bids(strategy.decide(with_spec(back, creation_fee=0.5))) == {2: 10.5}
+    # while we hold it, it is not counted twice (held, and left before)
+    assert bids(strategy.decide(replace(back, orders=(held(1, 10.0),)))) == {1: 10.0}
+
+
+def test_coming_back_is_the_strategy_s_choice():
+    """``fixed`` keeps what it holds (a held discount of 1) and asks nothing of a return: the
+    server it had to leave is one more candidate."""
+    from strategies.fixed import Fixed
+    rows = [{"id": 1, "threshold": 9.5}, {"id": 2, "threshold": 10.0}]
+    view = replace(make_view(rows, orders=(held(2, 12.0),)), left_unusable={1: NOW - 7200})
+    assert bids(Fixed(price_per_gpu_day=12.0).decide(view)) == {2: 12.0}
