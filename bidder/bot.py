@@ -27,6 +27,7 @@ from bidder.lease import Lease
 from bidder.orders import SPEND_AT_STOP, add_event, close, newly_outbid, open_orders
 from bidder.oversight import Oversight
 from bidder.poller import GigaspotPollResult, MarketPoller, MarketplaceResult, SpotRoundResult
+from bidder.reconcile import last_watched
 from bidder.scheduler import JobSpec
 from storage.db import Database
 from storage.models import BotHalt, BotRun, MarketplaceListing
@@ -101,6 +102,7 @@ class Bot:
             sessions, self.wall, stale_after=config.bot.lease_stale_after)
         try:
             with sessions.begin() as session:
+                self.executor.reconciler.down_since = last_watched(session)
                 run = BotRun(mode=mode, started_at=clock.now(), started_wall=self.wall.now(),
                              speed=speed, pid=os.getpid(), config=public_config(config))
                 session.add(run)

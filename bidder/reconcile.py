@@ -15,9 +15,11 @@ is not found yet, a call whose outcome is unknown). The exchange is the truth:
 - an order at the exchange unknown to the database is adopted with a warning: assigned to the first
   target whose filters it matches, else kept unmanaged (shown by ``status``, touched only by
   ``cancel-all``). One that appears while the bot runs (after this process's first
-  reconciliation), on a server where no create of ours went unfound lately, was placed by
-  something else using the key (a person, another bot): it is kept unmanaged for good, so the
-  bot neither cancels it nor fights over it, and marked ``appeared`` for the alert.
+  reconciliation), or that ``my_orders`` says was created while no bot of this database ran
+  (after the last sign of life of the run before, ``last_watched``), on a server where no create
+  of ours went unfound lately, was placed by something else using the key (a person, another
+  bot): it is kept unmanaged for good, so the bot neither cancels it nor fights over it, and
+  marked ``appeared`` for the alert.
 
 ``match`` decides (pure); ``Reconciler`` asks the exchange and applies the decision in one
 transaction, so a crash half-way leaves the book as it was.
@@ -51,7 +53,7 @@ from bidder.view import static_match
 from bidder.watchlist import listing_frame
 from storage.frames import MarketFrame
 from storage.market_views import gigaspot_frame
-from storage.models import BotOrder, BotOrderEvent, GigaspotSnapshot, ServerBlock
+from storage.models import BotOrder, BotOrderEvent, BotRun, GigaspotSnapshot, ServerBlock
 from storage.spot_record import parse_gpu_spec
 
 log = logging.getLogger(__name__)
@@ -318,6 +320,12 @@ class Reconciler:
         self._settled = False
         """Whether a reconciliation of this process has gone through: an order it did not know
         then appears while the bot runs (``APPEARED``)."""
+        self.down_since: float | None = None
+        """When a bot of this database was last seen watching the exchange before this process
+        (``last_watched``; None: never). An order unknown at this process's first reconciliation
+        that ``my_orders`` says was created after it was placed while no bot ran, by something
+        else (``APPEARED``); one created before it stays adopted as before (the book may have lost
+        its row, or it predates this database)."""
 
     def reconcile(self) -> ReconcileReport:
         """One reconciliation. Raises the client's errors (nothing is changed then).
@@ -377,13 +385,33 @@ class Reconciler:
             for local_id, hit in m.reopen:
                 _reopen(session, closed_by_id[local_id], hit, now)
             for hit in m.adopt:
-                appeared = self._settled and not _late_create_of_ours(session, hit.server_id, now)
-                _adopt(session, hit, placement, now, appeared=appeared)
+                when = "while the bot runs" if self._settled else self._placed_while_down(hit)
+                if when is not None and _late_create_of_ours(session, hit.server_id, now):
+                    when = None
+                _adopt(session, hit, placement, now, appeared=when)
             _assign_unmanaged(session, [o for o in orders if o.target is None and o.adopted],
                               placement, now)
         self._settled = True
         return ReconcileReport(len(m.present), len(m.found), len(m.gone), len(m.given_up),
                                len(m.adopt) + len(m.reopen), len(m.not_found))
+
+
+    def _placed_while_down(self, hit: SeenOrder) -> str | None:
+        """"while no bot ran" when ``my_orders`` dates ``hit`` after ``down_since``, else None
+        (a snapshot's bid carries no creation time: it is adopted as before)."""
+        if self.down_since is None or hit.source != "my_orders" or hit.created is None \
+                or hit.created <= self.down_since:
+            return None
+        return "while no bot ran"
+
+
+def last_watched(session: Session) -> float | None:
+    """When a bot of this database last watched the exchange: the newest sign of life (stop, else
+    heartbeat, else start) of its live and simulated runs (a dry run does not reconcile); None
+    before the first. Read before this process records its own run."""
+    return session.scalar(select(func.max(func.coalesce(
+        BotRun.stopped_at, BotRun.heartbeat_at, BotRun.started_at))).where(
+        BotRun.mode != "dry-run"))
 
 
 ENDED_AT_CLORE = "ended at Clore"
@@ -511,9 +539,9 @@ def _late_create_of_ours(session: Session, server_id: int, now: float) -> bool:
 
 
 def _adopt(session: Session, hit: SeenOrder, placement: Placement, now: float, *,
-           appeared: bool = False) -> None:
-    """Take an order the database lacks into the book; ``appeared``: it came while the bot ran
-    and nothing of ours placed it, so no target gets it."""
+           appeared: str | None = None) -> None:
+    """Take an order the database lacks into the book; ``appeared`` (when it came: while the bot
+    ran, or while no bot ran): nothing of ours placed it, so no target gets it."""
     market = "gigaspot" if hit.source == "snapshot" else placement.market_of(hit.server_id)
     target = None if appeared else placement.target_of(market, hit.server_id, hit.currency)
     gpus = placement.gpus_of(market, hit.server_id) or hit.gpus or 1
@@ -529,11 +557,11 @@ def _adopt(session: Session, hit: SeenOrder, placement: Placement, now: float, *
     if appeared:
         add_event(session, order, APPEARED, now, order.price, order_id=hit.order_id,
                   source=hit.source)
-        log.warning("%s order %d on server %d (%s) appeared at the exchange while the bot runs, "
-                    "and nothing here placed it: something else uses this API key (a person or "
-                    "another bot); kept unmanaged (the bot keeps away from its server and counts "
-                    "it against the budget; only cancel-all touches it)", market, hit.order_id,
-                    hit.server_id, describe_price(order.price, order.currency))
+        log.warning("%s order %d on server %d (%s) appeared at the exchange %s, and nothing "
+                    "here placed it: something else uses this API key (a person or another "
+                    "bot); kept unmanaged (the bot keeps away from its server and counts it "
+                    "against the budget; only cancel-all touches it)", market, hit.order_id,
+                    hit.server_id, describe_price(order.price, order.currency), appeared)
         return
     log.warning("adopted %s order %d on server %d (%s) that the database did not know: %s",
                 market, hit.order_id, hit.server_id, describe_price(order.price, order.currency),

@@ -256,6 +256,38 @@ def test_an_order_that_appears_while_the_bot_runs_is_left_alone_and_alerted(rig,
     assert report.ok, report.text()
 
 
+@pytest.mark.parametrize("crashed", [False, True])
+def test_an_order_placed_while_no_bot_ran_is_left_alone_and_alerted(rig, database, caplog,
+                                                                     crashed):
+    """A person places an order with the key while the bot is stopped (or after it crashed:
+    then its last heartbeat is the last sign of life). ``my_orders`` dates it after the run
+    before, so the restarted bot keeps it unmanaged, where adopting it into the target (which
+    holds its count) would cancel it as not wanted."""
+    r = rig(make_config(spot_target()))
+    r.start()
+    r.run(600)
+    if not crashed:
+        r.bot.finish("stopped by a test")
+    r.bot.close()
+    held = {o.venue_id for o in ours(r.market)}
+    server = next(s for s in sorted(r.market.world.servers) if s not in held)
+    r.clock.advance(900)
+    price = place_by_hand(r, server)
+    caplog.set_level(logging.WARNING, logger="bidder.reconcile")
+    r.start()
+    r.run(1800)
+    [row] = [o for o in book(database) if o.server_id == server]
+    assert (row.target, row.adopted, row.price) == (None, True, price)
+    [order] = [o for o in ours(r.market) if o.venue_id == server]
+    assert order.open and order.price == price  # not cancelled, not repriced
+    assert "appeared at the exchange while no bot ran" in caplog.text
+    [(_, title)] = foreign_alerts(database)
+    assert title == f"spot order {order.id} on server {server} was placed by something else"
+    assert {o.venue_id for o in ours(r.market)} == held | {server}
+    report = invariant_report(r.market, database, [KEY])  # not assert_invariants: see above
+    assert report.ok, report.text()
+
+
 def test_a_late_create_of_ours_that_appears_is_adopted_into_its_target(rig, database):
     """An order on a server where a create of ours was given up lately is that create, found
     late (the exchange listed it after the grace): adopted as ours, no alert."""
