@@ -377,9 +377,10 @@ class Engine:
             self._since = run.started_at if run is not None else now
         listing = listing_frame(session)
         candidates = target_candidates(listing, target) if listing is not None else []
-        if not watch_round_complete(candidates, frame.server_id, frame.observed_at,
-                                    since=self._since, now=now, poller=self._config.poller):
-            return True
+        done = watch_round_complete(candidates, frame.server_id, frame.observed_at,
+                                    since=self._since, now=now, poller=self._config.poller)
+        if not done:
+            return done is False  # None: nothing listed to watch yet; asked again next time
         self._watched.add(target.name)
         log.info("spot target %r: its %d candidates polled once; it may now create orders",
                  target.name, len(candidates))

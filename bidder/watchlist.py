@@ -95,17 +95,22 @@ def target_candidates(frame: MarketFrame, target: TargetConfig) -> list[int]:
 
 def watch_round_complete(candidates: Sequence[int] | np.ndarray, polled_id: np.ndarray,
                          polled_at: np.ndarray, *, since: float, now: float,
-                         poller: PollerConfig) -> bool:
+                         poller: PollerConfig) -> bool | None:
     """Whether a spot target has seen one full watch-list round since ``since`` (the run's
     start): every one of its ``candidates`` (``target_candidates`` of the newest listing) has a
     poll at or after ``since`` (``polled_id``/``polled_at``: the market's servers and when each
     was last polled, NaN when not), or two rounds' time has passed, in case one cannot be polled.
+    None when there are no candidates (no listing yet, or none matches): nothing to wait for now,
+    but no round either, so the callers ask again at their next decision rather than take the
+    round as done (a replay's first decisions may come before the listing a live cycle read).
 
     Until then the target creates nothing (``TargetView.watching``): it would buy the first
     servers polled and move as soon as cheaper ones showed up, each move a creation fee and a new
     cooldown. The live engine and the backtest both ask this, with the same inputs.
     """
     wanted = np.asarray(candidates, dtype=np.int64)
+    if not len(wanted):
+        return None
     with np.errstate(invalid="ignore"):
         polled = np.asarray(polled_id, dtype=np.int64)[np.asarray(polled_at) >= since]
     if bool(np.isin(wanted, polled).all()):

@@ -493,12 +493,13 @@ class _Run:
         if target.market != "spot" or target.name in self.watched:
             return False
         listing = self.markets[target.market].listing(now)
-        if watch_round_complete(target_candidates(listing, target), frame.server_id,
-                                frame.observed_at, since=self.started_at, now=now,
-                                poller=self.config.poller):
-            self.watched.add(target.name)
-            return False
-        return True
+        done = watch_round_complete(target_candidates(listing, target), frame.server_id,
+                                    frame.observed_at, since=self.started_at, now=now,
+                                    poller=self.config.poller)
+        if not done:
+            return done is False  # None: nothing listed to watch yet; asked again next time
+        self.watched.add(target.name)
+        return False
 
     def _thresholds(self, target: TargetConfig) -> tuple[np.ndarray, np.ndarray] | None:
         """Every server's rival threshold for ``target`` now, from the replayed market, which

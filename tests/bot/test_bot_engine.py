@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from bidder.backtest.replay_diff import load_run, replay_diff
+from bidder.backtest.runner import RunSettings
 from bidder.config import CLORE
 from bidder.engine import recent_wins, stale_after
 from bidder.rules import budget_left
@@ -54,6 +56,31 @@ def test_no_decision_before_the_first_polls(rig, database, caplog):
     assert bot.decide_job().skipped is None
     assert {o.kind for o in ours(r.market)} == {"gigaspot", "spot"}
     assert "candidates polled once; it may now create orders" in caplog.text
+    settled_books_agree(r.market, database, bot)
+
+
+def test_a_replay_waits_for_the_watch_round_as_the_bot_did(rig, database):
+    """The first cycles decide on a GigaSPOT snapshot taken before the first marketplace listing:
+    the replay's spot target then sees no candidates yet. It must not take the watch-list round
+    as done for that (it once did, for good, and bought spot servers at the next cycles while
+    the bot still watched)."""
+    r = rig(make_config(spot_target(), giga_target()))
+    bot = r.start()
+    bot.poll_gigaspot_job()
+    r.clock.advance(30.0)
+    bot.decide_job()  # GigaSPOT only: the spot target is not decided
+    bot.poll_marketplace_job()
+    for _ in range(3):
+        r.clock.advance(30.0)
+        bot.poll_spot_job()
+        bot.poll_gigaspot_job()
+        bot.decide_job()
+    assert {o.kind for o in ours(r.market)} == {"gigaspot", "spot"}
+    with database.sessions() as session:
+        spot_decisions = [d for d in session.scalars(select(BotDecision)) if d.target == "s"]
+        assert [x["reason"] for x in spot_decisions[0].deferred] == ["watching"]
+        diff = replay_diff(session, load_run(session), RunSettings())
+    assert diff.differences == [], diff.differences[:2]
     settled_books_agree(r.market, database, bot)
 
 

@@ -135,7 +135,8 @@ def test_a_watch_list_round_is_complete_when_every_candidate_was_polled_since_th
     assert not done(before)
     assert done(np.array([1010.0, 1050.0, 1080.0, np.nan]))  # 8 is no candidate
     assert done(before, candidates=(5, 8))
-    assert done(before, candidates=())  # nothing listed: nothing to wait for
+    # nothing listed (yet): nothing to wait for now, and no round done either (asked again)
+    assert done(before, candidates=()) is None
     # a candidate that cannot be polled holds the target back at most two rounds' time:
     # ceil(3 / 2) + 1 = 3 rounds of 30 s, twice
     assert not done(before, now=since + 179.0) and done(before, now=since + 180.0)
