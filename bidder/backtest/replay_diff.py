@@ -114,6 +114,9 @@ class RecordedRun:
     unusable_before: dict[str, dict[int, float]] = field(default_factory=dict)
     """Per target: servers the bot had to leave (``left_unusable``) within ``RETURN_WINDOW``
     before the run started, which its strategy may come back to."""
+    not_taken: set[CallKey] = field(default_factory=set)
+    """The run's price changes and cancels whose outcome was unknown (a timeout, a server error)
+    and that reconciliation then found not done: the exchange never took them (``_not_taken``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +216,7 @@ def load_run(session: Session, run_id: int | None = None) -> RecordedRun:
     return RecordedRun(run.id, run.mode, config, run.started_at, end, cycles, starting, billed,
                        left_before, _kept_away(session, config, run.started_at, end, unmanaged),
                        _call_times(orders, events, [c.at for c in cycles]), outlived, unmanaged,
-                       unusable_before)
+                       unusable_before, _not_taken(orders, events, cycles))
 
 
 CALL_EVENTS = {"created": "create", "raised": "raise", "lowered": "lower"}
@@ -238,6 +241,36 @@ def _call_times(orders: Sequence[BotOrder], events: dict[int, list[Event]],
                 continue
             decided = cycle_at[bisect.bisect_right(cycle_at, at) - 1]
             out[(order.target, call, order.server_id, decided)] = at
+    return out
+
+
+def _not_taken(orders: Sequence[BotOrder], events: dict[int, list[Event]],
+               cycles: Sequence[RecordedCycle]) -> set[CallKey]:
+    """The run's calls (target, kind, server, the decision that made it) that the exchange never
+    took: a price change or cancel whose outcome was unknown (``outcome_unknown`` with an error:
+    a timeout, a server error; not a lowering the exchange answered as refused, which the replay
+    models itself) that the next ``resolved`` found not done (the order open, at its old
+    price). The bot tries again at a later decision; the replay must not have it done at the
+    first, or its cooldowns and step knowledge run ahead of the bot's."""
+    cycle_at = [c.at for c in cycles]
+    actions = {c.at: c.actions for c in cycles}
+    out: set[CallKey] = set()
+    for order in orders:
+        if order.target is None:
+            continue
+        trail = events.get(order.id, [])
+        for i, (at, kind, price, detail) in enumerate(trail):
+            if kind != "outcome_unknown" or not detail or not detail.get("error") \
+                    or detail.get("call") not in ("price change", "cancel") or at < cycle_at[0]:
+                continue
+            after = next(((k, p) for _, k, p, _ in trail[i + 1:]
+                          if k in ("resolved", "closed", "reopened")), None)
+            if after is None or after[0] != "resolved" or after[1] != price:
+                continue  # done after all (closed, or at a new price), or never known
+            decided = cycle_at[bisect.bisect_right(cycle_at, at) - 1]
+            kinds = ("cancel",) if detail["call"] == "cancel" else ("raise", "lower")
+            out.update((t, k, sid, decided) for t, k, sid, _ in actions[decided]
+                       if t == order.target and sid == order.server_id and k in kinds)
     return out
 
 
@@ -403,7 +436,7 @@ def replay_diff(session: Session, run: RecordedRun, settings: RunSettings) -> Re
                          starting_orders=run.starting, keep_trace=True,
                          started_at=run.started_at, memories=warmed.memories,
                          left_before=run.left_before, unusable_before=run.unusable_before,
-                         kept_away=run.kept_away,
+                         kept_away=run.kept_away, not_taken=run.not_taken,
                          call_times=run.call_times, unmanaged=run.unmanaged)
     assert record.trace is not None
     out = ReplayDiff(run)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,7 +36,7 @@ from bidder.backtest.reactive import ReactiveRivals, ReactiveSettings
 from bidder.config import CLORE, Config, TargetConfig
 from bidder.memory import MarketMemory
 from bidder.orders import IDLE_GRACE
-from bidder.rules import Action, Cancel, Create, Plan, TargetDecision, budget_left, plan
+from bidder.rules import Action, Cancel, ChangePrice, Create, Plan, TargetDecision, budget_left, plan
 from bidder.view import StaticMatchCache, build_target_view
 from bidder.watchlist import target_candidates, watch_round_complete
 from storage.frames import MarketFrame
@@ -232,7 +232,8 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
                 unusable_before: Mapping[str, Mapping[int, float]] | None = None,
                 kept_away: Mapping[str, Sequence[KeptAway]] | None = None,
                 call_times: Mapping[CallKey, float] | None = None,
-                unmanaged: Sequence[UnmanagedOrder] = ()) -> RunRecord:
+                unmanaged: Sequence[UnmanagedOrder] = (),
+                not_taken: Collection[CallKey] = ()) -> RunRecord:
     """Replay ``history`` with ``variant`` deciding for ``targets`` (default: every configured
     target), in ``mode`` ``replay`` (rivals as recorded) or ``reactive`` (the best rivals answer).
 
@@ -250,7 +251,9 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
     was done (by target, kind, server and the decision that made it), where the emulated
     exchange would otherwise take them ``call_latency`` after the decision; ``unmanaged``, the
     orders of ours it did not manage, whose cost came off the targets' budget while they were
-    open, as the live engine takes it off.
+    open, as the live engine takes it off; ``not_taken``, its calls the exchange never took (an
+    unknown outcome found not done): the replay decides them (they are in its trace), but its
+    exchange does not take them either.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
@@ -265,6 +268,7 @@ def run_variant(history: History, config: Config, variant: Variant, settings: Ru
         run.exchange.leaves[name].update({sid: (at, True) for sid, at in left.items()})
     run.kept_away = {name: list(blocks) for name, blocks in (kept_away or {}).items()}
     run.call_times = dict(call_times or {})
+    run.not_taken = set(not_taken)
     run.unmanaged = list(unmanaged)
     run.decide_first = settings.fills == "decision" or decision_times is not None
     step_time, step_tick, decide = steps(history, config.bot.decide_interval, decision_times,
@@ -349,6 +353,8 @@ class _Run:
         """Spot servers idle at the current decision (``_idle_spot_servers``)."""
         self.call_times: dict[CallKey, float] = {}
         """A replayed run's recorded call times (``run_variant``)."""
+        self.not_taken: set[CallKey] = set()
+        """A replayed run's calls the exchange never took (``run_variant``)."""
 
     def _server_info(self, market: str, server_id: int, currency: str) -> tuple[int, int, float]:
         rm = self.markets[market]
@@ -442,10 +448,25 @@ class _Run:
             budget = budget_left(self.config, [u for u in self.unmanaged if u.created_at <= now and (
                 u.closed_at is None or u.closed_at > now)], frames)
         actions = plan(decisions, self.config.markets, budget, now)
-        self.exchange.apply(actions, now, tick, (lambda a: self.call_times.get(
+        sent = self._taken(actions, now, budget.max_per_day is not None) \
+            if self.not_taken else actions
+        self.exchange.apply(sent, now, tick, (lambda a: self.call_times.get(
             call_key(a, now))) if self.call_times else None)
         if self.trace is not None:
             self.trace.append((now, actions))
+
+    def _taken(self, actions: Plan, now: float, budget: bool) -> Plan:
+        """``actions`` without the replayed run's calls the exchange never took, and, under a
+        budget, without the raises and creates its executor then held back (a cancel or lowering
+        not done frees nothing: ``bidder.executor.Executor.execute``)."""
+        lost = [a for a in actions.actions if call_key(a, now) in self.not_taken]
+        if not lost:
+            return actions
+        held = budget and any(isinstance(a, Cancel) or (isinstance(a, ChangePrice)
+                                                        and not a.is_raise) for a in lost)
+        return replace(actions, actions=tuple(
+            a for a in actions.actions if a not in lost and not (held and (
+                isinstance(a, Create) or (isinstance(a, ChangePrice) and a.is_raise)))))
 
     def _idle_spot_servers(self, now: float) -> set[int]:
         """Spot servers where offers wait and none runs (rented on demand), but those an order of

@@ -33,11 +33,13 @@ from bot_helpers import (
     giga_target,
     make_config,
     new_bot,
+    ours,
     spot_target,
 )
 from storage.db import Database, open_database
 from storage.models import (
     ApiCall,
+    ApiJournal,
     BotCycle,
     BotDecision,
     BotOrder,
@@ -423,3 +425,51 @@ def test_cli_errors(session_db, capsys, argv, message):
 def test_a_database_without_runs_is_refused(database: Database):
     with database.sessions() as session, pytest.raises(ReplayDiffError, match="no bot run"):
         load_run(session)
+
+
+# --- calls the exchange never took -----------------------------------------------------------
+
+
+def replayed(database: Database) -> list:
+    with database.sessions() as session:
+        return replay_diff(session, load_run(session), RunSettings()).differences
+
+
+def test_a_raise_the_exchange_never_took_is_not_taken_in_the_replay(rig, database):
+    """A raise times out with nothing done: its outcome is unknown until reconciliation finds the
+    old price, and the bot raises again at its next decision. The replay decides the raise too,
+    but its exchange must not take it (it once did, then saw the bot's retry as a difference)."""
+    r = rig(make_config(spot_target(), bot={"decide_interval": 60.0}))
+    rival = r.market.place_rival(1084, 20.0)
+    r.start()
+    r.run(300)
+    [order] = ours(r.market)
+    r.market.reprice(rival.id, 25.0)
+    r.faults.add("set_spot_price", "timeout_before")
+    r.run(300)
+    assert order.price == pytest.approx(25.01)
+    with database.sessions() as session:
+        raises = session.scalars(select(ApiJournal).where(
+            ApiJournal.endpoint == "set_spot_price")).all()
+    assert [j.status for j in raises] == ["unknown", "ok"]
+    assert replayed(database) == []
+    assert_invariants(r.market, database)
+
+
+def test_a_cancel_the_exchange_never_took_holds_back_the_create_under_a_budget(rig, database):
+    """Under a budget the executor sends no create while a cancel did not free its share: a
+    cancel lost on the way leaves the move to the next decision, and the replay moves then too."""
+    r = rig(make_config(spot_target(), budget=400.0, bot={"decide_interval": 60.0}))
+    r.start()
+    r.run(300)
+    [held] = ours(r.market)
+    r.faults.add("cancel_orders", "timeout_before")
+    r.market.set_online(held.venue_id, False)
+    r.run(600)
+    assert not held.open and len([o for o in ours(r.market) if o.open]) == 1
+    with database.sessions() as session:
+        cancels = session.scalars(select(ApiJournal).where(
+            ApiJournal.endpoint == "cancel_orders")).all()
+    assert [j.status for j in cancels] == ["unknown", "ok"]
+    assert replayed(database) == []
+    assert_invariants(r.market, database)
