@@ -308,8 +308,8 @@ class Oversight:
                 f"A {market} order of this API key, {order_id} on server {server_id} at {price:g} "
                 f"{_short_currency(currency)}/day, was found at the exchange at {fmt_time(at)} "
                 "(placed while the bot ran, or while no bot ran), and the bot did not place it: "
-                "a person or another bot uses the key. Two bots on one key fight over orders and together break the rate "
-                "limits: stop one. The bot leaves this order alone (unmanaged: it keeps away "
+                "a person or another bot uses the key. Two bots on one key fight over orders "
+                "and together break the rate limits: stop one. The bot leaves this order alone (unmanaged: it keeps away "
                 "from its server and counts it against the budget); bidder cancel-all cancels it.")
 
     def _unresolved(self, in_flight: list[tuple[int, int | None, int, str | None, str,

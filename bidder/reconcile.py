@@ -395,7 +395,6 @@ class Reconciler:
         return ReconcileReport(len(m.present), len(m.found), len(m.gone), len(m.given_up),
                                len(m.adopt) + len(m.reopen), len(m.not_found))
 
-
     def _placed_while_down(self, hit: SeenOrder) -> str | None:
         """"while no bot ran" when ``my_orders`` dates ``hit`` after ``down_since``, else None
         (a snapshot's bid carries no creation time: it is adopted as before)."""

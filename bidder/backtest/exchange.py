@@ -171,7 +171,8 @@ class EmulatedExchange:
         self.left_at: dict[str, dict[int, float]] = {name: {} for name in self._targets}
         """Per target: server id -> when we last cancelled an order there (kept ``left_keep``)."""
         self.left_keep = REBUY_WINDOW
-        self.leaves: dict[str, dict[int, tuple[float, bool]]] = {name: {} for name in self._targets}
+        self.leaves: dict[str, dict[int, tuple[float, bool]]] = {
+            name: {} for name in self._targets}
         """Per target: server id -> (when, whether its server could no longer be held) of our last
         cancel there, within ``RETURN_WINDOW`` (``bidder.orders.note_leave``)."""
 

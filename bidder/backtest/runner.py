@@ -36,7 +36,8 @@ from bidder.backtest.reactive import ReactiveRivals, ReactiveSettings
 from bidder.config import CLORE, Config, TargetConfig
 from bidder.memory import MarketMemory
 from bidder.orders import IDLE_GRACE
-from bidder.rules import Action, Cancel, ChangePrice, Create, Plan, TargetDecision, budget_left, plan
+from bidder.rules import (Action, Cancel, ChangePrice, Create, Plan, TargetDecision, budget_left,
+                          plan)
 from bidder.view import StaticMatchCache, build_target_view
 from bidder.watchlist import target_candidates, watch_round_complete
 from storage.frames import MarketFrame
