@@ -238,24 +238,32 @@ class EmulatedExchange:
         return placed
 
     def apply(self, plan: Plan, now: float, tick: int,
-              done_at: Callable[[Action], float | None] | None = None) -> None:
+              done_at: Callable[[Action], float | None] | None = None, *,
+              hold_back: bool = False) -> None:
         """Send the plan's actions, decided at ``now``, in order, as the executor would: each
         taken ``call_latency`` later, or when ``done_at`` says (a replayed run's recorded
-        times)."""
+        times). With ``hold_back`` (a daily budget), a lowering not done as planned (refused, or
+        only part of the way) keeps the plan's raises and creates back, as the executor keeps
+        them for its next cycle: the budget counted on what the lowering would free."""
+        released = True
         for action in plan.actions:
             at = done_at(action) if done_at is not None else None
             if at is None:
                 at = now + self.rules.call_latency
             if isinstance(action, Create):
+                if hold_back and not released:
+                    continue
                 self._create(action, at, tick)
             elif isinstance(action, ChangePrice):
                 order = self.orders[action.order_id]
                 if action.price > order.price:
+                    if hold_back and not released:
+                        continue
                     self._call(order.target).raises += 1
                     order.price = action.price
                     self.version += 1
                 else:
-                    self._lower(order, action.price, at)
+                    released &= self._lower(order, action.price, at)
             elif isinstance(action, Cancel):
                 self._call(action.target).cancels += 1
                 order = self.orders[action.order_id]
@@ -353,8 +361,10 @@ class EmulatedExchange:
             action.price, now, tick, now if self.rules.cooldown_from_creation else None)
         self.version += 1
 
-    def _lower(self, order: EmulatedOrder, price: float, now: float) -> None:
+    def _lower(self, order: EmulatedOrder, price: float, now: float) -> bool:
+        """Lower ``order`` to ``price`` as the exchange allows; True if it went as planned."""
         counters = self._call(order.target)
+        planned = True
         silent = order.market == "gigaspot" and self.rules.gigaspot_refusals == "silent"
         if order.lowered_at is not None:
             wait = order.lowered_at + self.rules.cooldown - now
@@ -365,7 +375,7 @@ class EmulatedExchange:
                 else:
                     order.not_before = now + math.ceil(wait)
                 self.version += 1  # the bot learns when it may lower: its view changes
-                return
+                return False
         _, _, floor = self._info(order.market, order.server_id, order.currency)
         lowest = max(self._step.lowest(order.price), floor if math.isfinite(floor) else 0.0)
         if price < lowest * (1 - PRICE_TOLERANCE):
@@ -373,14 +383,15 @@ class EmulatedExchange:
             if silent:
                 self._probe(order, price, now)
                 self.version += 1
-                return
+                return False
             order.knowledge = StepKnowledge(order.price, lowest)
             if lowest >= order.price * (1 - PRICE_TOLERANCE):
                 self.version += 1  # the step learned changes the bot's view
-                return
+                return False
             counters.api_calls += 1  # the retry at max_step
-            price = lowest
+            price, planned = lowest, False
         counters.lowerings += 1
         order.price = price
         order.lowered_at = order.bot_lowered_at = now
         self.version += 1
+        return planned

@@ -452,7 +452,8 @@ class _Run:
         sent = self._taken(actions, now, budget.max_per_day is not None) \
             if self.not_taken else actions
         self.exchange.apply(sent, now, tick, (lambda a: self.call_times.get(
-            call_key(a, now))) if self.call_times else None)
+            call_key(a, now))) if self.call_times else None,
+            hold_back=budget.max_per_day is not None)
         if self.trace is not None:
             self.trace.append((now, actions))
 

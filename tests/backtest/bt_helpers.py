@@ -132,7 +132,8 @@ def encode(snapshot: dict[str, Any]) -> bytes:
 
 
 class Hold(Strategy):
-    """Holds server ``server`` at ``price`` per day; from ``after`` (UNIX time) on at ``then``."""
+    """Holds server ``server`` at ``price`` per day; from ``after`` (UNIX time) on at ``then``,
+    and also server ``add`` (0: none) at ``price``."""
 
     name = "hold"
 
@@ -141,7 +142,10 @@ class Hold(Strategy):
         price: float = Field(gt=0)
         after: float = float("inf")
         then: float = 1.0
+        add: int = 0
 
     def decide(self, view: TargetView, **kwargs: Any) -> list[DesiredBid]:
         p = self.params
-        return [DesiredBid(p.server, p.then if view.now >= p.after else p.price)]
+        if view.now < p.after:
+            return [DesiredBid(p.server, p.price)]
+        return [DesiredBid(p.server, p.then)] + ([DesiredBid(p.add, p.price)] if p.add else [])

@@ -334,3 +334,26 @@ def test_a_server_held_until_an_outage_is_come_back_to_as_live():
                                  (181, "Create", 1, None)]
     assert _outage(30, 40) == [(0, "Create", 1, None), (30, "Cancel", 1, "unusable"),
                                (30, "Create", 2, None)]
+
+
+def _created_after_a_refused_lowering(budget):
+    """At 20 minutes the strategy lowers server 1 by half (refused: GigaSPOT's step is 10 %, and
+    it says no reason) and buys server 2: the minute server 2 is created."""
+    cfg = config(count=2)
+    cfg.budget.max_per_day = budget
+    h = history(np.full((31, 2), NONE), floor=1.0)
+    run = run_variant(h, cfg, hold(10.0, after=T0 + 1200, then=5.0, add=2), RunSettings(),
+                      "replay", keep_trace=True)
+    created = [t for t, p in run.trace for a in p.actions if isinstance(a, Create)
+               and a.server_id == 2]
+    assert one(run).counters.step_refusals >= 1
+    return (created[-1] - T0) / 60  # the last time the plan asked for it: when it went through
+
+
+def test_under_a_budget_a_refused_lowering_holds_the_create_back_as_the_executor_does():
+    """The executor sends no raise or create while a lowering it counted on did not go through
+    (the budget counted on what it frees). The strategy's 5.0 is refused, then the probes at
+    7.5 and 8.75, and 9.375 goes through (within the 10 % step): the create goes with it, three
+    decisions later. Without a budget it goes at once."""
+    assert _created_after_a_refused_lowering(None) == 20.0
+    assert _created_after_a_refused_lowering(1000.0) == 23.0
