@@ -239,14 +239,22 @@ class EmulatedExchange:
 
     def apply(self, plan: Plan, now: float, tick: int,
               done_at: Callable[[Action], float | None] | None = None, *,
-              hold_back: bool = False) -> None:
+              hold_back: bool = False,
+              lost: Callable[[Action], bool] | None = None) -> None:
         """Send the plan's actions, decided at ``now``, in order, as the executor would: each
         taken ``call_latency`` later, or when ``done_at`` says (a replayed run's recorded
-        times). With ``hold_back`` (a daily budget), a lowering not done as planned (refused, or
-        only part of the way) keeps the plan's raises and creates back, as the executor keeps
-        them for its next cycle: the budget counted on what the lowering would free."""
+        times). ``lost`` names the calls that never reached the exchange (a replayed run's,
+        whose outcome was unknown and found not done). With ``hold_back`` (a daily budget), a
+        cancel or lowering not done as planned (lost, refused, or lowered only part of the way)
+        keeps the plan's raises and creates back, as the executor keeps them for its next cycle:
+        the budget counted on what it would free."""
         released = True
         for action in plan.actions:
+            if lost is not None and lost(action):
+                if isinstance(action, Cancel) or (isinstance(action, ChangePrice)
+                                                  and not action.is_raise):
+                    released = False
+                continue
             at = done_at(action) if done_at is not None else None
             if at is None:
                 at = now + self.rules.call_latency

@@ -36,8 +36,7 @@ from bidder.backtest.reactive import ReactiveRivals, ReactiveSettings
 from bidder.config import CLORE, Config, TargetConfig
 from bidder.memory import MarketMemory
 from bidder.orders import IDLE_GRACE
-from bidder.rules import (Action, Cancel, ChangePrice, Create, Plan, TargetDecision, budget_left,
-                          plan)
+from bidder.rules import Action, Cancel, Create, Plan, TargetDecision, budget_left, plan
 from bidder.view import StaticMatchCache, build_target_view
 from bidder.watchlist import target_candidates, watch_round_complete
 from storage.frames import MarketFrame
@@ -449,26 +448,12 @@ class _Run:
             budget = budget_left(self.config, [u for u in self.unmanaged if u.created_at <= now and (
                 u.closed_at is None or u.closed_at > now)], frames)
         actions = plan(decisions, self.config.markets, budget, now)
-        sent = self._taken(actions, now, budget.max_per_day is not None) \
-            if self.not_taken else actions
-        self.exchange.apply(sent, now, tick, (lambda a: self.call_times.get(
+        self.exchange.apply(actions, now, tick, (lambda a: self.call_times.get(
             call_key(a, now))) if self.call_times else None,
-            hold_back=budget.max_per_day is not None)
+            hold_back=budget.max_per_day is not None,
+            lost=(lambda a: call_key(a, now) in self.not_taken) if self.not_taken else None)
         if self.trace is not None:
             self.trace.append((now, actions))
-
-    def _taken(self, actions: Plan, now: float, budget: bool) -> Plan:
-        """``actions`` without the replayed run's calls the exchange never took, and, under a
-        budget, without the raises and creates its executor then held back (a cancel or lowering
-        not done frees nothing: ``bidder.executor.Executor.execute``)."""
-        lost = [a for a in actions.actions if call_key(a, now) in self.not_taken]
-        if not lost:
-            return actions
-        held = budget and any(isinstance(a, Cancel) or (isinstance(a, ChangePrice)
-                                                        and not a.is_raise) for a in lost)
-        return replace(actions, actions=tuple(
-            a for a in actions.actions if a not in lost and not (held and (
-                isinstance(a, Create) or (isinstance(a, ChangePrice) and a.is_raise)))))
 
     def _idle_spot_servers(self, now: float) -> set[int]:
         """Spot servers where offers wait and none runs (rented on demand), but those an order of
